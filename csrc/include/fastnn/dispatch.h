@@ -1,0 +1,53 @@
+/* Kernel tables: what differs between instruction sets.
+ *
+ * A table starts from the generic entries and each instruction set overrides what it has
+ * (BLIS style). Today the tables hold the GEMM micro-kernels and their block sizes; the
+ * element-wise kernels are shared C compiled for the baseline ISA.
+ *
+ * Micro-kernel contract (T = float or double):
+ *   a: packed MR x k panel of op(A), column by column: a[p*MR + i]
+ *   b: packed k x NR panel of op(B), row by row:       b[p*NR + j]
+ *   c: a full MR x NR tile with row stride ldc
+ *   c[i,j] = alpha * sum_p a[p*MR+i] * b[p*NR+j] + beta * c[i,j]   (beta == 0: c not read)
+ *   k >= 1. The panels are 64-byte aligned.
+ */
+#ifndef FASTNN_DISPATCH_H
+#define FASTNN_DISPATCH_H
+
+#include "fastnn/fastnn.h"
+
+typedef void (*fastnn_sukr)(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
+                            float alpha, float beta);
+typedef void (*fastnn_dukr)(int64_t k, const double *a, const double *b, double *c,
+                            int64_t ldc, double alpha, double beta);
+
+/* mr x nr: register tile; kc: depth of a packed panel (A micro-panel + B micro-panel in L1);
+ * mc: rows of the packed A block (L2); nc: columns of the packed B panel (L3). */
+typedef struct { fastnn_sukr ukr; int mr, nr, mc, kc, nc; } fastnn_sgemm_cfg;
+typedef struct { fastnn_dukr ukr; int mr, nr, mc, kc, nc; } fastnn_dgemm_cfg;
+
+typedef struct {
+    const char *name;
+    fastnn_sgemm_cfg s;
+    fastnn_dgemm_cfg d;
+} fastnn_kernel_table;
+
+/* Defined in csrc/kernels/<isa>/. */
+extern const fastnn_sgemm_cfg fastnn_sgemm_generic, fastnn_sgemm_avx2, fastnn_sgemm_avx512;
+extern const fastnn_dgemm_cfg fastnn_dgemm_generic, fastnn_dgemm_avx2, fastnn_dgemm_avx512;
+
+const fastnn_kernel_table *fastnn_table(void);   /* the table in use */
+
+/* Threads for a parallel region doing `work` scalar operations (1 below a threshold). */
+int fastnn_threads_for(double work);
+
+/* Blocked GEMM driver (csrc/gemm), given a configuration. Arguments as fastnn_gemm. */
+fastnn_status fastnn_sgemm_blocked(const fastnn_sgemm_cfg *cfg, int transa, int transb,
+                                   int64_t m, int64_t n, int64_t k, float alpha,
+                                   const float *a, int64_t lda, const float *b, int64_t ldb,
+                                   float beta, float *c, int64_t ldc);
+fastnn_status fastnn_dgemm_blocked(const fastnn_dgemm_cfg *cfg, int transa, int transb,
+                                   int64_t m, int64_t n, int64_t k, double alpha,
+                                   const double *a, int64_t lda, const double *b, int64_t ldb,
+                                   double beta, double *c, int64_t ldc);
+#endif

@@ -1,0 +1,160 @@
+/* fastnn public C API.
+ *
+ * Conventions (see DESIGN.md section 4):
+ *  - Every matrix is row-major. Sizes are int64_t and must be >= 0.
+ *  - Every kernel takes a dtype (FASTNN_F32 or FASTNN_F64); pointers are to that type.
+ *  - Outputs first, then inputs, then sizes. A kernel overwrites its outputs unless the
+ *    comment says it accumulates (beta as in BLAS).
+ *  - Kernels return a fastnn_status; they never print, exit or abort.
+ *  - Work is split across threads over output elements only, and every reduction uses a
+ *    fixed blocking, so results are bit-identical for any thread count.
+ */
+#ifndef FASTNN_H
+#define FASTNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    FASTNN_OK = 0,
+    FASTNN_EINVAL = 1,   /* a size, enum or scalar argument is out of range */
+    FASTNN_ENULL = 2,    /* a required pointer is NULL while its size is > 0 */
+    FASTNN_ENOMEM = 3,   /* an internal buffer could not be allocated */
+    FASTNN_ELABEL = 4,   /* a class label is outside [0, classes) */
+    FASTNN_EARCH = 5     /* the requested kernel table is not compiled or not supported by this CPU */
+} fastnn_status;
+
+typedef enum { FASTNN_F32 = 0, FASTNN_F64 = 1 } fastnn_dtype;
+
+typedef enum {
+    FASTNN_ACT_IDENTITY = 0,
+    FASTNN_ACT_RELU = 1,
+    FASTNN_ACT_LEAKY_RELU = 2, /* param = negative_slope */
+    FASTNN_ACT_SIGMOID = 3,
+    FASTNN_ACT_TANH = 4,
+    FASTNN_ACT_GELU = 5,       /* x * Phi(x), Phi through erf */
+    FASTNN_ACT_GELU_TANH = 6,  /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    FASTNN_ACT_SILU = 7,
+    FASTNN_ACT_SOFTPLUS = 8    /* param = beta, param2 = threshold: x where beta*x > threshold */
+} fastnn_act;
+
+typedef enum { FASTNN_LOSS_MSE = 0, FASTNN_LOSS_L1 = 1, FASTNN_LOSS_HUBER = 2 } fastnn_loss;
+
+/* ---- library state ---------------------------------------------------------------- */
+const char *fastnn_status_string(fastnn_status s);
+int fastnn_openmp_enabled(void);
+void fastnn_set_num_threads(int n);      /* n <= 0 resets to the OpenMP default */
+int fastnn_get_num_threads(void);
+const char *fastnn_arch(void);            /* name of the kernel table in use */
+/* Kernel tables compiled in and supported by this CPU, best last, as "generic,avx2,avx512". */
+const char *fastnn_available_archs(void);
+fastnn_status fastnn_set_arch(const char *name);  /* "generic" | "avx2" | "avx512" */
+
+/* ---- GEMM --------------------------------------------------------------------------
+ * C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C[m,n]
+ * op(A) = A (A is m x k, row stride lda >= k) or A^T (A is k x m, lda >= m) when transa.
+ * op(B) = B (B is k x n, ldb >= n) or B^T (B is n x k, ldb >= k) when transb.
+ * C is m x n with row stride ldc >= n. beta == 0 means C is not read (NaN in C is ignored).
+ * C must not overlap A or B. */
+fastnn_status fastnn_gemm(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                          int64_t k, double alpha, const void *a, int64_t lda,
+                          const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+
+/* The same product computed by the naive reference kernel (the oracle and fallback). */
+fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda,
+                              const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
+
+/* ---- activations (element-wise, n elements; y may be x) ----------------------------- */
+/* y[i] = f(x[i]) */
+fastnn_status fastnn_act_forward(fastnn_dtype dt, fastnn_act act, double param, double param2,
+                                 void *y, const void *x, int64_t n);
+/* dx[i] = dy[i] * f'(x[i]); x is the activation's input. dx may be dy. */
+fastnn_status fastnn_act_backward(fastnn_dtype dt, fastnn_act act, double param, double param2,
+                                  void *dx, const void *dy, const void *x, int64_t n);
+
+/* ---- row-wise softmax over x[rows, cols] ------------------------------------------- */
+/* y = softmax(x) or log_softmax(x) along each row; y may be x. */
+fastnn_status fastnn_softmax(fastnn_dtype dt, int log, void *y, const void *x,
+                             int64_t rows, int64_t cols);
+/* softmax:     dx = y * (dy - sum_j dy*y)     (y = softmax output)
+ * log_softmax: dx = dy - exp(y) * sum_j dy    (y = log_softmax output); dx may be dy. */
+fastnn_status fastnn_softmax_backward(fastnn_dtype dt, int log, void *dx, const void *dy,
+                                      const void *y, int64_t rows, int64_t cols);
+
+/* ---- bias ---------------------------------------------------------------------------- */
+/* y[r, c] = x[r, c] + b[c]; y may be x. */
+fastnn_status fastnn_bias_add(fastnn_dtype dt, void *y, const void *x, const void *b,
+                              int64_t rows, int64_t cols);
+/* db[c] = sum_r dy[r, c] + beta * db[c]  (beta 0: overwrite, 1: accumulate). */
+fastnn_status fastnn_bias_grad(fastnn_dtype dt, void *db, const void *dy, int64_t rows,
+                               int64_t cols, double beta);
+
+/* ---- losses ---------------------------------------------------------------------------
+ * Each loss kernel writes, when the pointer is not NULL:
+ *   *total        = sum of the per-item losses (double, fixed-blocking sum)
+ *   loss[i]       = the per-item loss (element for mse/l1/huber/bce, row for cross-entropy)
+ *   grad          = scale * d(total)/d(input), same shape as the input
+ * so reduction "mean" is scale = 1/count and "sum" is scale = 1. */
+
+/* Element-wise regression losses over n elements: mse (p-t)^2, l1 |p-t|,
+ * huber 0.5 d^2 if |d| < delta else delta (|d| - 0.5 delta). */
+fastnn_status fastnn_regression_loss(fastnn_dtype dt, fastnn_loss kind, double delta,
+                                     double *total, void *loss, void *grad, double scale,
+                                     const void *pred, const void *target, int64_t n);
+
+/* Binary cross-entropy on logits z[rows, cols] with targets t in [0, 1]:
+ * l = (1 - t) z + (1 + (pw - 1) t) softplus(-z), pw = pos_weight[c] (NULL: 1). */
+fastnn_status fastnn_bce_logits(fastnn_dtype dt, double *total, void *loss, void *grad,
+                                double scale, const void *z, const void *t,
+                                const void *pos_weight, int64_t rows, int64_t cols);
+
+/* Softmax cross-entropy on logits z[rows, cols] with integer labels[rows] (int64):
+ * l_r = (1-eps) w[y] (-log p_y) + (eps/cols) sum_c w[c] (-log p_c),  p = softmax(z_r),
+ * w = weight[cols] (NULL: all 1), eps = label_smoothing in [0, 1].
+ * *weight_sum (may be NULL) receives sum_r w[y_r], the divisor of PyTorch's "mean".
+ * Returns FASTNN_ELABEL, writing nothing, when a label is outside [0, cols). */
+fastnn_status fastnn_cross_entropy(fastnn_dtype dt, double *total, double *weight_sum,
+                                   void *loss, void *grad, double scale, const void *z,
+                                   const int64_t *labels, const void *weight,
+                                   double label_smoothing, int64_t rows, int64_t cols);
+
+/* ---- optimizer updates over one flat buffer of n parameters (PyTorch's formulas) ----
+ * p is updated in place, g is read only, state buffers are updated in place. */
+
+/* SGD: d = g + wd p; with momentum: buf = first ? d : mu buf + (1 - dampening) d,
+ * d = nesterov ? d + mu buf : buf; p -= lr d (maximize: p += lr d). */
+fastnn_status fastnn_sgd(fastnn_dtype dt, void *p, void *buf, const void *g, int64_t n,
+                         double lr, double momentum, double dampening, double weight_decay,
+                         int nesterov, int maximize, int first_step);
+
+/* Adam / AdamW (decoupled != 0): step is the 1-based step count after this update.
+ * AdamW: p *= 1 - lr wd; Adam: g += wd p. m += (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
+ * amsgrad: vmax = max(vmax, v), v' = vmax; denom = sqrt(v') / sqrt(1 - b2^step) + eps;
+ * p -= lr / (1 - b1^step) * m / denom. */
+fastnn_status fastnn_adam(fastnn_dtype dt, void *p, void *m, void *v, void *vmax,
+                          const void *g, int64_t n, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, int decoupled, int amsgrad,
+                          int maximize, int64_t step);
+
+/* RMSprop: g += wd p; sq = alpha sq + (1 - alpha) g^2; centered: ga += (1 - alpha)(g - ga),
+ * avg = sqrt(sq - ga^2) + eps, else sqrt(sq) + eps; momentum > 0: buf = mu buf + g / avg,
+ * p -= lr buf; else p -= lr g / avg. */
+fastnn_status fastnn_rmsprop(fastnn_dtype dt, void *p, void *sq, void *buf, void *ga,
+                             const void *g, int64_t n, double lr, double alpha, double eps,
+                             double weight_decay, double momentum, int centered, int maximize);
+
+/* Adagrad: g += wd p; clr = lr / (1 + (step - 1) lr_decay); sum += g^2;
+ * p -= clr g / (sqrt(sum) + eps). step is the 1-based step count after this update. */
+fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g, int64_t n,
+                             double lr, double lr_decay, double weight_decay, double eps,
+                             int maximize, int64_t step);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

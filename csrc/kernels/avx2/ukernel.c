@@ -1,0 +1,25 @@
+/* GEMM micro-kernels for the avx2 table (float 6x16, double 6x8). */
+#include "fastnn/dispatch.h"
+
+#define T float
+#define VL 8
+#define MR 6
+#define NV 2
+#define NAME sgemm_ukr_avx2
+#include "../ukernel.inc"
+#undef T
+#undef VL
+#undef MR
+#undef NV
+#undef NAME
+
+#define T double
+#define VL 4
+#define MR 6
+#define NV 2
+#define NAME dgemm_ukr_avx2
+#include "../ukernel.inc"
+
+/*                                             ukr             mr   nr   mc   kc   nc */
+const fastnn_sgemm_cfg fastnn_sgemm_avx2 = {sgemm_ukr_avx2, 6, 16, 144, 256, 4096};
+const fastnn_dgemm_cfg fastnn_dgemm_avx2 = {dgemm_ukr_avx2, 6, 8, 96, 256, 2048};

@@ -1,0 +1,25 @@
+/* GEMM micro-kernels for the generic table (float 6x8, double 6x4). */
+#include "fastnn/dispatch.h"
+
+#define T float
+#define VL 4
+#define MR 6
+#define NV 2
+#define NAME sgemm_ukr_generic
+#include "../ukernel.inc"
+#undef T
+#undef VL
+#undef MR
+#undef NV
+#undef NAME
+
+#define T double
+#define VL 2
+#define MR 6
+#define NV 2
+#define NAME dgemm_ukr_generic
+#include "../ukernel.inc"
+
+/*                                             ukr             mr   nr   mc   kc   nc */
+const fastnn_sgemm_cfg fastnn_sgemm_generic = {sgemm_ukr_generic, 6, 8, 120, 256, 2048};
+const fastnn_dgemm_cfg fastnn_dgemm_generic = {dgemm_ukr_generic, 6, 4, 96, 256, 1024};

@@ -1,0 +1,24 @@
+/* Helpers shared by the kernel sources. Internal. */
+#ifndef FASTNN_COMMON_H
+#define FASTNN_COMMON_H
+#include <stdint.h>
+#include <stdlib.h>
+#include "fastnn/fastnn.h"
+#include "fastnn/dispatch.h"
+
+/* Element count below which an element-wise kernel stays on one thread. */
+#define FASTNN_PAR_MIN 65536
+/* Fixed block of items summed sequentially before the block sums are added in order:
+ * the partition of a reduction never depends on the thread count. */
+#define FASTNN_SUM_BLOCK 1024
+
+#define FASTNN_CHECK_N(n) do { if ((n) < 0) return FASTNN_EINVAL; } while (0)
+#define FASTNN_CHECK_PTR(p, n) do { if ((n) > 0 && !(p)) return FASTNN_ENULL; } while (0)
+
+static inline int64_t fastnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Threads for an element-wise loop over n items. */
+static inline int fastnn_threads_elem(int64_t n) {
+    return n < FASTNN_PAR_MIN ? 1 : fastnn_threads_for((double)n * 16.0);
+}
+#endif

@@ -1,0 +1,67 @@
+# C contract of csrc/include/fastnn/fastnn.h, declared once for Cython.
+from libc.stdint cimport int64_t
+
+cdef extern from "fastnn/fastnn.h" nogil:
+    ctypedef enum fastnn_status:
+        FASTNN_OK, FASTNN_EINVAL, FASTNN_ENULL, FASTNN_ENOMEM, FASTNN_ELABEL, FASTNN_EARCH
+    ctypedef enum fastnn_dtype:
+        FASTNN_F32, FASTNN_F64
+    ctypedef enum fastnn_act:
+        FASTNN_ACT_IDENTITY, FASTNN_ACT_RELU, FASTNN_ACT_LEAKY_RELU, FASTNN_ACT_SIGMOID,
+        FASTNN_ACT_TANH, FASTNN_ACT_GELU, FASTNN_ACT_GELU_TANH, FASTNN_ACT_SILU,
+        FASTNN_ACT_SOFTPLUS
+    ctypedef enum fastnn_loss:
+        FASTNN_LOSS_MSE, FASTNN_LOSS_L1, FASTNN_LOSS_HUBER
+
+    const char *fastnn_status_string(fastnn_status s)
+    int fastnn_openmp_enabled()
+    void fastnn_set_num_threads(int n)
+    int fastnn_get_num_threads()
+    const char *fastnn_arch()
+    const char *fastnn_available_archs()
+    fastnn_status fastnn_set_arch(const char *name)
+
+    fastnn_status fastnn_gemm(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda,
+                              const void *b, int64_t ldb, double beta, void *c, int64_t ldc)
+    fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                  int64_t n, int64_t k, double alpha, const void *a,
+                                  int64_t lda, const void *b, int64_t ldb, double beta,
+                                  void *c, int64_t ldc)
+    fastnn_status fastnn_act_forward(fastnn_dtype dt, fastnn_act act, double param,
+                                     double param2, void *y, const void *x, int64_t n)
+    fastnn_status fastnn_act_backward(fastnn_dtype dt, fastnn_act act, double param,
+                                      double param2, void *dx, const void *dy, const void *x,
+                                      int64_t n)
+    fastnn_status fastnn_softmax(fastnn_dtype dt, int log, void *y, const void *x,
+                                 int64_t rows, int64_t cols)
+    fastnn_status fastnn_softmax_backward(fastnn_dtype dt, int log, void *dx, const void *dy,
+                                          const void *y, int64_t rows, int64_t cols)
+    fastnn_status fastnn_bias_add(fastnn_dtype dt, void *y, const void *x, const void *b,
+                                  int64_t rows, int64_t cols)
+    fastnn_status fastnn_bias_grad(fastnn_dtype dt, void *db, const void *dy, int64_t rows,
+                                   int64_t cols, double beta)
+    fastnn_status fastnn_regression_loss(fastnn_dtype dt, fastnn_loss kind, double delta,
+                                         double *total, void *loss, void *grad, double scale,
+                                         const void *pred, const void *target, int64_t n)
+    fastnn_status fastnn_bce_logits(fastnn_dtype dt, double *total, void *loss, void *grad,
+                                    double scale, const void *z, const void *t,
+                                    const void *pos_weight, int64_t rows, int64_t cols)
+    fastnn_status fastnn_cross_entropy(fastnn_dtype dt, double *total, double *weight_sum,
+                                       void *loss, void *grad, double scale, const void *z,
+                                       const int64_t *labels, const void *weight,
+                                       double label_smoothing, int64_t rows, int64_t cols)
+    fastnn_status fastnn_sgd(fastnn_dtype dt, void *p, void *buf, const void *g, int64_t n,
+                             double lr, double momentum, double dampening, double weight_decay,
+                             int nesterov, int maximize, int first_step)
+    fastnn_status fastnn_adam(fastnn_dtype dt, void *p, void *m, void *v, void *vmax,
+                              const void *g, int64_t n, double lr, double beta1, double beta2,
+                              double eps, double weight_decay, int decoupled, int amsgrad,
+                              int maximize, int64_t step)
+    fastnn_status fastnn_rmsprop(fastnn_dtype dt, void *p, void *sq, void *buf, void *ga,
+                                 const void *g, int64_t n, double lr, double alpha, double eps,
+                                 double weight_decay, double momentum, int centered,
+                                 int maximize)
+    fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g, int64_t n,
+                                 double lr, double lr_decay, double weight_decay, double eps,
+                                 int maximize, int64_t step)

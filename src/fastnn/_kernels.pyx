@@ -1,0 +1,920 @@
+# fastnn._kernels: validate numpy arguments, release the GIL, call the C kernel, and turn a
+# status code into an exception. Every public function here is re-exported by fastnn.ops.
+#
+# Rules for arguments (documented in fastnn.ops):
+#  - arrays are float32 or float64, all of one dtype; array-likes go through np.asarray;
+#  - inputs that are not C-contiguous are copied (matmul instead reads strided views as they
+#    are, when one of their strides is the element size);
+#  - `out` is never copied: it must have the exact dtype and shape, be writable and
+#    C-contiguous (matmul: rows may be strided), and must not overlap an input, except that
+#    element-wise kernels may write in place over their first input (out is x).
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+import numpy as np
+
+cnp.import_array()
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---- library state -------------------------------------------------------------------------
+
+def openmp_enabled():
+    """True when the C kernels were built with OpenMP."""
+    return bool(fastnn_openmp_enabled())
+
+
+def set_num_threads(n):
+    """Set the number of threads the kernels may use (an int >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: argument 'n' must be an int >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: argument 'n' must be >= 1, got {n}")
+    fastnn_set_num_threads(min(int(n), 1 << 16))
+
+
+def get_num_threads():
+    """The number of threads the kernels may use."""
+    return fastnn_get_num_threads()
+
+
+def arch():
+    """Name of the kernel table in use: 'generic', 'avx2' or 'avx512'."""
+    return fastnn_arch().decode()
+
+
+def available_archs():
+    """Kernel tables compiled in and supported by this CPU, best last."""
+    return tuple(fastnn_available_archs().decode().split(","))
+
+
+def set_arch(name):
+    """Use the kernel table `name` (one of available_archs()) from now on."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_arch: argument 'name' must be a str, got {type(name).__name__}")
+    cdef bytes b = name.encode()
+    if fastnn_set_arch(b) != FASTNN_OK:
+        raise ValueError(f"set_arch: argument 'name' must be one of {available_archs()}, "
+                         f"got {name!r}")
+
+
+# ---- argument checks -----------------------------------------------------------------------
+
+cdef inline tuple _shp(cnp.ndarray a):
+    return (<object>a).shape
+
+
+cdef inline tuple _strd(cnp.ndarray a):
+    return (<object>a).strides
+
+
+cdef inline str _sig(str fn, str arg):
+    return f"{fn}: argument '{arg}'"
+
+
+cdef cnp.ndarray _array(object x, str fn, str arg):
+    """x as an ndarray of float32/float64 (array-likes converted, not copied when possible)."""
+    cdef cnp.ndarray a = x if type(x) is np.ndarray else np.asarray(x)
+    if a.dtype is not _F32 and a.dtype is not _F64 and a.dtype != _F32 and a.dtype != _F64:
+        raise TypeError(f"{_sig(fn, arg)} must be a float32 or float64 array, got dtype {a.dtype}")
+    return a
+
+
+cdef cnp.ndarray _input(object x, str fn, str arg, object dtype):
+    """A C-contiguous float array of `dtype` (None: either float type)."""
+    cdef cnp.ndarray a = _array(x, fn, arg)
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype} like the other arrays, "
+                        f"got {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        a = np.ascontiguousarray(a)
+    return a
+
+
+cdef inline fastnn_dtype _dt(cnp.ndarray a):
+    return FASTNN_F32 if a.dtype == _F32 else FASTNN_F64
+
+
+cdef inline void *_ptr(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef tuple _bounds(cnp.ndarray a):
+    """[lo, hi) byte addresses that a's elements occupy (strides are non-negative here)."""
+    cdef Py_ssize_t lo = <Py_ssize_t>cnp.PyArray_DATA(a), hi = lo
+    cdef int d
+    if a.size == 0:
+        return (lo, lo)
+    for d in range(a.ndim):
+        hi += (a.shape[d] - 1) * a.strides[d]
+    return (lo, hi + a.itemsize)
+
+
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef tuple x = _bounds(a), y = _bounds(b)
+    return x[0] < y[1] and y[0] < x[1]
+
+
+cdef cnp.ndarray _output(object out, str fn, tuple shape, object dtype, list inputs,
+                         bint allow_inplace_first):
+    """Validate a caller's `out`, or allocate one. `inputs` is a list of (name, array)."""
+    cdef cnp.ndarray o
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
+        raise TypeError(f"{_sig(fn, 'out')} must be a numpy array, got {type(out).__name__}")
+    o = out
+    if o.dtype != dtype:
+        raise TypeError(f"{_sig(fn, 'out')} must have dtype {dtype}, got {o.dtype}")
+    if _shp(o) != shape:
+        raise ValueError(f"{_sig(fn, 'out')} must have shape {shape}, got {_shp(o)}")
+    if not o.flags.writeable:
+        raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(o):
+        raise ValueError(f"{_sig(fn, 'out')} must be C-contiguous, got strides {_strd(o)}")
+    _check_disjoint(o, "out", fn, inputs, allow_inplace_first)
+    return o
+
+
+cdef _check_disjoint(cnp.ndarray o, str oname, str fn, list inputs, bint allow_inplace_first):
+    cdef int i
+    cdef cnp.ndarray a
+    for i, (name, a) in enumerate(inputs):
+        if a is None or not _overlap(o, a):
+            continue
+        if (i == 0 and allow_inplace_first and cnp.PyArray_DATA(a) == cnp.PyArray_DATA(o)
+                and _shp(a) == _shp(o) and cnp.PyArray_IS_C_CONTIGUOUS(a)):
+            continue
+        raise ValueError(f"{_sig(fn, oname)} overlaps input '{name}' in memory; "
+                         f"pass a separate array" + (f" or '{name}' itself"
+                                                     if i == 0 and allow_inplace_first else ""))
+
+
+cdef _raise(fastnn_status st, str fn):
+    if st == FASTNN_ENOMEM:
+        raise MemoryError(f"{fn}: out of memory")
+    raise ValueError(f"{fn}: {fastnn_status_string(st).decode()}")
+
+
+cdef inline void _check(fastnn_status st, str fn) except *:
+    if st != FASTNN_OK:
+        _raise(st, fn)
+
+
+cdef _same_shape(cnp.ndarray a, str an, cnp.ndarray b, str bn, str fn):
+    if _shp(a) != _shp(b):
+        raise ValueError(f"{_sig(fn, bn)} must have the shape of '{an}' {_shp(a)}, "
+                         f"got {_shp(b)}")
+
+
+cdef double _float_arg(object v, str fn, str arg) except? -1.0:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{_sig(fn, arg)} must be a real number, got {v!r}") from None
+
+
+# ---- GEMM ----------------------------------------------------------------------------------
+
+cdef tuple _gemm_layout(cnp.ndarray a, str fn, str arg):
+    """(trans, ld) of a 2-D operand: rows strided with unit columns (trans 0) or the
+    transpose of such (trans 1, e.g. x.T). Anything else is refused."""
+    cdef Py_ssize_t r = a.shape[0], c = a.shape[1], isz = a.itemsize
+    cdef Py_ssize_t s0 = a.strides[0], s1 = a.strides[1]
+    # strides of dimensions of extent <= 1 do not matter
+    if c <= 1:
+        s1 = isz
+    if r <= 1:
+        s0 = max(c, 1) * isz
+    if s1 == isz and s0 % isz == 0 and s0 >= c * isz:
+        return (0, max(s0 // isz, c, 1))
+    if s0 == isz and s1 % isz == 0 and s1 >= r * isz:
+        return (1, max(s1 // isz, r, 1))
+    raise ValueError(f"{_sig(fn, arg)} has unsupported strides {_strd(a)} for shape "
+                     f"{_shp(a)} and itemsize {isz}: one stride must equal the item "
+                     f"size (a row-major array, a view of its rows, or its transpose .T); "
+                     f"use np.ascontiguousarray")
+
+
+cdef cnp.ndarray _gemm_operand(object x, str fn, str arg, object dtype):
+    cdef cnp.ndarray a = _array(x, fn, arg)
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype} like 'a', got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{_sig(fn, arg)} must be a 2-D array, got shape {_shp(a)}")
+    return a
+
+
+def _matmul(a, b, out, alpha, beta, bint reference):
+    fn = "matmul_reference" if reference else "matmul"
+    cdef cnp.ndarray A = _gemm_operand(a, fn, "a", None)
+    cdef cnp.ndarray B = _gemm_operand(b, fn, "b", A.dtype)
+    cdef double al = _float_arg(alpha, fn, "alpha"), be = _float_arg(beta, fn, "beta")
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"{fn}: inner dimensions differ: 'a' has shape {_shp(A)}, "
+                         f"'b' has shape {_shp(B)} (a.shape[1] must equal b.shape[0])")
+    cdef int64_t m = A.shape[0], k = A.shape[1], n = B.shape[1]
+    ta, lda = _gemm_layout(A, fn, "a")
+    tb, ldb = _gemm_layout(B, fn, "b")
+    cdef cnp.ndarray C
+    if out is None:
+        if be != 0:
+            raise ValueError(f"{_sig(fn, 'beta')} must be 0 when 'out' is None, got {be}")
+        C = np.empty((m, n), dtype=A.dtype)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"{_sig(fn, 'out')} must be a numpy array, got {type(out).__name__}")
+        C = out
+        if C.dtype != A.dtype:
+            raise TypeError(f"{_sig(fn, 'out')} must have dtype {A.dtype}, got {C.dtype}")
+        if C.ndim != 2 or C.shape[0] != m or C.shape[1] != n:
+            raise ValueError(f"{_sig(fn, 'out')} must have shape {(m, n)}, got {_shp(C)}")
+        if not C.flags.writeable:
+            raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
+        tc, _ = _gemm_layout(C, fn, "out")
+        if tc != 0 and not (m <= 1 or n <= 1):
+            raise ValueError(f"{_sig(fn, 'out')} must have rows of unit stride (row-major), "
+                             f"got strides {_strd(C)}")
+        _check_disjoint(C, "out", fn, [("a", A), ("b", B)], False)
+    cdef int64_t ldc = max(n, 1)
+    if m > 1:
+        ldc = C.strides[0] // C.itemsize
+    cdef fastnn_dtype dt = _dt(A)
+    cdef int ita = ta, itb = tb
+    cdef int64_t ilda = lda, ildb = ldb
+    cdef void *pa = _ptr(A)
+    cdef void *pb = _ptr(B)
+    cdef void *pc = _ptr(C)
+    cdef fastnn_status st
+    with nogil:
+        if reference:
+            st = fastnn_gemm_ref(dt, ita, itb, m, n, k, al, pa, ilda, pb, ildb, be, pc, ldc)
+        else:
+            st = fastnn_gemm(dt, ita, itb, m, n, k, al, pa, ilda, pb, ildb, be, pc, ldc)
+    _check(st, fn)
+    return C
+
+
+def matmul(a, b, out=None, alpha=1.0, beta=0.0):
+    """out = alpha * a @ b + beta * out, for 2-D float32/float64 arrays of one dtype.
+
+    a (M, K) and b (K, N) may be row-major arrays, views of their rows, or transposes
+    (x.T) of such: no copy is made. out (M, N), when given, must be writable with unit
+    column stride and must not overlap a or b; beta != 0 needs out (beta == 0 never reads
+    it). Returns out.
+    """
+    return _matmul(a, b, out, alpha, beta, False)
+
+
+def matmul_reference(a, b, out=None, alpha=1.0, beta=0.0):
+    """matmul through the naive reference kernel (the oracle; slow)."""
+    return _matmul(a, b, out, alpha, beta, True)
+
+
+# ---- activations ---------------------------------------------------------------------------
+
+cdef dict _ACTS = {
+    "identity": FASTNN_ACT_IDENTITY, "relu": FASTNN_ACT_RELU,
+    "leaky_relu": FASTNN_ACT_LEAKY_RELU, "sigmoid": FASTNN_ACT_SIGMOID,
+    "tanh": FASTNN_ACT_TANH, "gelu": FASTNN_ACT_GELU, "gelu_tanh": FASTNN_ACT_GELU_TANH,
+    "silu": FASTNN_ACT_SILU, "softplus": FASTNN_ACT_SOFTPLUS,
+}
+
+
+def _act_forward(str name, x, out, double p=0.0, double p2=0.0):
+    cdef cnp.ndarray X = _input(x, name, "x", None)
+    cdef cnp.ndarray Y = _output(out, name, _shp(X), X.dtype, [("x", X)], True)
+    cdef fastnn_act act = _ACTS[name]
+    cdef fastnn_dtype dt = _dt(X)
+    cdef int64_t n = X.size
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_act_forward(dt, act, p, p2, py, px, n)
+    _check(st, name)
+    return Y
+
+
+def _act_backward(str name, dy, x, out, double p=0.0, double p2=0.0):
+    fn = name + "_backward"
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", None)
+    cdef cnp.ndarray X = _input(x, fn, "x", DY.dtype)
+    _same_shape(DY, "dy", X, "x", fn)
+    cdef cnp.ndarray DX = _output(out, fn, _shp(X), X.dtype, [("dy", DY), ("x", X)], True)
+    cdef fastnn_act act = _ACTS[name]
+    cdef fastnn_dtype dt = _dt(X)
+    cdef int64_t n = X.size
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdy = _ptr(DY)
+    cdef void *px = _ptr(X)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_act_backward(dt, act, p, p2, pdx, pdy, px, n)
+    _check(st, fn)
+    return DX
+
+
+def relu(x, out=None):
+    """max(x, 0) element-wise (NaN propagates)."""
+    return _act_forward("relu", x, out)
+
+
+def relu_backward(dy, x, out=None):
+    """dy * (x > 0): the gradient through relu, given its input x."""
+    return _act_backward("relu", dy, x, out)
+
+
+def leaky_relu(x, negative_slope=0.01, out=None):
+    """x if x > 0 else negative_slope * x."""
+    return _act_forward("leaky_relu", x, out, _float_arg(negative_slope, "leaky_relu",
+                                                         "negative_slope"))
+
+
+def leaky_relu_backward(dy, x, negative_slope=0.01, out=None):
+    return _act_backward("leaky_relu", dy, x, out,
+                         _float_arg(negative_slope, "leaky_relu_backward", "negative_slope"))
+
+
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x))."""
+    return _act_forward("sigmoid", x, out)
+
+
+def sigmoid_backward(dy, x, out=None):
+    return _act_backward("sigmoid", dy, x, out)
+
+
+def tanh(x, out=None):
+    return _act_forward("tanh", x, out)
+
+
+def tanh_backward(dy, x, out=None):
+    return _act_backward("tanh", dy, x, out)
+
+
+cdef str _gelu_kind(object approximate, str fn):
+    if approximate == "none":
+        return "gelu"
+    if approximate == "tanh":
+        return "gelu_tanh"
+    raise ValueError(f"{_sig(fn, 'approximate')} must be 'none' or 'tanh', got {approximate!r}")
+
+
+def gelu(x, approximate="none", out=None):
+    """x * Phi(x) (approximate='none', through erf) or its tanh approximation."""
+    return _act_forward(_gelu_kind(approximate, "gelu"), x, out)
+
+
+def gelu_backward(dy, x, approximate="none", out=None):
+    return _act_backward(_gelu_kind(approximate, "gelu_backward"), dy, x, out)
+
+
+def silu(x, out=None):
+    """x * sigmoid(x)."""
+    return _act_forward("silu", x, out)
+
+
+def silu_backward(dy, x, out=None):
+    return _act_backward("silu", dy, x, out)
+
+
+cdef double _softplus_beta(object beta, str fn) except? -1.0:
+    cdef double b = _float_arg(beta, fn, "beta")
+    if b == 0 or b != b:
+        raise ValueError(f"{_sig(fn, 'beta')} must be a non-zero number, got {beta!r}")
+    return b
+
+
+def softplus(x, beta=1.0, threshold=20.0, out=None):
+    """log(1 + exp(beta x)) / beta, and x itself where beta * x > threshold (as PyTorch)."""
+    return _act_forward("softplus", x, out, _softplus_beta(beta, "softplus"),
+                        _float_arg(threshold, "softplus", "threshold"))
+
+
+def softplus_backward(dy, x, beta=1.0, threshold=20.0, out=None):
+    return _act_backward("softplus", dy, x, out, _softplus_beta(beta, "softplus_backward"),
+                         _float_arg(threshold, "softplus_backward", "threshold"))
+
+
+# ---- softmax and bias ----------------------------------------------------------------------
+
+cdef cnp.ndarray _rows_input(object x, str fn, str arg, object dtype):
+    cdef cnp.ndarray a = _input(x, fn, arg, dtype)
+    if a.ndim < 1:
+        raise ValueError(f"{_sig(fn, arg)} must have at least 1 dimension, got a scalar")
+    return a
+
+
+def _softmax(bint log_, x, out):
+    fn = "log_softmax" if log_ else "softmax"
+    cdef cnp.ndarray X = _rows_input(x, fn, "x", None)
+    cdef cnp.ndarray Y = _output(out, fn, _shp(X), X.dtype, [("x", X)], True)
+    cdef int64_t cols = X.shape[X.ndim - 1]
+    cdef int64_t rows = X.size // cols if cols else 0
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_softmax(dt, log_, py, px, rows, cols)
+    _check(st, fn)
+    return Y
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis."""
+    return _softmax(False, x, out)
+
+
+def log_softmax(x, out=None):
+    """Log-softmax over the last axis."""
+    return _softmax(True, x, out)
+
+
+def _softmax_backward(bint log_, dy, y, out):
+    fn = "log_softmax_backward" if log_ else "softmax_backward"
+    cdef cnp.ndarray DY = _rows_input(dy, fn, "dy", None)
+    cdef cnp.ndarray Y = _rows_input(y, fn, "y", DY.dtype)
+    _same_shape(DY, "dy", Y, "y", fn)
+    cdef cnp.ndarray DX = _output(out, fn, _shp(Y), Y.dtype, [("dy", DY), ("y", Y)], True)
+    cdef int64_t cols = Y.shape[Y.ndim - 1]
+    cdef int64_t rows = Y.size // cols if cols else 0
+    cdef fastnn_dtype dt = _dt(Y)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdy = _ptr(DY)
+    cdef void *py = _ptr(Y)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_softmax_backward(dt, log_, pdx, pdy, py, rows, cols)
+    _check(st, fn)
+    return DX
+
+
+def softmax_backward(dy, y, out=None):
+    """Gradient through softmax given its output y: y * (dy - sum(dy * y, -1))."""
+    return _softmax_backward(False, dy, y, out)
+
+
+def log_softmax_backward(dy, y, out=None):
+    """Gradient through log_softmax given its output y: dy - exp(y) * sum(dy, -1)."""
+    return _softmax_backward(True, dy, y, out)
+
+
+def bias_add(x, bias, out=None):
+    """x (N, F) + bias (F,) broadcast over rows."""
+    fn = "bias_add"
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    cdef cnp.ndarray B = _input(bias, fn, "bias", X.dtype)
+    if X.ndim != 2:
+        raise ValueError(f"{_sig(fn, 'x')} must be a 2-D array, got shape {_shp(X)}")
+    if B.ndim != 1 or B.shape[0] != X.shape[1]:
+        raise ValueError(f"{_sig(fn, 'bias')} must have shape ({X.shape[1]},), "
+                         f"got {_shp(B)}")
+    cdef cnp.ndarray Y = _output(out, fn, _shp(X), X.dtype, [("x", X), ("bias", B)], True)
+    cdef int64_t rows = X.shape[0], cols = X.shape[1]
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef void *pb = _ptr(B)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_bias_add(dt, py, px, pb, rows, cols)
+    _check(st, fn)
+    return Y
+
+
+def bias_grad(dy, out=None, beta=0.0):
+    """Column sums of dy (N, F): out = dy.sum(0) + beta * out. beta != 0 needs out."""
+    fn = "bias_grad"
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", None)
+    if DY.ndim != 2:
+        raise ValueError(f"{_sig(fn, 'dy')} must be a 2-D array, got shape {_shp(DY)}")
+    cdef double be = _float_arg(beta, fn, "beta")
+    if out is None and be != 0:
+        raise ValueError(f"{_sig(fn, 'beta')} must be 0 when 'out' is None, got {be}")
+    cdef cnp.ndarray DB = _output(out, fn, (DY.shape[1],), DY.dtype, [("dy", DY)], False)
+    cdef int64_t rows = DY.shape[0], cols = DY.shape[1]
+    cdef fastnn_dtype dt = _dt(DY)
+    cdef void *pdb = _ptr(DB)
+    cdef void *pdy = _ptr(DY)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_bias_grad(dt, pdb, pdy, rows, cols, be)
+    _check(st, fn)
+    return DB
+
+
+# ---- losses --------------------------------------------------------------------------------
+
+cdef _check_reduction(object reduction, str fn):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{_sig(fn, 'reduction')} must be 'mean', 'sum' or 'none', "
+                         f"got {reduction!r}")
+
+
+cdef object _finish(str reduction, double total, double count, cnp.ndarray per_item):
+    if reduction == "none":
+        return per_item
+    if reduction == "sum":
+        return total
+    return total / count if count != 0 else float("nan")
+
+
+cdef cnp.ndarray _scale_none(cnp.ndarray grad, object grad_output, tuple item_shape, str fn,
+                             bint per_row):
+    """reduction='none': grad (of the sum) times the caller's grad_output per item."""
+    if grad_output is None:
+        raise ValueError(f"{_sig(fn, 'grad_output')} is required with reduction='none' "
+                         f"(the gradient of each item's loss), got None")
+    cdef cnp.ndarray go = _input(grad_output, fn, "grad_output", grad.dtype)
+    if _shp(go) != item_shape:
+        raise ValueError(f"{_sig(fn, 'grad_output')} must have shape {item_shape}, "
+                         f"got {_shp(go)}")
+    if per_row:
+        grad *= go.reshape(-1, 1)
+    else:
+        grad *= go.reshape(_shp(grad))
+    return grad
+
+
+def _regression(str fn, fastnn_loss kind, pred, target, str reduction, double delta,
+                bint backward, grad_output):
+    _check_reduction(reduction, fn)
+    cdef cnp.ndarray P = _input(pred, fn, "pred", None)
+    cdef cnp.ndarray Tg = _input(target, fn, "target", P.dtype)
+    _same_shape(P, "pred", Tg, "target", fn)
+    cdef int64_t n = P.size
+    cdef double scale = 1.0 / n if (reduction == "mean" and n > 0) else 1.0
+    cdef double total = 0
+    cdef cnp.ndarray L = None, G = None
+    if backward:
+        G = np.empty_like(P)
+    elif reduction == "none":
+        L = np.empty_like(P)
+    cdef fastnn_dtype dt = _dt(P)
+    cdef void *pl = _ptr(L) if L is not None else NULL
+    cdef void *pg = _ptr(G) if G is not None else NULL
+    cdef void *pp = _ptr(P)
+    cdef void *pt = _ptr(Tg)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_regression_loss(dt, kind, delta, &total, pl, pg, scale, pp, pt, n)
+    _check(st, fn)
+    if backward:
+        return _scale_none(G, grad_output, _shp(P), fn, False) if reduction == "none" else G
+    return _finish(reduction, total, n, L)
+
+
+def mse_loss(pred, target, reduction="mean"):
+    """Mean (or sum, or per element) of (pred - target)**2."""
+    return _regression("mse_loss", FASTNN_LOSS_MSE, pred, target, reduction, 0, False, None)
+
+
+def mse_loss_backward(pred, target, reduction="mean", grad_output=None):
+    """d mse_loss / d pred. reduction='none' needs grad_output (one value per element)."""
+    return _regression("mse_loss_backward", FASTNN_LOSS_MSE, pred, target, reduction, 0, True,
+                       grad_output)
+
+
+def l1_loss(pred, target, reduction="mean"):
+    """Mean (or sum, or per element) of |pred - target|."""
+    return _regression("l1_loss", FASTNN_LOSS_L1, pred, target, reduction, 0, False, None)
+
+
+def l1_loss_backward(pred, target, reduction="mean", grad_output=None):
+    """sign(pred - target) scaled by the reduction (0 where pred == target)."""
+    return _regression("l1_loss_backward", FASTNN_LOSS_L1, pred, target, reduction, 0, True,
+                       grad_output)
+
+
+cdef double _delta(object delta, str fn) except? -1.0:
+    cdef double d = _float_arg(delta, fn, "delta")
+    if not d > 0:
+        raise ValueError(f"{_sig(fn, 'delta')} must be > 0, got {delta!r}")
+    return d
+
+
+def huber_loss(pred, target, delta=1.0, reduction="mean"):
+    """0.5 d**2 where |d| < delta, else delta * (|d| - 0.5 delta); d = pred - target."""
+    return _regression("huber_loss", FASTNN_LOSS_HUBER, pred, target, reduction,
+                       _delta(delta, "huber_loss"), False, None)
+
+
+def huber_loss_backward(pred, target, delta=1.0, reduction="mean", grad_output=None):
+    return _regression("huber_loss_backward", FASTNN_LOSS_HUBER, pred, target, reduction,
+                       _delta(delta, "huber_loss_backward"), True, grad_output)
+
+
+def _bce(str fn, logits, target, pos_weight, str reduction, bint backward, grad_output):
+    _check_reduction(reduction, fn)
+    cdef cnp.ndarray Z = _input(logits, fn, "logits", None)
+    cdef cnp.ndarray Tg = _input(target, fn, "target", Z.dtype)
+    _same_shape(Z, "logits", Tg, "target", fn)
+    cdef int64_t cols = Z.shape[Z.ndim - 1] if Z.ndim > 0 else 1
+    cdef int64_t rows = Z.size // cols if cols else 0
+    cdef cnp.ndarray PW = None
+    if pos_weight is not None:
+        PW = _input(pos_weight, fn, "pos_weight", Z.dtype)
+        if PW.ndim != 1 or PW.shape[0] != cols:
+            raise ValueError(f"{_sig(fn, 'pos_weight')} must have shape ({cols},) (one weight "
+                             f"per column of 'logits'), got {_shp(PW)}")
+    cdef int64_t n = Z.size
+    cdef double scale = 1.0 / n if (reduction == "mean" and n > 0) else 1.0
+    cdef double total = 0
+    cdef cnp.ndarray L = None, G = None
+    if backward:
+        G = np.empty_like(Z)
+    elif reduction == "none":
+        L = np.empty_like(Z)
+    cdef fastnn_dtype dt = _dt(Z)
+    cdef void *pl = _ptr(L) if L is not None else NULL
+    cdef void *pg = _ptr(G) if G is not None else NULL
+    cdef void *pz = _ptr(Z)
+    cdef void *pt = _ptr(Tg)
+    cdef void *pw = _ptr(PW) if PW is not None else NULL
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_bce_logits(dt, &total, pl, pg, scale, pz, pt, pw, rows, cols)
+    _check(st, fn)
+    if backward:
+        return _scale_none(G, grad_output, _shp(Z), fn, False) if reduction == "none" else G
+    return _finish(reduction, total, n, L)
+
+
+def binary_cross_entropy_with_logits(logits, target, pos_weight=None, reduction="mean"):
+    """Binary cross-entropy on logits, as torch.nn.functional.binary_cross_entropy_with_logits
+    (pos_weight: one weight per class, the last axis)."""
+    return _bce("binary_cross_entropy_with_logits", logits, target, pos_weight, reduction,
+                False, None)
+
+
+def binary_cross_entropy_with_logits_backward(logits, target, pos_weight=None, reduction="mean",
+                                              grad_output=None):
+    return _bce("binary_cross_entropy_with_logits_backward", logits, target, pos_weight,
+                reduction, True, grad_output)
+
+
+cdef cnp.ndarray _labels(object labels, str fn, int64_t rows):
+    cdef cnp.ndarray lab = labels if isinstance(labels, np.ndarray) else np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"{_sig(fn, 'labels')} must hold integer class indices, "
+                        f"got dtype {lab.dtype}")
+    if lab.ndim != 1 or lab.shape[0] != rows:
+        raise ValueError(f"{_sig(fn, 'labels')} must have shape ({rows},) (one label per row "
+                         f"of 'logits'), got {_shp(lab)}")
+    return np.ascontiguousarray(lab, dtype=np.int64)
+
+
+def _cross_entropy(str fn, logits, labels, weight, label_smoothing, str reduction,
+                   bint backward, grad_output):
+    _check_reduction(reduction, fn)
+    cdef cnp.ndarray Z = _input(logits, fn, "logits", None)
+    if Z.ndim != 2:
+        raise ValueError(f"{_sig(fn, 'logits')} must be a 2-D array (rows, classes), "
+                         f"got shape {_shp(Z)}")
+    cdef int64_t rows = Z.shape[0], cols = Z.shape[1]
+    if cols == 0:
+        raise ValueError(f"{_sig(fn, 'logits')} must have at least one class column, "
+                         f"got shape {_shp(Z)}")
+    cdef cnp.ndarray Y = _labels(labels, fn, rows)
+    cdef cnp.ndarray W = None
+    if weight is not None:
+        W = _input(weight, fn, "weight", Z.dtype)
+        if W.ndim != 1 or W.shape[0] != cols:
+            raise ValueError(f"{_sig(fn, 'weight')} must have shape ({cols},) (one weight per "
+                             f"class), got {_shp(W)}")
+    cdef double eps = _float_arg(label_smoothing, fn, "label_smoothing")
+    if not (0.0 <= eps <= 1.0):
+        raise ValueError(f"{_sig(fn, 'label_smoothing')} must be in [0, 1], "
+                         f"got {label_smoothing!r}")
+    cdef double total = 0, wsum = 0, scale = 1.0
+    cdef cnp.ndarray L = None, G = None
+    cdef fastnn_dtype dt = _dt(Z)
+    cdef void *pz = _ptr(Z)
+    cdef int64_t *py = <int64_t *>_ptr(Y)
+    cdef void *pw = _ptr(W) if W is not None else NULL
+    cdef void *pl = NULL
+    cdef void *pg = NULL
+    cdef fastnn_status st
+    if backward and reduction == "mean":
+        # the divisor (sum of the label weights) is needed before the gradient is scaled
+        with nogil:
+            st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, pz, py, pw, eps,
+                                      rows, cols)
+        if st == FASTNN_OK and wsum != 0:
+            scale = 1.0 / wsum
+        elif st == FASTNN_OK:
+            scale = float("nan")
+    if backward:
+        G = np.empty_like(Z)
+        pg = _ptr(G)
+    elif reduction == "none":
+        L = np.empty(rows, dtype=Z.dtype)
+        pl = _ptr(L)
+    with nogil:
+        st = fastnn_cross_entropy(dt, &total, &wsum, pl, pg, scale, pz, py, pw, eps, rows, cols)
+    if st == FASTNN_ELABEL:
+        bad = np.flatnonzero((Y < 0) | (Y >= cols))[0]
+        raise ValueError(f"{_sig(fn, 'labels')} must be class indices in [0, {cols}), "
+                         f"got {Y[bad]} at position {bad}")
+    _check(st, fn)
+    if backward:
+        return _scale_none(G, grad_output, (rows,), fn, True) if reduction == "none" else G
+    return _finish(reduction, total, wsum, L)
+
+
+def cross_entropy(logits, labels, weight=None, label_smoothing=0.0, reduction="mean"):
+    """Softmax cross-entropy of logits (N, C) against integer labels (N,), as
+    torch.nn.functional.cross_entropy: class weights, label smoothing, and 'mean' divided by
+    the sum of the label weights (N without weights)."""
+    return _cross_entropy("cross_entropy", logits, labels, weight, label_smoothing, reduction,
+                          False, None)
+
+
+def cross_entropy_backward(logits, labels, weight=None, label_smoothing=0.0, reduction="mean",
+                           grad_output=None):
+    """d cross_entropy / d logits. reduction='none' needs grad_output (one value per row)."""
+    return _cross_entropy("cross_entropy_backward", logits, labels, weight, label_smoothing,
+                          reduction, True, grad_output)
+
+
+# ---- optimizers ----------------------------------------------------------------------------
+
+cdef cnp.ndarray _state(object a, str fn, str arg, cnp.ndarray p):
+    """A buffer updated in place: same dtype and size as param, C-contiguous, writable."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{_sig(fn, arg)} must be a numpy array, got {type(a).__name__}")
+    cdef cnp.ndarray s = a
+    if s.dtype != p.dtype:
+        raise TypeError(f"{_sig(fn, arg)} must have dtype {p.dtype} like 'param', got {s.dtype}")
+    if s.size != p.size:
+        raise ValueError(f"{_sig(fn, arg)} must have {p.size} elements like 'param', "
+                         f"got shape {_shp(s)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(s):
+        raise ValueError(f"{_sig(fn, arg)} must be C-contiguous (it is updated in place), "
+                         f"got strides {_strd(s)}")
+    if not s.flags.writeable:
+        raise ValueError(f"{_sig(fn, arg)} must be writable, got a read-only array")
+    return s
+
+
+cdef tuple _opt_args(str fn, param, grad, list states):
+    """Validate param, grad and the named state buffers (None allowed where optional)."""
+    cdef cnp.ndarray P = _array(param, fn, "param")
+    P = _state(P, fn, "param", P)
+    cdef cnp.ndarray G = _input(grad, fn, "grad", P.dtype)
+    if G.size != P.size:
+        raise ValueError(f"{_sig(fn, 'grad')} must have {P.size} elements like 'param', "
+                         f"got shape {_shp(G)}")
+    out = [P, G]
+    written = [("param", P)]
+    for name, s in states:
+        S = None if s is None else _state(s, fn, name, P)
+        if S is not None:
+            for wname, W in written:
+                if _overlap(S, W):
+                    raise ValueError(f"{_sig(fn, name)} overlaps '{wname}' in memory")
+            if _overlap(S, G):
+                raise ValueError(f"{_sig(fn, name)} overlaps 'grad' in memory")
+            written.append((name, S))
+        out.append(S)
+    if _overlap(P, G):
+        raise ValueError(f"{_sig(fn, 'grad')} overlaps 'param' in memory")
+    return tuple(out)
+
+
+cdef inline void *_optr(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False, first_step=False):
+    """One torch.optim.SGD update of param in place (momentum_buffer needed if momentum != 0;
+    first_step: the buffer is initialised to the gradient, as PyTorch does)."""
+    fn = "sgd_step"
+    P, G, B = _opt_args(fn, param, grad, [("momentum_buffer", momentum_buffer)])
+    cdef double mu = _float_arg(momentum, fn, "momentum")
+    cdef double damp = _float_arg(dampening, fn, "dampening")
+    cdef double lr_ = _float_arg(lr, fn, "lr"), wd = _float_arg(weight_decay, fn, "weight_decay")
+    if mu != 0 and B is None:
+        raise ValueError(f"{_sig(fn, 'momentum_buffer')} is required when momentum != 0")
+    if nesterov and (mu <= 0 or damp != 0):
+        raise ValueError(f"{_sig(fn, 'nesterov')} requires momentum > 0 and dampening == 0, "
+                         f"got momentum={mu}, dampening={damp}")
+    cdef fastnn_dtype dt = _dt(P)
+    cdef void *pp = _optr(P)
+    cdef void *pb = _optr(B)
+    cdef void *pg = _optr(G)
+    cdef int64_t n = P.size
+    cdef int nest = bool(nesterov), maxi = bool(maximize), first = bool(first_step)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_sgd(dt, pp, pb, pg, n, lr_, mu, damp, wd, nest, maxi, first)
+    _check(st, fn)
+
+
+cdef int64_t _step(object step, str fn) except -1:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{_sig(fn, 'step')} must be an int >= 1 (the count including this "
+                         f"update), got {step!r}")
+    return step
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+              beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+              amsgrad=False, maximize=False):
+    """One torch.optim.Adam update (AdamW with decoupled_weight_decay=True) in place.
+    step counts updates including this one (1 on the first call)."""
+    fn = "adam_step"
+    P, G, M, V, VM = _opt_args(fn, param, grad, [("exp_avg", exp_avg),
+                                                 ("exp_avg_sq", exp_avg_sq),
+                                                 ("max_exp_avg_sq", max_exp_avg_sq)])
+    if M is None or V is None:
+        raise ValueError(f"{fn}: arguments 'exp_avg' and 'exp_avg_sq' are required")
+    if amsgrad and VM is None:
+        raise ValueError(f"{_sig(fn, 'max_exp_avg_sq')} is required when amsgrad=True")
+    cdef int64_t s = _step(step, fn)
+    cdef double b1 = _float_arg(beta1, fn, "beta1"), b2 = _float_arg(beta2, fn, "beta2")
+    for name, v in (("beta1", b1), ("beta2", b2)):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{_sig(fn, name)} must be in [0, 1), got {v}")
+    cdef double lr_ = _float_arg(lr, fn, "lr"), e = _float_arg(eps, fn, "eps")
+    cdef double wd = _float_arg(weight_decay, fn, "weight_decay")
+    cdef fastnn_dtype dt = _dt(P)
+    cdef void *pp = _optr(P)
+    cdef void *pm = _optr(M)
+    cdef void *pv = _optr(V)
+    cdef void *pvm = _optr(VM)
+    cdef void *pg = _optr(G)
+    cdef int64_t n = P.size
+    cdef int dec = bool(decoupled_weight_decay), ams = bool(amsgrad), maxi = bool(maximize)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_adam(dt, pp, pm, pv, pvm, pg, n, lr_, b1, b2, e, wd, dec, ams, maxi, s)
+    _check(st, fn)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+               beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, amsgrad=False,
+               maximize=False):
+    """One torch.optim.AdamW update in place (decoupled weight decay, default 0.01)."""
+    adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, beta1=beta1,
+              beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True,
+              amsgrad=amsgrad, maximize=maximize)
+
+
+def rmsprop_step(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr=1e-2,
+                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 maximize=False):
+    """One torch.optim.RMSprop update in place."""
+    fn = "rmsprop_step"
+    P, G, SQ, B, GA = _opt_args(fn, param, grad, [("square_avg", square_avg),
+                                                  ("momentum_buffer", momentum_buffer),
+                                                  ("grad_avg", grad_avg)])
+    if SQ is None:
+        raise ValueError(f"{_sig(fn, 'square_avg')} is required")
+    cdef double mu = _float_arg(momentum, fn, "momentum")
+    if mu > 0 and B is None:
+        raise ValueError(f"{_sig(fn, 'momentum_buffer')} is required when momentum > 0")
+    if centered and GA is None:
+        raise ValueError(f"{_sig(fn, 'grad_avg')} is required when centered=True")
+    cdef double lr_ = _float_arg(lr, fn, "lr"), al = _float_arg(alpha, fn, "alpha")
+    cdef double e = _float_arg(eps, fn, "eps"), wd = _float_arg(weight_decay, fn, "weight_decay")
+    cdef fastnn_dtype dt = _dt(P)
+    cdef void *pp = _optr(P)
+    cdef void *psq = _optr(SQ)
+    cdef void *pb = _optr(B)
+    cdef void *pga = _optr(GA)
+    cdef void *pg = _optr(G)
+    cdef int64_t n = P.size
+    cdef int cen = bool(centered), maxi = bool(maximize)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_rmsprop(dt, pp, psq, pb, pga, pg, n, lr_, al, e, wd, mu, cen, maxi)
+    _check(st, fn)
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 eps=1e-10, maximize=False):
+    """One torch.optim.Adagrad update in place; step counts updates including this one."""
+    fn = "adagrad_step"
+    P, G, SS = _opt_args(fn, param, grad, [("state_sum", state_sum)])
+    if SS is None:
+        raise ValueError(f"{_sig(fn, 'state_sum')} is required")
+    cdef int64_t s = _step(step, fn)
+    cdef double lr_ = _float_arg(lr, fn, "lr"), dec = _float_arg(lr_decay, fn, "lr_decay")
+    cdef double wd = _float_arg(weight_decay, fn, "weight_decay"), e = _float_arg(eps, fn, "eps")
+    cdef fastnn_dtype dt = _dt(P)
+    cdef void *pp = _optr(P)
+    cdef void *pss = _optr(SS)
+    cdef void *pg = _optr(G)
+    cdef int64_t n = P.size
+    cdef int maxi = bool(maximize)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_adagrad(dt, pp, pss, pg, n, lr_, dec, wd, e, maxi, s)
+    _check(st, fn)
