@@ -184,15 +184,13 @@ cdef tuple _gemm_layout(cnp.ndarray a, str fn, str arg):
     transpose of such (trans 1, e.g. x.T). Anything else is refused."""
     cdef Py_ssize_t r = a.shape[0], c = a.shape[1], isz = a.itemsize
     cdef Py_ssize_t s0 = a.strides[0], s1 = a.strides[1]
-    # strides of dimensions of extent <= 1 do not matter
-    if c <= 1:
-        s1 = isz
-    if r <= 1:
-        s0 = max(c, 1) * isz
-    if s1 == isz and s0 % isz == 0 and s0 >= c * isz:
-        return (0, max(s0 // isz, c, 1))
-    if s0 == isz and s1 % isz == 0 and s1 >= r * isz:
-        return (1, max(s1 // isz, r, 1))
+    # strides of empty arrays and of dimensions of extent <= 1 do not matter
+    if r == 0 or c == 0:
+        return (0, max(c, 1))
+    if (c == 1 or s1 == isz) and (r == 1 or (s0 % isz == 0 and s0 >= c * isz)):
+        return (0, c if r == 1 else max(s0 // isz, c))
+    if (r == 1 or s0 == isz) and (c == 1 or (s1 % isz == 0 and s1 >= r * isz)):
+        return (1, r if c == 1 else max(s1 // isz, r))
     raise ValueError(f"{_sig(fn, arg)} has unsupported strides {_strd(a)} for shape "
                      f"{_shp(a)} and itemsize {isz}: one stride must equal the item "
                      f"size (a row-major array, a view of its rows, or its transpose .T); "
@@ -234,14 +232,12 @@ def _matmul(a, b, out, alpha, beta, bint reference):
             raise ValueError(f"{_sig(fn, 'out')} must have shape {(m, n)}, got {_shp(C)}")
         if not C.flags.writeable:
             raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
-        tc, _ = _gemm_layout(C, fn, "out")
-        if tc != 0 and not (m <= 1 or n <= 1):
-            raise ValueError(f"{_sig(fn, 'out')} must have rows of unit stride (row-major), "
-                             f"got strides {_strd(C)}")
         _check_disjoint(C, "out", fn, [("a", A), ("b", B)], False)
-    cdef int64_t ldc = max(n, 1)
-    if m > 1:
-        ldc = C.strides[0] // C.itemsize
+    tc, ldc_ = _gemm_layout(C, fn, "out")
+    if tc != 0:
+        raise ValueError(f"{_sig(fn, 'out')} must have rows of unit stride (row-major), "
+                         f"got strides {_strd(C)}")
+    cdef int64_t ldc = ldc_
     cdef fastnn_dtype dt = _dt(A)
     cdef int ita = ta, itb = tb
     cdef int64_t ilda = lda, ildb = ldb

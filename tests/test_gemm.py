@@ -1,0 +1,151 @@
+"""GEMM against the float64 oracle: every layout, alpha/beta, shapes 0..67 around the
+micro-kernel's MR/NR, shapes across the cache blocks, every kernel table, both dtypes."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnn
+from fastnn import ops
+
+EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
+
+
+def operand(rng, rows, cols, dtype, trans, pad):
+    """A (rows, cols) operand stored row-major with `pad` extra columns, or as the transpose
+    of a (cols, rows) array (x.T) with padding: the layouts matmul must read without a copy."""
+    if trans:
+        base = rng.standard_normal((cols, rows + pad)).astype(dtype)
+        return base[:, :rows].T
+    base = rng.standard_normal((rows, cols + pad)).astype(dtype)
+    return base[:, :cols]
+
+
+def check(a, b, c0, alpha, beta, dtype, got):
+    """|got - oracle| <= 2 K eps (|alpha| |A||B| + |beta| |C|) + tiny, element-wise."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = alpha * (a64 @ b64)
+    bound = abs(alpha) * (np.abs(a64) @ np.abs(b64))
+    if beta != 0:
+        want = want + beta * c0.astype(np.float64)
+        bound = bound + abs(beta) * np.abs(c0.astype(np.float64))
+    k = a.shape[1]
+    tol = 2 * (k + 2) * EPS[dtype] * bound + np.finfo(dtype).tiny
+    err = np.abs(got.astype(np.float64) - want)
+    assert np.all(err <= tol), f"max excess {np.max(err - tol)} at {np.unravel_index(np.argmax(err - tol), err.shape)}"
+
+
+@settings(max_examples=60)
+@given(m=st.integers(0, 67), n=st.integers(0, 67), k=st.integers(0, 67),
+       ta=st.booleans(), tb=st.booleans(), pad=st.integers(0, 3),
+       alpha=st.sampled_from([1.0, -0.5, 2.0, 0.0]), beta=st.sampled_from([0.0, 1.0, -1.5]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
+def test_small_shapes_every_layout(each_arch, m, n, k, ta, tb, pad, alpha, beta, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a = operand(rng, m, k, dtype, ta, pad)
+    b = operand(rng, k, n, dtype, tb, pad)
+    cbase = rng.standard_normal((m, n + pad)).astype(dtype)
+    c = cbase[:, :n]                      # row-strided out
+    c0 = c.copy()
+    pad0 = cbase[:, n:].copy()
+    if beta == 0:
+        c[...] = np.nan                   # beta == 0 must not read out
+    got = ops.matmul(a, b, out=c, alpha=alpha, beta=beta)
+    assert got is c
+    check(a, b, c0, alpha, beta, dtype, got)
+    np.testing.assert_array_equal(cbase[:, n:], pad0)   # columns beyond out untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(300, 700, 500), (1, 5000, 10), (200, 33, 1000), (129, 257, 385),
+                                   (5, 4500, 3), (700, 3, 900)])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_shapes_across_cache_blocks(each_arch, dtype, m, n, k, ta, tb):
+    rng = np.random.default_rng(m * 7 + n * 3 + k)
+    a = operand(rng, m, k, dtype, ta, 1)
+    b = operand(rng, k, n, dtype, tb, 2)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    got = ops.matmul(a, b, out=c0.copy(), alpha=0.75, beta=0.5)
+    check(a, b, c0, 0.75, 0.5, dtype, got)
+
+
+def test_reference_kernel_is_an_oracle_too():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((37, 19))
+    b = rng.standard_normal((19, 41))
+    np.testing.assert_allclose(ops.matmul_reference(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(ops.matmul(a.T.copy().T, b), ops.matmul_reference(a, b),
+                               rtol=1e-13, atol=1e-13)
+
+
+def test_tables_agree_with_each_other():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((150, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 90)).astype(np.float32)
+    before = fastnn.arch()
+    try:
+        outs = {}
+        for name in fastnn.available_archs():
+            fastnn.set_arch(name)
+            outs[name] = ops.matmul(a, b)
+    finally:
+        fastnn.set_arch(before)
+    for name, out in outs.items():
+        check(a, b, None, 1.0, 0.0, np.float32, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_and_degenerate(dtype):
+    z = np.zeros
+    assert ops.matmul(z((0, 5), dtype), z((5, 3), dtype)).shape == (0, 3)
+    assert ops.matmul(z((4, 5), dtype), z((5, 0), dtype)).shape == (4, 0)
+    # k == 0: the product is zero, out = beta * out
+    out = np.full((2, 3), 4.0, dtype)
+    ops.matmul(z((2, 0), dtype), z((0, 3), dtype), out=out, beta=0.5)
+    np.testing.assert_array_equal(out, np.full((2, 3), 2.0))
+    out[...] = np.nan
+    ops.matmul(z((2, 0), dtype), z((0, 3), dtype), out=out)
+    np.testing.assert_array_equal(out, 0)
+    # alpha == 0 with beta == 0 clears even NaN (BLAS convention: out is not read)
+    out[...] = np.nan
+    ops.matmul(np.ones((2, 4), dtype), np.ones((4, 3), dtype), out=out, alpha=0.0)
+    np.testing.assert_array_equal(out, 0)
+    # 1 x 1 and vectors as 2-D
+    np.testing.assert_allclose(ops.matmul(np.ones((1, 7), dtype), np.ones((7, 1), dtype)), [[7]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_propagate(each_arch, dtype):
+    a = np.ones((20, 30), dtype)
+    b = np.ones((30, 40), dtype)
+    a[3, 7] = np.nan
+    b[5, 11] = np.inf
+    c = ops.matmul(a, b)
+    assert np.all(np.isnan(c[3]))
+    others = np.delete(np.arange(20), 3)
+    assert np.all(np.isinf(c[others, 11]))
+    assert np.all(np.isfinite(np.delete(c[others], 11, axis=1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_bit_identical_for_one_and_two_threads(threads, dtype, ta, tb):
+    rng = np.random.default_rng(5)
+    a = operand(rng, 500, 700, dtype, ta, 0)
+    b = operand(rng, 700, 600, dtype, tb, 0)
+    threads(1)
+    one = ops.matmul(a, b)
+    threads(2)
+    two = ops.matmul(a, b)
+    assert one.tobytes() == two.tobytes()
+
+
+def test_inputs_never_modified_and_no_copy_needed_for_transposes():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((64, 48)).astype(np.float32)
+    b = rng.standard_normal((64, 32)).astype(np.float32)
+    a0, b0 = a.copy(), b.copy()
+    got = ops.matmul(a.T, b)            # the weight-gradient layout: x.T @ dy
+    check(a.T, b, None, 1.0, 0.0, np.float32, got)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
