@@ -1,0 +1,93 @@
+"""Side-by-side timing: fastnn against numpy's BLAS in one process, interleaved (A B A B ...),
+median of the rounds, single thread by default. Used by `fastnn bench-gemm` and benchmarks/."""
+import os
+import statistics
+import time
+
+import numpy as np
+
+import fastnn
+
+
+def blas_threads(n):
+    """Context manager limiting numpy's BLAS to n threads (needs threadpoolctl, which the
+    bench and test extras install)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise RuntimeError("timing against numpy needs threadpoolctl to set numpy's BLAS "
+                           "thread count: pip install threadpoolctl") from None
+    return threadpool_limits(n, user_api="blas")
+
+
+def parse_shapes(spec):
+    shapes = []
+    for item in str(spec).split(","):
+        parts = [int(x) for x in item.lower().split("x")]
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3 or min(parts) < 1:
+            raise ValueError(f"shape {item!r}: expected N or MxKxN with positive sizes")
+        shapes.append(tuple(parts))
+    return shapes
+
+
+def _time(fn, min_time):
+    """Seconds per call: calls repeated until min_time has passed (at least one call)."""
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return dt / n
+
+
+def interleaved(candidates, repeats=7, min_time=0.2):
+    """candidates: dict name -> callable. Returns name -> list of seconds per call,
+    measured in rounds A B A B ... after one warm-up call each."""
+    for f in candidates.values():
+        f()
+    times = {k: [] for k in candidates}
+    for _ in range(repeats):
+        for k, f in candidates.items():
+            times[k].append(_time(f, min_time))
+    return times
+
+
+def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, layouts=("nn",)):
+    """Rows of dicts: shape, layout, fastnn and numpy GFLOP/s (medians) and their ratio."""
+    before = fastnn.get_num_threads()
+    fastnn.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    try:
+        with blas_threads(threads):
+            for m, k, n in parse_shapes(sizes):
+                for lay in layouts:
+                    a = rng.standard_normal((k, m) if lay[0] == "t" else (m, k)).astype(dtype)
+                    b = rng.standard_normal((n, k) if lay[1] == "t" else (k, n)).astype(dtype)
+                    a = a.T if lay[0] == "t" else a
+                    b = b.T if lay[1] == "t" else b
+                    c1 = np.empty((m, n), dtype)
+                    c2 = np.empty((m, n), dtype)
+                    t = interleaved({"fastnn": lambda: fastnn.ops.matmul(a, b, out=c1),
+                                     "numpy": lambda: np.matmul(a, b, out=c2)}, repeats, min_time)
+                    flop = 2.0 * m * n * k
+                    mf, mn = statistics.median(t["fastnn"]), statistics.median(t["numpy"])
+                    rows.append({"shape": f"{m}x{k}x{n}", "layout": lay, "dtype": dtype,
+                                 "threads": threads, "fastnn_gflops": flop / mf / 1e9,
+                                 "numpy_gflops": flop / mn / 1e9, "ratio": mn / mf,
+                                 "fastnn_s": t["fastnn"], "numpy_s": t["numpy"]})
+    finally:
+        fastnn.set_num_threads(before)
+    return rows
+
+
+def print_table(rows):
+    print(f"{'M x K x N':>16} {'layout':>6} {'dtype':>8} {'thr':>3} {'fastnn GF/s':>11} "
+          f"{'numpy GF/s':>10} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['shape']:>16} {r['layout']:>6} {r['dtype']:>8} {r['threads']:>3} "
+              f"{r['fastnn_gflops']:>11.1f} {r['numpy_gflops']:>10.1f} {r['ratio']:>6.2f}")
