@@ -149,3 +149,76 @@ def test_inputs_never_modified_and_no_copy_needed_for_transposes():
     check(a.T, b, None, 1.0, 0.0, np.float32, got)
     np.testing.assert_array_equal(a, a0)
     np.testing.assert_array_equal(b, b0)
+
+
+# ---- fused epilogues --------------------------------------------------------------------------
+
+import reference as ref  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+
+ACTIVATIONS = [("identity", lambda z: z, None), ("relu", ref.relu, ref.relu_backward),
+               (("leaky_relu", 0.2), lambda z: ref.leaky_relu(z, 0.2),
+                lambda d, z: ref.leaky_relu_backward(d, z, 0.2)),
+               ("sigmoid", ref.sigmoid, ref.sigmoid_backward), ("tanh", ref.tanh, ref.tanh_backward),
+               ("gelu", ref.gelu, ref.gelu_backward),
+               ("gelu_tanh", lambda z: ref.gelu(z, "tanh"), lambda d, z: ref.gelu_backward(d, z, "tanh")),
+               ("silu", ref.silu, ref.silu_backward),
+               (("softplus", 2.0, 5.0), lambda z: ref.softplus(z, 2.0, 5.0),
+                lambda d, z: ref.softplus_backward(d, z, 2.0, 5.0))]
+ACT_IDS = [a[0] if isinstance(a[0], str) else a[0][0] for a in ACTIVATIONS]
+
+
+@pytest.mark.parametrize("act,fwd,bwd", ACTIVATIONS, ids=ACT_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# (m, k, n): full tiles, edge tiles, the transposed path for small n, k == 0, blocks of k
+@pytest.mark.parametrize("m,k,n", [(64, 96, 64), (37, 50, 45), (130, 40, 3), (5, 0, 7), (20, 900, 33)])
+def test_matmul_bias_act(each_arch, act, fwd, bwd, dtype, m, k, n):
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype) / max(k, 1) ** 0.5
+    b = rng.standard_normal(n).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    for bias, beta in [(b, 0.0), (None, 0.5)]:
+        out = c0.copy()
+        got = ops.matmul_bias_act(x, w.T, bias, act, out=out, beta=beta)
+        z = ref.matmul(x, w.T, beta=beta, c=c0) + (0 if bias is None else b.astype(np.float64))
+        want = fwd(z)
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * (1 + np.abs(z).max()))
+
+
+@pytest.mark.parametrize("act,fwd,bwd", ACTIVATIONS[1:], ids=ACT_IDS[1:])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", [(64, 96, 64), (37, 50, 45), (130, 40, 3), (20, 900, 33)])
+def test_matmul_act_backward(each_arch, act, fwd, bwd, dtype, m, k, n):
+    rng = np.random.default_rng(m * k + n)
+    dz = rng.standard_normal((m, k)).astype(dtype)        # gradient of the next layer's output
+    w = rng.standard_normal((k, n)).astype(dtype) / k ** 0.5  # next layer's weight (out, in)
+    pre = rng.standard_normal((m, n)).astype(dtype)        # this layer's pre-activation
+    got = ops.matmul_act_backward(dz, w, pre, act)
+    want = bwd(ref.matmul(dz, w), pre)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * (1 + np.abs(want).max()))
+
+
+def test_fused_equals_unfused_bits_for_relu():
+    """Same products, same rounding: the fused ReLU forward is the GEMM then bias then ReLU."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((64, 200)).astype(np.float32)
+    w = rng.standard_normal((96, 200)).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    fused = ops.matmul_bias_act(x, w.T, b, "relu")
+    sep = ops.relu(ops.bias_add(ops.matmul(x, w.T), b))
+    assert fused.tobytes() == sep.tobytes()
+
+
+def test_fused_bad_input():
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="'activation'.*'swish'"):
+        ops.matmul_bias_act(x, x.T, None, "swish")
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(4,\), got \(3,\)"):
+        ops.matmul_bias_act(x, x.T, np.ones(3, np.float32), "relu")
+    with pytest.raises(ValueError, match=r"'x' must have shape \(4, 4\)"):
+        ops.matmul_act_backward(x, x.T, np.ones((4, 3), np.float32), "relu")
+    out = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="'out' overlaps input 'x'"):
+        ops.matmul_act_backward(x, x.T, out, "relu", out=out)

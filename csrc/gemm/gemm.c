@@ -1,32 +1,76 @@
-/* Blocked GEMM driver and packing (baseline ISA); the micro-kernel comes from the table. */
+/* Blocked GEMM driver and packing (baseline ISA); the micro-kernel comes from the table.
+ * Public entry points: fastnn_gemm, fastnn_gemm_bias_act, fastnn_gemm_act_backward. */
 #include <stdlib.h>
-#include "../ref/common.h"
+#include "ref/common.h"
 
 #define FASTNN_MAX_TILE (16 * 32)   /* largest MR x NR of any table */
 
 typedef fastnn_sgemm_cfg cfg_f32;
 typedef fastnn_dgemm_cfg cfg_f64;
-
 #define FASTNN_TEMPLATE "gemm/gemm.inc"   /* found through -I csrc */
-#include "../ref/template.h"
+#include "ref/template.h"
 
 static int cfg_ok(int mr, int nr, int mc, int kc, int nc) {
-    return mr > 0 && nr > 0 && mr * nr <= FASTNN_MAX_TILE && mc % mr == 0 && kc > 0 && nc % nr == 0 &&
-           mc > 0 && nc > 0;
+    return mr > 0 && nr > 0 && mr * nr <= FASTNN_MAX_TILE && mc > 0 && mc % mr == 0 && kc > 0 &&
+           nc > 0 && nc % nr == 0;
 }
 
-fastnn_status fastnn_sgemm_blocked(const fastnn_sgemm_cfg *cfg, int transa, int transb,
-                                   int64_t m, int64_t n, int64_t k, float alpha,
-                                   const float *a, int64_t lda, const float *b, int64_t ldb,
-                                   float beta, float *c, int64_t ldc) {
-    if (!cfg_ok(cfg->mr, cfg->nr, cfg->mc, cfg->kc, cfg->nc)) return FASTNN_EINVAL;
-    return gemm_blocked_f32(cfg, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+fastnn_status fastnn_gemm_run(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda,
+                              const void *b, int64_t ldb, double beta, void *c, int64_t ldc,
+                              const fastnn_epilogue *ep) {
+    const fastnn_kernel_table *t = fastnn_table();
+    if (dt == FASTNN_F32) {
+        if (!cfg_ok(t->s.mr, t->s.nr, t->s.mc, t->s.kc, t->s.nc)) return FASTNN_EINVAL;
+        return gemm_driver_f32(&t->s, transa, transb, m, n, k, (float)alpha, a, lda, b, ldb,
+                               (float)beta, c, ldc, ep);
+    }
+    if (dt == FASTNN_F64) {
+        if (!cfg_ok(t->d.mr, t->d.nr, t->d.mc, t->d.kc, t->d.nc)) return FASTNN_EINVAL;
+        return gemm_driver_f64(&t->d, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                               ldc, ep);
+    }
+    return FASTNN_EINVAL;
 }
 
-fastnn_status fastnn_dgemm_blocked(const fastnn_dgemm_cfg *cfg, int transa, int transb,
-                                   int64_t m, int64_t n, int64_t k, double alpha,
-                                   const double *a, int64_t lda, const double *b, int64_t ldb,
-                                   double beta, double *c, int64_t ldc) {
-    if (!cfg_ok(cfg->mr, cfg->nr, cfg->mc, cfg->kc, cfg->nc)) return FASTNN_EINVAL;
-    return gemm_blocked_f64(cfg, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+fastnn_status fastnn_gemm(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                          int64_t k, double alpha, const void *a, int64_t lda, const void *b,
+                          int64_t ldb, double beta, void *c, int64_t ldc) {
+    fastnn_status st = fastnn_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    if (st != FASTNN_OK) return st;
+    return fastnn_gemm_run(dt, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           NULL);
+}
+
+static int act_ok(fastnn_act act, double p) {
+    return act >= FASTNN_ACT_IDENTITY && act <= FASTNN_ACT_SOFTPLUS &&
+           !(act == FASTNN_ACT_SOFTPLUS && p == 0);
+}
+
+fastnn_status fastnn_gemm_bias_act(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                   int64_t n, int64_t k, double alpha, const void *a,
+                                   int64_t lda, const void *b, int64_t ldb, double beta,
+                                   void *c, int64_t ldc, const void *bias, fastnn_act act,
+                                   double p, double p2) {
+    fastnn_status st = fastnn_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    if (st != FASTNN_OK) return st;
+    if (!act_ok(act, p)) return FASTNN_EINVAL;
+    fastnn_epilogue ep = {0, act, p, p2, bias, 0, 1, NULL, 0, 0};
+    return fastnn_gemm_run(dt, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           &ep);
+}
+
+fastnn_status fastnn_gemm_act_backward(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                       int64_t n, int64_t k, double alpha, const void *a,
+                                       int64_t lda, const void *b, int64_t ldb, double beta,
+                                       void *c, int64_t ldc, const void *x, int64_t ldx,
+                                       fastnn_act act, double p, double p2) {
+    fastnn_status st = fastnn_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    if (st != FASTNN_OK) return st;
+    if (!act_ok(act, p)) return FASTNN_EINVAL;
+    if (m > 0 && n > 0 && !x) return FASTNN_ENULL;
+    if (ldx < (n > 1 ? n : 1)) return FASTNN_EINVAL;
+    fastnn_epilogue ep = {1, act, p, p2, NULL, 0, 0, x, ldx, 1};
+    return fastnn_gemm_run(dt, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                           &ep);
 }

@@ -8,7 +8,6 @@
 #endif
 #define GELU_K 0.79788456080286535588      /* sqrt(2/pi) */
 #define INV_SQRT_2PI 0.39894228040143267794 /* 1/sqrt(2 pi) */
-#define restrict_if_distinct                /* y may alias x */
 
 #define FASTNN_TEMPLATE "activations.inc"
 #include "template.h"

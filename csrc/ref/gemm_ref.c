@@ -1,10 +1,10 @@
-/* Reference GEMM and the public GEMM entry points (argument checks, then dispatch). */
+/* Reference GEMM (the specification and oracle) and the GEMM argument checks. */
 #include "common.h"
 
 #define FASTNN_TEMPLATE "gemm_ref.inc"
 #include "template.h"
 
-static fastnn_status gemm_check(int transa, int transb, int64_t m, int64_t n, int64_t k,
+fastnn_status fastnn_gemm_check(int transa, int transb, int64_t m, int64_t n, int64_t k,
                                 const void *a, int64_t lda, const void *b, int64_t ldb,
                                 const void *c, int64_t ldc) {
     if (m < 0 || n < 0 || k < 0) return FASTNN_EINVAL;
@@ -19,7 +19,7 @@ static fastnn_status gemm_check(int transa, int transb, int64_t m, int64_t n, in
 fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
                               int64_t k, double alpha, const void *a, int64_t lda,
                               const void *b, int64_t ldb, double beta, void *c, int64_t ldc) {
-    fastnn_status st = gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    fastnn_status st = fastnn_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
     if (st != FASTNN_OK) return st;
     if (dt == FASTNN_F32)
         gemm_ref_f32(transa, transb, m, n, k, (float)alpha, a, lda, b, ldb, (float)beta, c, ldc);
@@ -28,19 +28,4 @@ fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m
     else
         return FASTNN_EINVAL;
     return FASTNN_OK;
-}
-
-fastnn_status fastnn_gemm(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
-                          int64_t k, double alpha, const void *a, int64_t lda, const void *b,
-                          int64_t ldb, double beta, void *c, int64_t ldc) {
-    fastnn_status st = gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
-    if (st != FASTNN_OK) return st;
-    const fastnn_kernel_table *t = fastnn_table();
-    if (dt == FASTNN_F32)
-        return fastnn_sgemm_blocked(&t->s, transa, transb, m, n, k, (float)alpha, a, lda, b,
-                                    ldb, (float)beta, c, ldc);
-    if (dt == FASTNN_F64)
-        return fastnn_dgemm_blocked(&t->d, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
-                                    c, ldc);
-    return FASTNN_EINVAL;
 }

@@ -91,3 +91,34 @@ def print_table(rows):
     for r in rows:
         print(f"{r['shape']:>16} {r['layout']:>6} {r['dtype']:>8} {r['threads']:>3} "
               f"{r['fastnn_gflops']:>11.1f} {r['numpy_gflops']:>10.1f} {r['ratio']:>6.2f}")
+
+
+def fused_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2):
+    """Linear forward act(x @ W.T + b) with ReLU: fastnn's fused matmul_bias_act against the
+    same GEMM followed by separate bias and ReLU passes, interleaved."""
+    ops = fastnn.ops
+    before = fastnn.get_num_threads()
+    fastnn.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    try:
+        for m, k, n in parse_shapes(sizes):
+            x = rng.standard_normal((m, k)).astype(dtype)
+            w = rng.standard_normal((n, k)).astype(dtype)
+            b = rng.standard_normal(n).astype(dtype)
+            o1 = np.empty((m, n), dtype)
+            o2 = np.empty((m, n), dtype)
+
+            def separate():
+                ops.matmul(x, w.T, out=o2)
+                ops.bias_add(o2, b, out=o2)
+                ops.relu(o2, out=o2)
+
+            t = interleaved({"fused": lambda: ops.matmul_bias_act(x, w.T, b, "relu", out=o1),
+                             "separate": separate}, repeats, min_time)
+            mf, ms = statistics.median(t["fused"]), statistics.median(t["separate"])
+            rows.append({"shape": f"{m}x{k}x{n}", "dtype": dtype, "threads": threads,
+                         "fused_us": mf * 1e6, "separate_us": ms * 1e6, "speedup": ms / mf})
+    finally:
+        fastnn.set_num_threads(before)
+    return rows

@@ -28,6 +28,16 @@ cdef extern from "fastnn/fastnn.h" nogil:
                                   int64_t n, int64_t k, double alpha, const void *a,
                                   int64_t lda, const void *b, int64_t ldb, double beta,
                                   void *c, int64_t ldc)
+    fastnn_status fastnn_gemm_bias_act(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                       int64_t n, int64_t k, double alpha, const void *a,
+                                       int64_t lda, const void *b, int64_t ldb, double beta,
+                                       void *c, int64_t ldc, const void *bias, fastnn_act act,
+                                       double param, double param2)
+    fastnn_status fastnn_gemm_act_backward(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                           int64_t n, int64_t k, double alpha, const void *a,
+                                           int64_t lda, const void *b, int64_t ldb, double beta,
+                                           void *c, int64_t ldc, const void *x, int64_t ldx,
+                                           fastnn_act act, double param, double param2)
     fastnn_status fastnn_act_forward(fastnn_dtype dt, fastnn_act act, double param,
                                      double param2, void *y, const void *x, int64_t n)
     fastnn_status fastnn_act_backward(fastnn_dtype dt, fastnn_act act, double param,

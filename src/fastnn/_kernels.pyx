@@ -206,15 +206,15 @@ cdef cnp.ndarray _gemm_operand(object x, str fn, str arg, object dtype):
     return a
 
 
-def _matmul(a, b, out, alpha, beta, bint reference):
-    fn = "matmul_reference" if reference else "matmul"
+cdef tuple _gemm_args(str fn, a, b, out, alpha, beta):
+    """Validated (A, B, C, transa, lda, transb, ldb, ldc, alpha, beta) of a GEMM call."""
     cdef cnp.ndarray A = _gemm_operand(a, fn, "a", None)
     cdef cnp.ndarray B = _gemm_operand(b, fn, "b", A.dtype)
     cdef double al = _float_arg(alpha, fn, "alpha"), be = _float_arg(beta, fn, "beta")
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"{fn}: inner dimensions differ: 'a' has shape {_shp(A)}, "
                          f"'b' has shape {_shp(B)} (a.shape[1] must equal b.shape[0])")
-    cdef int64_t m = A.shape[0], k = A.shape[1], n = B.shape[1]
+    cdef int64_t m = A.shape[0], n = B.shape[1]
     ta, lda = _gemm_layout(A, fn, "a")
     tb, ldb = _gemm_layout(B, fn, "b")
     cdef cnp.ndarray C
@@ -233,23 +233,114 @@ def _matmul(a, b, out, alpha, beta, bint reference):
         if not C.flags.writeable:
             raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
         _check_disjoint(C, "out", fn, [("a", A), ("b", B)], False)
-    tc, ldc_ = _gemm_layout(C, fn, "out")
+    tc, ldc = _gemm_layout(C, fn, "out")
     if tc != 0:
         raise ValueError(f"{_sig(fn, 'out')} must have rows of unit stride (row-major), "
                          f"got strides {_strd(C)}")
-    cdef int64_t ldc = ldc_
+    return A, B, C, ta, lda, tb, ldb, ldc, al, be
+
+
+def _matmul(a, b, out, alpha, beta, bint reference):
+    fn = "matmul_reference" if reference else "matmul"
+    A, B, C, ta, lda, tb, ldb, ldc, al, be = _gemm_args(fn, a, b, out, alpha, beta)
+    cdef int64_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
     cdef fastnn_dtype dt = _dt(A)
     cdef int ita = ta, itb = tb
-    cdef int64_t ilda = lda, ildb = ldb
+    cdef int64_t ilda = lda, ildb = ldb, ildc = ldc
+    cdef double dal = al, dbe = be
     cdef void *pa = _ptr(A)
     cdef void *pb = _ptr(B)
     cdef void *pc = _ptr(C)
     cdef fastnn_status st
     with nogil:
         if reference:
-            st = fastnn_gemm_ref(dt, ita, itb, m, n, k, al, pa, ilda, pb, ildb, be, pc, ldc)
+            st = fastnn_gemm_ref(dt, ita, itb, m, n, k, dal, pa, ilda, pb, ildb, dbe, pc, ildc)
         else:
-            st = fastnn_gemm(dt, ita, itb, m, n, k, al, pa, ilda, pb, ildb, be, pc, ldc)
+            st = fastnn_gemm(dt, ita, itb, m, n, k, dal, pa, ilda, pb, ildb, dbe, pc, ildc)
+    _check(st, fn)
+    return C
+
+
+cdef tuple _activation_spec(object activation, str fn):
+    """'relu' | ('leaky_relu', slope) | ('softplus', beta, threshold) ... -> (code, p, p2)."""
+    spec = (activation,) if isinstance(activation, str) else tuple(activation) \
+        if isinstance(activation, (tuple, list)) else None
+    if not spec or not isinstance(spec[0], str) or spec[0] not in _ACTS or len(spec) > 3:
+        raise ValueError(f"{_sig(fn, 'activation')} must be one of {sorted(_ACTS)} or a tuple "
+                         f"(name, *params) such as ('leaky_relu', 0.2), got {activation!r}")
+    name = spec[0]
+    defaults = {"leaky_relu": (0.01, 0.0), "softplus": (1.0, 20.0)}.get(name, (0.0, 0.0))
+    params = [_float_arg(v, fn, "activation") for v in spec[1:]] + list(defaults[len(spec) - 1:])
+    if name == "softplus" and (params[0] == 0 or params[0] != params[0]):
+        raise ValueError(f"{_sig(fn, 'activation')}: softplus beta must be non-zero, "
+                         f"got {params[0]}")
+    return _ACTS[name], params[0], params[1]
+
+
+def matmul_bias_act(a, b, bias=None, activation="identity", out=None, alpha=1.0, beta=0.0):
+    """out = act(alpha * a @ b + beta * out + bias), fused: bias and activation are applied
+    to each tile of out as soon as its product is complete (a Linear layer's forward is
+    matmul_bias_act(x, weight.T, bias, 'relu')). bias has shape (N,) or is None;
+    activation is a name of fastnn.ops ('relu', 'gelu', 'gelu_tanh', ...) or a tuple
+    ('leaky_relu', slope) / ('softplus', beta, threshold)."""
+    fn = "matmul_bias_act"
+    A, B, C, ta, lda, tb, ldb, ldc, al, be = _gemm_args(fn, a, b, out, alpha, beta)
+    code, p, p2 = _activation_spec(activation, fn)
+    cdef int64_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
+    cdef cnp.ndarray Bias = None
+    if bias is not None:
+        Bias = _input(bias, fn, "bias", A.dtype)
+        if Bias.ndim != 1 or Bias.shape[0] != n:
+            raise ValueError(f"{_sig(fn, 'bias')} must have shape ({n},), got {_shp(Bias)}")
+        if out is not None:
+            _check_disjoint(C, "out", fn, [("bias", Bias)], False)
+    cdef fastnn_dtype dt = _dt(A)
+    cdef fastnn_act act = code
+    cdef double dp = p, dp2 = p2, dal = al, dbe = be
+    cdef int ita = ta, itb = tb
+    cdef int64_t ilda = lda, ildb = ldb, ildc = ldc
+    cdef void *pa = _ptr(A)
+    cdef void *pb = _ptr(B)
+    cdef void *pc = _ptr(C)
+    cdef void *pbias = _ptr(Bias) if Bias is not None else NULL
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_gemm_bias_act(dt, ita, itb, m, n, k, dal, pa, ilda, pb, ildb, dbe, pc, ildc,
+                                  pbias, act, dp, dp2)
+    _check(st, fn)
+    return C
+
+
+def matmul_act_backward(a, b, x, activation="relu", out=None, alpha=1.0, beta=0.0):
+    """out = (alpha * a @ b + beta * out) * act'(x), fused: the gradient with respect to an
+    activation's input x (M, N), given the gradient of its output as the product a @ b
+    (dZ @ W of the next layer). activation as in matmul_bias_act. x must not overlap out."""
+    fn = "matmul_act_backward"
+    A, B, C, ta, lda, tb, ldb, ldc, al, be = _gemm_args(fn, a, b, out, alpha, beta)
+    code, p, p2 = _activation_spec(activation, fn)
+    cdef int64_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
+    cdef cnp.ndarray X = _gemm_operand(x, fn, "x", A.dtype)
+    if X.shape[0] != m or X.shape[1] != n:
+        raise ValueError(f"{_sig(fn, 'x')} must have shape {(m, n)} like the product, "
+                         f"got {_shp(X)}")
+    tx, ldx = _gemm_layout(X, fn, "x")
+    if tx != 0:
+        X = np.ascontiguousarray(X)
+        ldx = max(n, 1)
+    _check_disjoint(C, "out", fn, [("x", X)], False)
+    cdef fastnn_dtype dt = _dt(A)
+    cdef fastnn_act act = code
+    cdef double dp = p, dp2 = p2, dal = al, dbe = be
+    cdef int ita = ta, itb = tb
+    cdef int64_t ilda = lda, ildb = ldb, ildc = ldc, ildx = ldx
+    cdef void *pa = _ptr(A)
+    cdef void *pb = _ptr(B)
+    cdef void *pc = _ptr(C)
+    cdef void *px = _ptr(X)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_gemm_act_backward(dt, ita, itb, m, n, k, dal, pa, ilda, pb, ildb, dbe, pc,
+                                      ildc, px, ildx, act, dp, dp2)
     _check(st, fn)
     return C
 

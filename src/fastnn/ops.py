@@ -34,6 +34,8 @@ from ._kernels import (
     log_softmax,
     log_softmax_backward,
     matmul,
+    matmul_act_backward,
+    matmul_bias_act,
     matmul_reference,
     mse_loss,
     mse_loss_backward,

@@ -9,7 +9,8 @@
  *   b: packed k x NR panel of op(B), row by row:       b[p*NR + j]
  *   c: a full MR x NR tile with row stride ldc
  *   c[i,j] = alpha * sum_p a[p*MR+i] * b[p*NR+j] + beta * c[i,j]   (beta == 0: c not read)
- *   k >= 1. The panels are 64-byte aligned.
+ *   then, in registers, + bias[j] when bias is not NULL, and max(., 0) when relu
+ *   (NaN and -0 pass through, as relu()). k >= 1. The panels are 64-byte aligned.
  */
 #ifndef FASTNN_DISPATCH_H
 #define FASTNN_DISPATCH_H
@@ -17,9 +18,9 @@
 #include "fastnn/fastnn.h"
 
 typedef void (*fastnn_sukr)(int64_t k, const float *a, const float *b, float *c, int64_t ldc,
-                            float alpha, float beta);
+                            float alpha, float beta, const float *bias, int relu);
 typedef void (*fastnn_dukr)(int64_t k, const double *a, const double *b, double *c,
-                            int64_t ldc, double alpha, double beta);
+                            int64_t ldc, double alpha, double beta, const double *bias, int relu);
 
 /* mr x nr: register tile; kc: depth of a packed panel (A micro-panel + B micro-panel in L1);
  * mc: rows of the packed A block (L2); nc: columns of the packed B panel (L3). */
@@ -41,13 +42,22 @@ const fastnn_kernel_table *fastnn_table(void);   /* the table in use */
 /* Threads for a parallel region doing `work` scalar operations (1 below a threshold). */
 int fastnn_threads_for(double work);
 
-/* Blocked GEMM driver (csrc/gemm), given a configuration. Arguments as fastnn_gemm. */
-fastnn_status fastnn_sgemm_blocked(const fastnn_sgemm_cfg *cfg, int transa, int transb,
-                                   int64_t m, int64_t n, int64_t k, float alpha,
-                                   const float *a, int64_t lda, const float *b, int64_t ldb,
-                                   float beta, float *c, int64_t ldc);
-fastnn_status fastnn_dgemm_blocked(const fastnn_dgemm_cfg *cfg, int transa, int transb,
-                                   int64_t m, int64_t n, int64_t k, double alpha,
-                                   const double *a, int64_t lda, const double *b, int64_t ldb,
-                                   double beta, double *c, int64_t ldc);
+/* What the GEMM driver applies to each finished tile of C (see fastnn_gemm_bias_act and
+ * fastnn_gemm_act_backward). Strides map C(i, j) to bias[i*brs + j*bcs], aux[i*ars + j*acs]. */
+typedef struct {
+    int backward;              /* 0: c = act(c + bias); 1: c = c * act'(aux) */
+    fastnn_act act;
+    double p, p2;              /* activation parameters */
+    const void *bias;          /* may be NULL */
+    int64_t brs, bcs;
+    const void *aux;           /* the activation's input, for backward */
+    int64_t ars, acs;
+} fastnn_epilogue;
+
+/* GEMM with the table in use; arguments as fastnn_gemm, ep may be NULL. Unchecked. */
+fastnn_status fastnn_gemm_run(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                              int64_t k, double alpha, const void *a, int64_t lda,
+                              const void *b, int64_t ldb, double beta, void *c, int64_t ldc,
+                              const fastnn_epilogue *ep);
+
 #endif

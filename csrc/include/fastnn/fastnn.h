@@ -69,6 +69,24 @@ fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m
                               int64_t k, double alpha, const void *a, int64_t lda,
                               const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
 
+/* GEMM with a fused epilogue, applied to each tile of C once its product is complete:
+ * C = act(alpha op(A) op(B) + beta C + bias)   bias[n] broadcast over rows, may be NULL
+ * (the forward of a Linear layer with its activation, in one pass over C). */
+fastnn_status fastnn_gemm_bias_act(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                   int64_t n, int64_t k, double alpha, const void *a,
+                                   int64_t lda, const void *b, int64_t ldb, double beta,
+                                   void *c, int64_t ldc, const void *bias, fastnn_act act,
+                                   double param, double param2);
+
+/* C = (alpha op(A) op(B) + beta C) * act'(X), X[m, n] with row stride ldx: the gradient
+ * with respect to an activation's input, given the gradient of its output as a product
+ * (dZ W of the next layer) and the activation's input X. X must not overlap C. */
+fastnn_status fastnn_gemm_act_backward(fastnn_dtype dt, int transa, int transb, int64_t m,
+                                       int64_t n, int64_t k, double alpha, const void *a,
+                                       int64_t lda, const void *b, int64_t ldb, double beta,
+                                       void *c, int64_t ldc, const void *x, int64_t ldx,
+                                       fastnn_act act, double param, double param2);
+
 /* ---- activations (element-wise, n elements; y may be x) ----------------------------- */
 /* y[i] = f(x[i]) */
 fastnn_status fastnn_act_forward(fastnn_dtype dt, fastnn_act act, double param, double param2,

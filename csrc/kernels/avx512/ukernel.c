@@ -2,18 +2,21 @@
 #include "fastnn/dispatch.h"
 
 #define T float
+#define IT int32_t
 #define VL 16
 #define MR 14
 #define NV 2
 #define NAME sgemm_ukr_avx512
 #include "../ukernel.inc"
 #undef T
+#undef IT
 #undef VL
 #undef MR
 #undef NV
 #undef NAME
 
 #define T double
+#define IT int64_t
 #define VL 8
 #define MR 14
 #define NV 2

@@ -2,18 +2,21 @@
 #include "fastnn/dispatch.h"
 
 #define T float
+#define IT int32_t
 #define VL 4
 #define MR 6
 #define NV 2
 #define NAME sgemm_ukr_generic
 #include "../ukernel.inc"
 #undef T
+#undef IT
 #undef VL
 #undef MR
 #undef NV
 #undef NAME
 
 #define T double
+#define IT int64_t
 #define VL 2
 #define MR 6
 #define NV 2
