@@ -3,7 +3,12 @@
 #include <stdlib.h>
 #include "ref/common.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define FASTNN_MAX_TILE (16 * 32)   /* largest MR x NR of any table */
+#define FASTNN_BPACK_BYTES (16 << 20) /* packed B of one column block, all of k */
 
 typedef fastnn_sgemm_cfg cfg_f32;
 typedef fastnn_dgemm_cfg cfg_f64;

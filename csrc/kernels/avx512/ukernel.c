@@ -1,10 +1,10 @@
-/* GEMM micro-kernels for the avx512 table (float 14x32, double 14x16). */
+/* GEMM micro-kernels for the avx512 table (float 8x32, double 14x16). */
 #include "fastnn/dispatch.h"
 
 #define T float
 #define IT int32_t
 #define VL 16
-#define MR 14
+#define MR 8
 #define NV 2
 #define NAME sgemm_ukr_avx512
 #include "../ukernel.inc"
@@ -24,5 +24,5 @@
 #include "../ukernel.inc"
 
 /*                                             ukr             mr   nr   mc   kc   nc */
-const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sgemm_ukr_avx512, 14, 32, 168, 384, 4096};
+const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sgemm_ukr_avx512, 8, 32, 160, 384, 4096};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dgemm_ukr_avx512, 14, 16, 112, 256, 2048};
