@@ -101,6 +101,7 @@ def tanh_backward(dy, x):
 
 
 def _gelu_tanh_u(x):
+    """u = sqrt(2/pi) (x + 0.044715 x^3), the argument of tanh in GELU's approximation."""
     return _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
 
 
@@ -278,19 +279,20 @@ def huber_loss_backward(pred, target, delta=1.0, reduction="mean", grad_output=N
 
 
 def _softplus0(z):
-    """log(1 + exp(z)) for any z."""
+    """log(1 + exp(z)) for any z (no overflow)."""
     return np.logaddexp(0.0, z)
 
 
-def _pos_weight(pos_weight, z):
-    return 1.0 if pos_weight is None else _f64(pos_weight)  # broadcasts over the last axis
+def _pos_weight(pos_weight):
+    """1, or the per-column weights (they broadcast over the last axis)."""
+    return 1.0 if pos_weight is None else _f64(pos_weight)
 
 
 def binary_cross_entropy_with_logits(logits, target, pos_weight=None, reduction="mean"):
     """-[pw t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))]
     = pw t softplus(-z) + (1 - t) softplus(z), reduced (pos_weight along the last axis)."""
     z, t = _f64(logits), _f64(target)
-    pw = _pos_weight(pos_weight, z)
+    pw = _pos_weight(pos_weight)
     per = pw * t * _softplus0(-z) + (1.0 - t) * _softplus0(z)
     return _reduce(per, reduction)
 
@@ -299,7 +301,7 @@ def binary_cross_entropy_with_logits_backward(logits, target, pos_weight=None,
                                               reduction="mean", grad_output=None):
     """d/dz = (1 - t) sigmoid(z) - pw t sigmoid(-z), scaled by the reduction."""
     z, t = _f64(logits), _f64(target)
-    pw = _pos_weight(pos_weight, z)
+    pw = _pos_weight(pos_weight)
     g = (1.0 - t) * sigmoid(z) - pw * t * sigmoid(-z)
     return _grad_scale(g, reduction, grad_output)
 
@@ -331,7 +333,7 @@ def cross_entropy_backward(logits, labels, weight=None, label_smoothing=0.0, red
                            grad_output=None):
     """d l_r / d z_rc = p_c ((1 - eps) w[y] + eps / C sum_k w[k]) - (1 - eps) w[y] [c == y]
     - eps / C w[c], scaled by the reduction."""
-    per, logp, w, wsum = _ce_parts(logits, labels, weight, label_smoothing)
+    _, logp, w, wsum = _ce_parts(logits, labels, weight, label_smoothing)
     labels = np.asarray(labels, dtype=np.int64)
     rows, cols = logp.shape
     eps = float(label_smoothing)
