@@ -24,8 +24,24 @@ typedef void (*fastnn_dukr)(int64_t k, const double *a, const double *b, double 
 
 /* mr x nr: register tile; kc: depth of a packed panel (A micro-panel + B micro-panel in L1);
  * mc: rows of the packed A block (L2); nc: columns of the packed B panel (L3). */
-typedef struct { fastnn_sukr ukr; int mr, nr, mc, kc, nc; } fastnn_sgemm_cfg;
-typedef struct { fastnn_dukr ukr; int mr, nr, mc, kc, nc; } fastnn_dgemm_cfg;
+/* Packing: panel `panel` of the A block at (i0, p0) of op(A) (MR x kc, zero-padded rows,
+ * A(i, p) = a[i*rsa + p*csa]), or of the B panel at (p0, j0) (kc x NR, zero-padded
+ * columns, B(p, j) = b[p*rsb + j*csb]); see csrc/kernels/pack.inc. */
+typedef void (*fastnn_spack_a)(float *dst, const float *a, int64_t rsa, int64_t csa, int64_t i0,
+                               int64_t mc, int64_t p0, int64_t kc, int64_t panel);
+typedef void (*fastnn_spack_b)(float *dst, const float *b, int64_t rsb, int64_t csb, int64_t p0,
+                               int64_t kc, int64_t j0, int64_t nc, int64_t panel);
+typedef void (*fastnn_dpack_a)(double *dst, const double *a, int64_t rsa, int64_t csa,
+                               int64_t i0, int64_t mc, int64_t p0, int64_t kc, int64_t panel);
+typedef void (*fastnn_dpack_b)(double *dst, const double *b, int64_t rsb, int64_t csb,
+                               int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t panel);
+
+typedef struct {
+    fastnn_sukr ukr; int mr, nr, mc, kc, nc; fastnn_spack_a pack_a; fastnn_spack_b pack_b;
+} fastnn_sgemm_cfg;
+typedef struct {
+    fastnn_dukr ukr; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
+} fastnn_dgemm_cfg;
 
 typedef struct {
     const char *name;

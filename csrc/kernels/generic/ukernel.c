@@ -7,7 +7,12 @@
 #define MR 6
 #define NV 2
 #define NAME sgemm_ukr_generic
+#define PACK_A spack_a_generic
+#define PACK_B spack_b_generic
 #include "../ukernel.inc"
+#include "../pack.inc"
+#undef PACK_A
+#undef PACK_B
 #undef T
 #undef IT
 #undef VL
@@ -21,8 +26,11 @@
 #define MR 6
 #define NV 2
 #define NAME dgemm_ukr_generic
+#define PACK_A dpack_a_generic
+#define PACK_B dpack_b_generic
 #include "../ukernel.inc"
+#include "../pack.inc"
 
-/*                                             ukr             mr   nr   mc   kc   nc */
-const fastnn_sgemm_cfg fastnn_sgemm_generic = {sgemm_ukr_generic, 6, 8, 120, 256, 2048};
-const fastnn_dgemm_cfg fastnn_dgemm_generic = {dgemm_ukr_generic, 6, 4, 96, 256, 1024};
+/* micro-kernel, mr, nr, mc, kc, nc, packing of A and B */
+const fastnn_sgemm_cfg fastnn_sgemm_generic = {sgemm_ukr_generic, 6, 8, 120, 256, 2048, spack_a_generic, spack_b_generic};
+const fastnn_dgemm_cfg fastnn_dgemm_generic = {dgemm_ukr_generic, 6, 4, 96, 256, 1024, dpack_a_generic, dpack_b_generic};
