@@ -122,3 +122,62 @@ def fused_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2):
     finally:
         fastnn.set_num_threads(before)
     return rows
+
+
+def second_core_probe(n=512, calls=20):
+    """How much a second thread delivers right now: two independent single-thread GEMMs in two
+    Python threads (the GIL is released in the kernel) against one, as a throughput ratio.
+    About 2.0 means the second core is free; about 1.0 means it is busy with other work."""
+    import threading
+
+    before = fastnn.get_num_threads()
+    fastnn.set_num_threads(1)
+    try:
+        x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+        outs = [np.empty_like(x), np.empty_like(x)]
+
+        def work(o):
+            for _ in range(calls):
+                fastnn.ops.matmul(x, x, out=o)
+
+        work(outs[0])
+        t0 = time.perf_counter()
+        work(outs[0])
+        one = time.perf_counter() - t0
+        threads = [threading.Thread(target=work, args=(o,)) for o in outs]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        two = time.perf_counter() - t0
+    finally:
+        fastnn.set_num_threads(before)
+    return 2 * one / two
+
+
+def threads_compare(sizes, dtype="float32", repeats=7, min_time=0.2):
+    """fastnn's GEMM with 1 and with 2 threads, interleaved: GFLOP/s and speedup."""
+    before = fastnn.get_num_threads()
+    rng = np.random.default_rng(0)
+    rows = []
+    try:
+        for m, k, n in parse_shapes(sizes):
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            c = np.empty((m, n), dtype)
+
+            def run(t):
+                def f():
+                    fastnn.set_num_threads(t)
+                    fastnn.ops.matmul(a, b, out=c)
+                return f
+
+            t = interleaved({"1": run(1), "2": run(2)}, repeats, min_time)
+            flop = 2.0 * m * n * k
+            m1, m2 = statistics.median(t["1"]), statistics.median(t["2"])
+            rows.append({"shape": f"{m}x{k}x{n}", "dtype": dtype, "gflops_1": flop / m1 / 1e9,
+                         "gflops_2": flop / m2 / 1e9, "speedup": m1 / m2})
+    finally:
+        fastnn.set_num_threads(before)
+    return rows
