@@ -1,4 +1,5 @@
 /* CPU-feature dispatch and library state (threads, status strings). */
+#include <pthread.h>
 #include <string.h>
 #include "ref/common.h"
 #ifdef _OPENMP
@@ -70,6 +71,39 @@ fastnn_status fastnn_set_arch(const char *name) {
             return FASTNN_OK;
         }
     return FASTNN_EARCH;
+}
+
+/* ---- per-thread scratch (GEMM packing buffers): no allocation, no page faults per call ---- */
+typedef struct { void *p; size_t size; } scratch_t;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *s) {
+    if (s) free(((scratch_t *)s)->p);
+    free(s);
+}
+
+static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+void *fastnn_scratch(size_t bytes) {
+    pthread_once(&scratch_once, scratch_init);
+    scratch_t *s = pthread_getspecific(scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->size < bytes) {
+        size_t size = (bytes + 63) / 64 * 64;
+        void *p = aligned_alloc(64, size);
+        if (!p) return NULL;
+        free(s->p);
+        s->p = p;
+        s->size = size;
+    }
+    return s->p;
 }
 
 /* ---- threads ---- */

@@ -28,6 +28,9 @@ void fastnn_tile_act_backward_f32(fastnn_act act, float p, float p2, float *c, i
 void fastnn_tile_act_backward_f64(fastnn_act act, double p, double p2, double *c, int64_t rsc,
                                   int64_t csc, const double *x, int64_t xrs, int64_t xcs,
                                   int64_t mb, int64_t nb);
+/* A 64-byte aligned scratch buffer of at least `bytes`, owned by the calling thread and
+ * reused by its next call (freed when the thread exits); NULL when out of memory. */
+void *fastnn_scratch(size_t bytes);
 /* Argument checks shared by the GEMM entry points. */
 fastnn_status fastnn_gemm_check(int transa, int transb, int64_t m, int64_t n, int64_t k,
                                 const void *a, int64_t lda, const void *b, int64_t ldb,

@@ -36,11 +36,13 @@ typedef void (*fastnn_dpack_a)(double *dst, const double *a, int64_t rsa, int64_
 typedef void (*fastnn_dpack_b)(double *dst, const double *b, int64_t rsb, int64_t csb,
                                int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t panel);
 
+/* ukr: the MR x NR micro-kernel; tails: the same on the first 4, 2 and 1 rows of a packed
+ * MR-row panel (the last rows of a block, so a 10-row product does not compute 16). */
 typedef struct {
-    fastnn_sukr ukr; int mr, nr, mc, kc, nc; fastnn_spack_a pack_a; fastnn_spack_b pack_b;
+    fastnn_sukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_spack_a pack_a; fastnn_spack_b pack_b;
 } fastnn_sgemm_cfg;
 typedef struct {
-    fastnn_dukr ukr; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
+    fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
 } fastnn_dgemm_cfg;
 
 typedef struct {

@@ -1,4 +1,4 @@
-/* GEMM micro-kernels for the generic table (float 6x8, double 6x4). */
+/* GEMM micro-kernels and packing for the generic table (float 6x8, double 6x4). */
 #include "fastnn/dispatch.h"
 
 #define T float
@@ -6,31 +6,25 @@
 #define VL 4
 #define MR 6
 #define NV 2
-#define NAME sgemm_ukr_generic
-#define PACK_A spack_a_generic
-#define PACK_B spack_b_generic
-#include "../ukernel.inc"
-#include "../pack.inc"
-#undef PACK_A
-#undef PACK_B
+#define PFX(name) s##name##_generic
+#include "../instantiate.inc"
 #undef T
 #undef IT
 #undef VL
 #undef MR
 #undef NV
-#undef NAME
+#undef PFX
 
 #define T double
 #define IT int64_t
 #define VL 2
 #define MR 6
 #define NV 2
-#define NAME dgemm_ukr_generic
-#define PACK_A dpack_a_generic
-#define PACK_B dpack_b_generic
-#include "../ukernel.inc"
-#include "../pack.inc"
+#define PFX(name) d##name##_generic
+#include "../instantiate.inc"
 
-/* micro-kernel, mr, nr, mc, kc, nc, packing of A and B */
-const fastnn_sgemm_cfg fastnn_sgemm_generic = {sgemm_ukr_generic, 6, 8, 120, 256, 2048, spack_a_generic, spack_b_generic};
-const fastnn_dgemm_cfg fastnn_dgemm_generic = {dgemm_ukr_generic, 6, 4, 96, 256, 1024, dpack_a_generic, dpack_b_generic};
+/* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
+const fastnn_sgemm_cfg fastnn_sgemm_generic = {sukr_generic, {sukr4_generic, sukr2_generic, sukr1_generic},
+                                            6, 8, 120, 256, 2048, spack_a_generic, spack_b_generic};
+const fastnn_dgemm_cfg fastnn_dgemm_generic = {dukr_generic, {dukr4_generic, dukr2_generic, dukr1_generic},
+                                            6, 4, 96, 256, 1024, dpack_a_generic, dpack_b_generic};
