@@ -78,7 +78,8 @@ cdef inline str _sig(str fn, str arg):
 cdef cnp.ndarray _array(object x, str fn, str arg):
     """x as an ndarray of float32/float64 (array-likes converted, not copied when possible)."""
     cdef cnp.ndarray a = x if type(x) is np.ndarray else np.asarray(x)
-    if a.dtype is not _F32 and a.dtype is not _F64 and a.dtype != _F32 and a.dtype != _F64:
+    cdef int tn = cnp.PyArray_TYPE(a)
+    if tn != cnp.NPY_FLOAT32 and tn != cnp.NPY_FLOAT64:
         raise TypeError(f"{_sig(fn, arg)} must be a float32 or float64 array, got dtype {a.dtype}")
     return a
 
@@ -102,20 +103,25 @@ cdef inline void *_ptr(cnp.ndarray a):
     return cnp.PyArray_DATA(a)
 
 
-cdef tuple _bounds(cnp.ndarray a):
+cdef inline void _bounds(cnp.ndarray a, Py_ssize_t *lo, Py_ssize_t *hi):
     """[lo, hi) byte addresses that a's elements occupy (strides are non-negative here)."""
-    cdef Py_ssize_t lo = <Py_ssize_t>cnp.PyArray_DATA(a), hi = lo
-    cdef int d
-    if a.size == 0:
-        return (lo, lo)
-    for d in range(a.ndim):
-        hi += (a.shape[d] - 1) * a.strides[d]
-    return (lo, hi + a.itemsize)
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(a)
+    lo[0] = <Py_ssize_t>cnp.PyArray_DATA(a)
+    hi[0] = lo[0]
+    if cnp.PyArray_SIZE(a) == 0:
+        return
+    for d in range(nd):
+        hi[0] += (dims[d] - 1) * strides[d]
+    hi[0] += cnp.PyArray_ITEMSIZE(a)
 
 
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
-    cdef tuple x = _bounds(a), y = _bounds(b)
-    return x[0] < y[1] and y[0] < x[1]
+    cdef Py_ssize_t alo, ahi, blo, bhi
+    _bounds(a, &alo, &ahi)
+    _bounds(b, &blo, &bhi)
+    return alo < bhi and blo < ahi
 
 
 cdef cnp.ndarray _output(object out, str fn, tuple shape, object dtype, list inputs,
@@ -171,6 +177,8 @@ cdef _same_shape(cnp.ndarray a, str an, cnp.ndarray b, str bn, str fn):
 
 
 cdef double _float_arg(object v, str fn, str arg) except? -1.0:
+    if type(v) is float:
+        return <double>v
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -179,18 +187,23 @@ cdef double _float_arg(object v, str fn, str arg) except? -1.0:
 
 # ---- GEMM ----------------------------------------------------------------------------------
 
-cdef tuple _gemm_layout(cnp.ndarray a, str fn, str arg):
-    """(trans, ld) of a 2-D operand: rows strided with unit columns (trans 0) or the
-    transpose of such (trans 1, e.g. x.T). Anything else is refused."""
-    cdef Py_ssize_t r = a.shape[0], c = a.shape[1], isz = a.itemsize
-    cdef Py_ssize_t s0 = a.strides[0], s1 = a.strides[1]
+cdef int _gemm_layout(cnp.ndarray a, str fn, str arg, int64_t *ld) except -1:
+    """trans (0 or 1) of a 2-D operand, its leading dimension in *ld: rows strided with unit
+    columns (trans 0) or the transpose of such (trans 1, e.g. x.T). Anything else is refused."""
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
+    cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(a)
+    cdef Py_ssize_t r = dims[0], c = dims[1], isz = cnp.PyArray_ITEMSIZE(a)
+    cdef Py_ssize_t s0 = strides[0], s1 = strides[1]
     # strides of empty arrays and of dimensions of extent <= 1 do not matter
     if r == 0 or c == 0:
-        return (0, max(c, 1))
+        ld[0] = max(c, 1)
+        return 0
     if (c == 1 or s1 == isz) and (r == 1 or (s0 % isz == 0 and s0 >= c * isz)):
-        return (0, c if r == 1 else max(s0 // isz, c))
+        ld[0] = c if r == 1 else max(s0 // isz, c)
+        return 0
     if (r == 1 or s0 == isz) and (c == 1 or (s1 % isz == 0 and s1 >= r * isz)):
-        return (1, r if c == 1 else max(s1 // isz, r))
+        ld[0] = r if c == 1 else max(s1 // isz, r)
+        return 1
     raise ValueError(f"{_sig(fn, arg)} has unsupported strides {_strd(a)} for shape "
                      f"{_shp(a)} and itemsize {isz}: one stride must equal the item "
                      f"size (a row-major array, a view of its rows, or its transpose .T); "
@@ -199,9 +212,9 @@ cdef tuple _gemm_layout(cnp.ndarray a, str fn, str arg):
 
 cdef cnp.ndarray _gemm_operand(object x, str fn, str arg, object dtype):
     cdef cnp.ndarray a = _array(x, fn, arg)
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype} like 'a', got {a.dtype}")
-    if a.ndim != 2:
+    if dtype is not None and cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(<cnp.ndarray>dtype):
+        raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype.dtype} like 'a', got {a.dtype}")
+    if cnp.PyArray_NDIM(a) != 2:
         raise ValueError(f"{_sig(fn, arg)} must be a 2-D array, got shape {_shp(a)}")
     return a
 
@@ -209,32 +222,36 @@ cdef cnp.ndarray _gemm_operand(object x, str fn, str arg, object dtype):
 cdef tuple _gemm_args(str fn, a, b, out, alpha, beta):
     """Validated (A, B, C, transa, lda, transb, ldb, ldc, alpha, beta) of a GEMM call."""
     cdef cnp.ndarray A = _gemm_operand(a, fn, "a", None)
-    cdef cnp.ndarray B = _gemm_operand(b, fn, "b", A.dtype)
+    cdef cnp.ndarray B = _gemm_operand(b, fn, "b", A)
     cdef double al = _float_arg(alpha, fn, "alpha"), be = _float_arg(beta, fn, "beta")
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"{fn}: inner dimensions differ: 'a' has shape {_shp(A)}, "
                          f"'b' has shape {_shp(B)} (a.shape[1] must equal b.shape[0])")
     cdef int64_t m = A.shape[0], n = B.shape[1]
-    ta, lda = _gemm_layout(A, fn, "a")
-    tb, ldb = _gemm_layout(B, fn, "b")
+    cdef int64_t lda, ldb, ldc
+    cdef int ta = _gemm_layout(A, fn, "a", &lda)
+    cdef int tb = _gemm_layout(B, fn, "b", &ldb)
     cdef cnp.ndarray C
+    cdef cnp.npy_intp dims[2]
     if out is None:
         if be != 0:
             raise ValueError(f"{_sig(fn, 'beta')} must be 0 when 'out' is None, got {be}")
-        C = np.empty((m, n), dtype=A.dtype)
+        dims[0] = m
+        dims[1] = n
+        C = cnp.PyArray_EMPTY(2, dims, cnp.PyArray_TYPE(A), 0)
     else:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"{_sig(fn, 'out')} must be a numpy array, got {type(out).__name__}")
         C = out
-        if C.dtype != A.dtype:
+        if cnp.PyArray_TYPE(C) != cnp.PyArray_TYPE(A):
             raise TypeError(f"{_sig(fn, 'out')} must have dtype {A.dtype}, got {C.dtype}")
         if C.ndim != 2 or C.shape[0] != m or C.shape[1] != n:
             raise ValueError(f"{_sig(fn, 'out')} must have shape {(m, n)}, got {_shp(C)}")
         if not C.flags.writeable:
             raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
-        _check_disjoint(C, "out", fn, [("a", A), ("b", B)], False)
-    tc, ldc = _gemm_layout(C, fn, "out")
-    if tc != 0:
+        if _overlap(C, A) or _overlap(C, B):
+            _check_disjoint(C, "out", fn, [("a", A), ("b", B)], False)
+    if _gemm_layout(C, fn, "out", &ldc) != 0:
         raise ValueError(f"{_sig(fn, 'out')} must have rows of unit stride (row-major), "
                          f"got strides {_strd(C)}")
     return A, B, C, ta, lda, tb, ldb, ldc, al, be
@@ -319,12 +336,12 @@ def matmul_act_backward(a, b, x, activation="relu", out=None, alpha=1.0, beta=0.
     A, B, C, ta, lda, tb, ldb, ldc, al, be = _gemm_args(fn, a, b, out, alpha, beta)
     code, p, p2 = _activation_spec(activation, fn)
     cdef int64_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
-    cdef cnp.ndarray X = _gemm_operand(x, fn, "x", A.dtype)
+    cdef cnp.ndarray X = _gemm_operand(x, fn, "x", A)
     if X.shape[0] != m or X.shape[1] != n:
         raise ValueError(f"{_sig(fn, 'x')} must have shape {(m, n)} like the product, "
                          f"got {_shp(X)}")
-    tx, ldx = _gemm_layout(X, fn, "x")
-    if tx != 0:
+    cdef int64_t ldx
+    if _gemm_layout(X, fn, "x", &ldx) != 0:
         X = np.ascontiguousarray(X)
         ldx = max(n, 1)
     _check_disjoint(C, "out", fn, [("x", X)], False)
