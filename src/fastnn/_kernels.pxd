@@ -1,5 +1,5 @@
 # C contract of csrc/include/fastnn/fastnn.h, declared once for Cython.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "fastnn/fastnn.h" nogil:
     ctypedef enum fastnn_status:
@@ -75,3 +75,43 @@ cdef extern from "fastnn/fastnn.h" nogil:
     fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g, int64_t n,
                                  double lr, double lr_decay, double weight_decay, double eps,
                                  int maximize, int64_t step)
+
+cdef extern from "fastnn/net.h" nogil:
+    ctypedef struct fastnn_unit:
+        int64_t in_ "in"
+        int64_t out, w, b
+        fastnn_act act
+        double p, p2, drop
+    ctypedef enum fastnn_net_loss:
+        FASTNN_NET_CROSS_ENTROPY, FASTNN_NET_MSE, FASTNN_NET_L1, FASTNN_NET_HUBER,
+        FASTNN_NET_BCE_LOGITS
+    ctypedef enum fastnn_opt_kind:
+        FASTNN_OPT_SGD, FASTNN_OPT_ADAM, FASTNN_OPT_RMSPROP, FASTNN_OPT_ADAGRAD
+    ctypedef struct fastnn_optim:
+        fastnn_opt_kind kind
+        double lr, momentum, dampening, weight_decay, beta1, beta2, eps, alpha, lr_decay
+        int nesterov, maximize, decoupled, amsgrad, centered
+        int64_t step
+        void *s1
+        void *s2
+        void *s3
+    ctypedef struct fastnn_net:
+        fastnn_dtype dt
+        int nunits
+        const fastnn_unit *units
+        int64_t nparams
+        void *params
+        void *grads
+        fastnn_net_loss loss
+        int mean
+        double delta, label_smoothing
+        const void *loss_weight
+        fastnn_optim opt
+        int64_t max_batch
+        void *arena
+    int64_t fastnn_net_arena_bytes(const fastnn_net *net)
+    fastnn_status fastnn_net_check(const fastnn_net *net)
+    fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
+                                   const int64_t *index, int64_t n, int64_t batch_size,
+                                   uint64_t seed, double *loss_sum, int64_t *correct)
+    fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows)

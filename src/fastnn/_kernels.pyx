@@ -1022,3 +1022,231 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
     with nogil:
         st = fastnn_adagrad(dt, pp, pss, pg, n, lr_, dec, wd, e, maxi, s)
     _check(st, fn)
+
+
+# ---- fused training executor -----------------------------------------------------------------
+
+from libc.stdlib cimport malloc, free
+
+cdef dict _NET_LOSSES = {"cross_entropy": FASTNN_NET_CROSS_ENTROPY, "mse": FASTNN_NET_MSE,
+                         "l1": FASTNN_NET_L1, "huber": FASTNN_NET_HUBER,
+                         "bce_with_logits": FASTNN_NET_BCE_LOGITS}
+cdef dict _NET_OPTIMS = {"sgd": FASTNN_OPT_SGD, "adam": FASTNN_OPT_ADAM,
+                         "rmsprop": FASTNN_OPT_RMSPROP, "adagrad": FASTNN_OPT_ADAGRAD}
+_OPT_FIELDS = ("lr", "momentum", "dampening", "weight_decay", "beta1", "beta2", "eps", "alpha",
+               "lr_decay", "nesterov", "maximize", "decoupled", "amsgrad", "centered")
+
+
+cdef class FusedNet:
+    """A compiled plan for the fused training step (csrc/include/fastnn/net.h).
+
+    units: sequence of (in_features, out_features, weight_offset, bias_offset or -1,
+    activation spec as for matmul_bias_act, dropout probability), offsets in elements of the
+    flat `params`/`grads` buffers (1-D, C-contiguous, one float dtype). loss: a name of
+    _NET_LOSSES with reduction ('mean'|'sum'), label_smoothing, weight (class weights or
+    pos_weight), delta. optim: a name of _NET_OPTIMS, its hyperparameters (torch names:
+    lr, momentum, ..., betas as beta1/beta2, decoupled for AdamW), its state buffers
+    (s1, s2, s3: arrays like params, or None) and step (updates done so far). The arrays are
+    used in place, never copied: the model and the optimizer see every update.
+    """
+    cdef fastnn_net net
+    cdef fastnn_unit *units
+    cdef object keep
+    cdef readonly object dtype
+    cdef readonly int64_t in_features, out_features, max_batch
+
+    def __cinit__(self):
+        self.units = NULL
+
+    def __dealloc__(self):
+        free(self.units)
+        self.units = NULL
+
+    def __init__(self, units, params, grads, *, loss="cross_entropy", reduction="mean",
+                 label_smoothing=0.0, weight=None, delta=1.0, optim="sgd", hyper=None,
+                 states=(None, None, None), step=0, max_batch=256):
+        fn = "FusedNet"
+        cdef cnp.ndarray P = _array(params, fn, "params")
+        P = _state(P, fn, "params", P)
+        cdef cnp.ndarray G = _state(grads, fn, "grads", P)
+        if _overlap(P, G):
+            raise ValueError(f"{_sig(fn, 'grads')} overlaps 'params' in memory")
+        units = [tuple(u) for u in units]
+        if not units or len(units) > 64:
+            raise ValueError(f"{_sig(fn, 'units')} must hold 1 to 64 units, got {len(units)}")
+        if loss not in _NET_LOSSES:
+            raise ValueError(f"{_sig(fn, 'loss')} must be one of {sorted(_NET_LOSSES)}, got {loss!r}")
+        if optim not in _NET_OPTIMS:
+            raise ValueError(f"{_sig(fn, 'optim')} must be one of {sorted(_NET_OPTIMS)}, got {optim!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"{_sig(fn, 'reduction')} must be 'mean' or 'sum', got {reduction!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise ValueError(f"{_sig(fn, 'max_batch')} must be an int >= 1, got {max_batch!r}")
+        self.units = <fastnn_unit *>malloc(len(units) * sizeof(fastnn_unit))
+        if self.units == NULL:
+            raise MemoryError(fn)
+        cdef int i
+        for i, u in enumerate(units):
+            fin, fout, w, b, act, drop = u
+            code, p, p2 = _activation_spec(act, fn)
+            self.units[i].in_ = fin
+            self.units[i].out = fout
+            self.units[i].w = w
+            self.units[i].b = b
+            self.units[i].act = code
+            self.units[i].p = p
+            self.units[i].p2 = p2
+            self.units[i].drop = _float_arg(drop, fn, "units")
+        last_out = units[len(units) - 1][1]
+        keep = [P, G]
+        self.net.dt = _dt(P)
+        self.net.nunits = len(units)
+        self.net.units = self.units
+        self.net.nparams = P.size
+        self.net.params = _ptr(P)
+        self.net.grads = _ptr(G)
+        self.net.loss = _NET_LOSSES[loss]
+        self.net.mean = reduction == "mean"
+        self.net.delta = _float_arg(delta, fn, "delta")
+        self.net.label_smoothing = _float_arg(label_smoothing, fn, "label_smoothing")
+        self.net.loss_weight = NULL
+        if weight is not None:
+            W = _input(weight, fn, "weight", P.dtype)
+            if W.ndim != 1 or W.shape[0] != last_out:
+                raise ValueError(f"{_sig(fn, 'weight')} must have shape ({last_out},), "
+                                 f"got {_shp(W)}")
+            keep.append(W)
+            self.net.loss_weight = _ptr(W)
+        self.net.opt.kind = _NET_OPTIMS[optim]
+        hyper = dict(hyper or {})
+        unknown = set(hyper) - set(_OPT_FIELDS)
+        if unknown:
+            raise ValueError(f"{_sig(fn, 'hyper')} has unknown keys {sorted(unknown)}")
+        self.net.opt.lr = self.net.opt.momentum = self.net.opt.dampening = 0
+        self.net.opt.weight_decay = self.net.opt.beta1 = self.net.opt.beta2 = 0
+        self.net.opt.eps = self.net.opt.alpha = self.net.opt.lr_decay = 0
+        self.net.opt.nesterov = self.net.opt.maximize = self.net.opt.decoupled = 0
+        self.net.opt.amsgrad = self.net.opt.centered = 0
+        for k, v in hyper.items():
+            self._set_hyper(k, v)
+        slots = []
+        for j, s in enumerate(states):
+            S = None if s is None else _state(s, fn, f"states[{j}]", P)
+            if S is not None:
+                for other in [P, G] + [x for x in slots if x is not None]:
+                    if _overlap(S, other):
+                        raise ValueError(f"{_sig(fn, f'states[{j}]')} overlaps another buffer")
+                keep.append(S)
+            slots.append(S)
+        slots += [None] * (3 - len(slots))
+        self.net.opt.s1 = _optr(slots[0])
+        self.net.opt.s2 = _optr(slots[1])
+        self.net.opt.s3 = _optr(slots[2])
+        self.net.opt.step = _step(step + 1, fn) - 1
+        self.net.max_batch = max_batch
+        cdef int64_t nbytes = fastnn_net_arena_bytes(&self.net)
+        cdef cnp.ndarray arena = np.empty(nbytes // 8 + 8, dtype=np.float64)  # + 64-byte alignment
+        cdef Py_ssize_t off = (64 - (<size_t>cnp.PyArray_DATA(arena)) % 64) % 64  # C %: unsigned
+        self.net.arena = <char *>cnp.PyArray_DATA(arena) + off
+        keep.append(arena)
+        self.keep = keep
+        self.dtype = P.dtype
+        self.in_features = units[0][0]
+        self.out_features = last_out
+        self.max_batch = max_batch
+        st = fastnn_net_check(&self.net)
+        if st != FASTNN_OK:
+            raise ValueError(f"{fn}: the plan is invalid ({fastnn_status_string(st).decode()}): "
+                             f"units must chain (each in_features = previous out_features), "
+                             f"offsets must lie inside 'params' ({P.size} elements), dropout in "
+                             f"[0, 1), and the optimizer's state buffers must be given")
+
+    def _set_hyper(self, str k, v):
+        cdef double d = _float_arg(v, "FusedNet", "hyper")
+        if k == "lr": self.net.opt.lr = d
+        elif k == "momentum": self.net.opt.momentum = d
+        elif k == "dampening": self.net.opt.dampening = d
+        elif k == "weight_decay": self.net.opt.weight_decay = d
+        elif k == "beta1": self.net.opt.beta1 = d
+        elif k == "beta2": self.net.opt.beta2 = d
+        elif k == "eps": self.net.opt.eps = d
+        elif k == "alpha": self.net.opt.alpha = d
+        elif k == "lr_decay": self.net.opt.lr_decay = d
+        elif k == "nesterov": self.net.opt.nesterov = bool(v)
+        elif k == "maximize": self.net.opt.maximize = bool(v)
+        elif k == "decoupled": self.net.opt.decoupled = bool(v)
+        elif k == "amsgrad": self.net.opt.amsgrad = bool(v)
+        elif k == "centered": self.net.opt.centered = bool(v)
+        else:
+            raise ValueError(f"FusedNet: unknown hyperparameter {k!r}")
+
+    property step:
+        """Optimizer updates done so far (the next step is step + 1)."""
+        def __get__(self):
+            return self.net.opt.step
+        def __set__(self, v):
+            self.net.opt.step = _step(v + 1, "FusedNet") - 1
+
+    property lr:
+        def __get__(self):
+            return self.net.opt.lr
+        def __set__(self, v):
+            self.net.opt.lr = _float_arg(v, "FusedNet", "lr")
+
+    def train(self, X, Y, index, int64_t batch_size, seed=0):
+        """One optimizer step per mini-batch index[0:bs], index[bs:2bs], ... of X, Y rows.
+        Returns (sum of batch loss * batch rows, correctly classified rows)."""
+        fn = "FusedNet.train"
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
+        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
+            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
+                             f"got {_shp(Xa)}")
+        cdef int64_t rows = Xa.shape[0]
+        cdef cnp.ndarray Ya
+        if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
+            Ya = _labels(Y, fn, rows)
+        else:
+            Ya = _input(Y, fn, "Y", self.dtype)
+            if Ya.ndim != 2 or Ya.shape[0] != rows or Ya.shape[1] != self.out_features:
+                raise ValueError(f"{_sig(fn, 'Y')} must have shape ({rows}, {self.out_features}), "
+                                 f"got {_shp(Ya)}")
+        cdef cnp.ndarray I = np.ascontiguousarray(index, dtype=np.int64)
+        if I.ndim != 1:
+            raise ValueError(f"{_sig(fn, 'index')} must be 1-D, got shape {_shp(I)}")
+        if I.size and (I.min() < 0 or I.max() >= rows):
+            raise ValueError(f"{_sig(fn, 'index')} must hold row numbers in [0, {rows})")
+        if batch_size < 1 or batch_size > self.max_batch:
+            raise ValueError(f"{_sig(fn, 'batch_size')} must be in [1, {self.max_batch}], "
+                             f"got {batch_size}")
+        cdef double loss_sum = 0
+        cdef int64_t correct = 0, n = I.size
+        cdef uint64_t s = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        cdef void *px = _ptr(Xa)
+        cdef void *py = _ptr(Ya)
+        cdef int64_t *pi = <int64_t *>_ptr(I)
+        cdef fastnn_status st
+        with nogil:
+            st = fastnn_net_train(&self.net, px, py, rows, pi, n, batch_size, s, &loss_sum,
+                                  &correct)
+        if st == FASTNN_ELABEL:
+            raise ValueError(f"{_sig(fn, 'Y')} must be class indices in [0, {self.out_features})")
+        _check(st, fn)
+        return loss_sum, correct
+
+    def forward(self, X, out=None):
+        """The network on X (rows, in_features) without dropout."""
+        fn = "FusedNet.forward"
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
+        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
+            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
+                             f"got {_shp(Xa)}")
+        cdef int64_t rows = Xa.shape[0]
+        cdef cnp.ndarray O = _output(out, fn, (rows, self.out_features), self.dtype, [("X", Xa)],
+                                     False)
+        cdef void *po = _ptr(O)
+        cdef void *px = _ptr(Xa)
+        cdef fastnn_status st
+        with nogil:
+            st = fastnn_net_forward(&self.net, po, px, rows)
+        _check(st, fn)
+        return O

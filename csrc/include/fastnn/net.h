@@ -1,0 +1,94 @@
+/* fastnn fused training executor: a whole mini-batch step — forward, loss, backward,
+ * optimizer update — in one call, over a plan compiled from a Sequential model.
+ *
+ * The plan is a list of units. Unit i is
+ *     z = h W^T + b      (W [out, in] and b [out] live in the flat parameter buffer)
+ *     y = act(z)         (FASTNN_ACT_IDENTITY when the Linear has no activation)
+ *     y = y * mask / (1 - drop)   (dropout in training, when drop > 0)
+ * and its output y is the next unit's input h. The network's output is the last y.
+ * Gradients are written (not accumulated) to the flat gradient buffer, like zero_grad()
+ * followed by backward(). Everything is float32 or float64 as net->dt says.
+ */
+#ifndef FASTNN_NET_H
+#define FASTNN_NET_H
+
+#include "fastnn/fastnn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int64_t in, out;      /* features */
+    int64_t w, b;         /* element offsets of W and b in the parameter buffer; b < 0: no bias */
+    fastnn_act act;       /* activation after the product */
+    double p, p2;         /* its parameters (leaky slope; softplus beta, threshold) */
+    double drop;          /* dropout probability in [0, 1) */
+} fastnn_unit;
+
+typedef enum {
+    FASTNN_NET_CROSS_ENTROPY = 0,  /* targets: int64 labels; weight[out], label_smoothing */
+    FASTNN_NET_MSE = 1,            /* targets: T [batch, out] */
+    FASTNN_NET_L1 = 2,
+    FASTNN_NET_HUBER = 3,          /* delta */
+    FASTNN_NET_BCE_LOGITS = 4      /* targets: T [batch, out]; pos_weight[out] */
+} fastnn_net_loss;
+
+typedef enum {
+    FASTNN_OPT_SGD = 0,      /* state: s1 = momentum buffer (if momentum != 0) */
+    FASTNN_OPT_ADAM = 1,     /* state: s1 = exp_avg, s2 = exp_avg_sq, s3 = max_exp_avg_sq */
+    FASTNN_OPT_RMSPROP = 2,  /* state: s1 = square_avg, s2 = momentum buffer, s3 = grad_avg */
+    FASTNN_OPT_ADAGRAD = 3   /* state: s1 = state_sum */
+} fastnn_opt_kind;
+
+typedef struct {
+    fastnn_opt_kind kind;
+    double lr, momentum, dampening, weight_decay;   /* SGD, RMSprop (momentum), all (wd) */
+    double beta1, beta2, eps;                       /* Adam; eps also RMSprop, Adagrad */
+    double alpha, lr_decay;                         /* RMSprop alpha; Adagrad lr_decay */
+    int nesterov, maximize, decoupled, amsgrad, centered;
+    int64_t step;     /* updates done so far; each training step adds one */
+    void *s1, *s2, *s3;
+} fastnn_optim;
+
+typedef struct {
+    fastnn_dtype dt;
+    int nunits;
+    const fastnn_unit *units;
+    int64_t nparams;
+    void *params, *grads;           /* flat buffers of nparams elements */
+    fastnn_net_loss loss;
+    int mean;                       /* reduction: 1 mean, 0 sum */
+    double delta, label_smoothing;  /* huber; cross-entropy */
+    const void *loss_weight;        /* cross-entropy class weights or BCE pos_weight; may be NULL */
+    fastnn_optim opt;
+    int64_t max_batch;              /* the arena holds batches up to this size */
+    void *arena;                    /* fastnn_net_arena_bytes(net) bytes, 64-byte aligned */
+} fastnn_net;
+
+/* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
+int64_t fastnn_net_arena_bytes(const fastnn_net *net);
+
+/* Check the plan: sizes chain, offsets inside the parameter buffer, parameters valid. */
+fastnn_status fastnn_net_check(const fastnn_net *net);
+
+/* Train on the mini-batches index[0:bs], index[bs:2bs], ... of index[0:n] (the last one may
+ * be short): rows of X [*, in0] and targets Y (int64 labels [*] for cross-entropy, else
+ * T [*, out]) are gathered by index (every index in [0, rows), checked first). One
+ * optimizer step per batch. Dropout masks come from
+ * a counter-based generator keyed by (seed, opt.step, element): the same for any thread count.
+ * Adds to *loss_sum the sum over batches of (batch loss * batch rows), to *correct the rows
+ * whose argmax matches the label (cross-entropy only). Returns FASTNN_ELABEL, before any
+ * change, if a label of a batch is out of range (earlier batches stay applied). */
+fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
+                               const int64_t *index, int64_t n, int64_t batch_size, uint64_t seed,
+                               double *loss_sum, int64_t *correct);
+
+/* Inference: out [rows, out_last] = the network on X [rows, in0], no dropout, in batches of
+ * at most max_batch rows. */
+fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

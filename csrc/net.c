@@ -1,0 +1,321 @@
+/* The fused training step (see include/fastnn/net.h): the same kernels as the per-op path,
+ * called in one native loop over mini-batches with no Python in between.
+ *
+ * Arena, for B = max_batch rows:  x [B, in0] | targets | y_i [B, out_i] for each unit |
+ * z_i [B, out_i] for units whose activation is applied separately | two gradient buffers
+ * [B, widest]. A unit with ReLU or no activation and no dropout keeps only y: its forward is
+ * one GEMM with bias and ReLU in the micro-kernel's registers, and relu'(z) = relu'(y).
+ */
+#include <string.h>
+#include "fastnn/net.h"
+#include "ref/common.h"
+
+static size_t esize(fastnn_dtype dt) { return dt == FASTNN_F32 ? 4 : 8; }
+
+static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* Activation fused into the GEMM, keeping only y. */
+static int fused(const fastnn_unit *u) {
+    return u->drop == 0 && (u->act == FASTNN_ACT_IDENTITY || u->act == FASTNN_ACT_RELU);
+}
+
+typedef struct {
+    char *x, *t, *d[2];
+    char *y[64], *z[64];
+} layout;
+
+#define FASTNN_NET_MAX_UNITS 64
+
+/* Carve the arena (or, with base NULL, only count its bytes). */
+static size_t carve(const fastnn_net *net, char *base, layout *L) {
+    size_t es = esize(net->dt), off = 0, B = (size_t)net->max_batch, widest = 1;
+    const fastnn_unit *u = net->units;
+    int last = net->nunits - 1;
+#define TAKE(ptr, bytes) do { if (base) (ptr) = base + off; off += align64(bytes); } while (0)
+    TAKE(L->x, B * (size_t)u[0].in * es);
+    if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B * sizeof(int64_t));
+    else TAKE(L->t, B * (size_t)u[last].out * es);
+    for (int i = 0; i < net->nunits; i++) {
+        TAKE(L->y[i], B * (size_t)u[i].out * es);
+        if (!fused(&u[i])) TAKE(L->z[i], B * (size_t)u[i].out * es);
+        else if (base) L->z[i] = NULL;
+        if ((size_t)u[i].out > widest) widest = (size_t)u[i].out;
+    }
+    TAKE(L->d[0], B * widest * es);
+    TAKE(L->d[1], B * widest * es);
+#undef TAKE
+    return off;
+}
+
+int64_t fastnn_net_arena_bytes(const fastnn_net *net) {
+    layout L;
+    if (!net || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+        return 0;
+    return (int64_t)carve(net, NULL, &L);
+}
+
+fastnn_status fastnn_net_check(const fastnn_net *net) {
+    if (!net || !net->units || !net->params || !net->grads || !net->arena) return FASTNN_ENULL;
+    if (net->dt != FASTNN_F32 && net->dt != FASTNN_F64) return FASTNN_EINVAL;
+    if (net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+        return FASTNN_EINVAL;
+    for (int i = 0; i < net->nunits; i++) {
+        const fastnn_unit *u = &net->units[i];
+        if (u->in < 1 || u->out < 1) return FASTNN_EINVAL;
+        if (i > 0 && u->in != net->units[i - 1].out) return FASTNN_EINVAL;
+        if (u->w < 0 || u->w + u->in * u->out > net->nparams) return FASTNN_EINVAL;
+        if (u->b >= 0 && u->b + u->out > net->nparams) return FASTNN_EINVAL;
+        if (u->act < FASTNN_ACT_IDENTITY || u->act > FASTNN_ACT_SOFTPLUS) return FASTNN_EINVAL;
+        if (!(u->drop >= 0 && u->drop < 1)) return FASTNN_EINVAL;
+    }
+    if (net->loss < FASTNN_NET_CROSS_ENTROPY || net->loss > FASTNN_NET_BCE_LOGITS)
+        return FASTNN_EINVAL;
+    const fastnn_optim *o = &net->opt;
+    if (o->kind < FASTNN_OPT_SGD || o->kind > FASTNN_OPT_ADAGRAD || o->step < 0)
+        return FASTNN_EINVAL;
+    if (o->kind == FASTNN_OPT_SGD && o->momentum != 0 && !o->s1) return FASTNN_ENULL;
+    if (o->kind == FASTNN_OPT_ADAM && (!o->s1 || !o->s2 || (o->amsgrad && !o->s3)))
+        return FASTNN_ENULL;
+    if (o->kind == FASTNN_OPT_RMSPROP &&
+        (!o->s1 || (o->momentum > 0 && !o->s2) || (o->centered && !o->s3)))
+        return FASTNN_ENULL;
+    if (o->kind == FASTNN_OPT_ADAGRAD && !o->s1) return FASTNN_ENULL;
+    return FASTNN_OK;
+}
+
+/* ---- small helpers -------------------------------------------------------------------- */
+
+/* splitmix64: a counter-based generator, so a dropout mask depends only on its key. */
+static uint64_t mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* v[i] *= keep(i) / (1 - p), keep(i) = uniform(key, i) >= p. */
+static void dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key) {
+    double scale = 1.0 / (1.0 - p);
+    for (int64_t i = 0; i < n; i++) {
+        double u = (double)(mix64(key ^ mix64((uint64_t)i)) >> 11) * 0x1.0p-53;
+        double m = u >= p ? scale : 0.0;
+        if (dt == FASTNN_F32) ((float *)v)[i] *= (float)m;
+        else ((double *)v)[i] *= m;
+    }
+}
+
+static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
+                             int64_t cols) {
+    int64_t ok = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t best = 0;
+        if (dt == FASTNN_F32) {
+            const float *row = (const float *)y + r * cols;
+            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+        } else {
+            const double *row = (const double *)y + r * cols;
+            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+        }
+        ok += best == labels[r];
+    }
+    return ok;
+}
+
+static char *at(const fastnn_net *net, void *base, int64_t offset) {
+    return (char *)base + (size_t)offset * esize(net->dt);
+}
+
+/* ---- forward, loss, backward, update --------------------------------------------------- */
+
+static fastnn_status forward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
+                             int train, uint64_t key) {
+    fastnn_dtype dt = net->dt;
+    const char *h = x;
+    fastnn_status st;
+    for (int i = 0; i < net->nunits; i++) {
+        const fastnn_unit *u = &net->units[i];
+        const char *w = at(net, net->params, u->w);
+        const char *b = u->b >= 0 ? at(net, net->params, u->b) : NULL;
+        if (fused(u)) {
+            st = fastnn_gemm_bias_act(dt, 0, 1, B, u->out, u->in, 1.0, h, u->in, w, u->in, 0.0,
+                                      L->y[i], u->out, b, u->act, u->p, u->p2);
+        } else {
+            st = fastnn_gemm_bias_act(dt, 0, 1, B, u->out, u->in, 1.0, h, u->in, w, u->in, 0.0,
+                                      L->z[i], u->out, b, FASTNN_ACT_IDENTITY, 0, 0);
+            if (st == FASTNN_OK)
+                st = fastnn_act_forward(dt, u->act, u->p, u->p2, L->y[i], L->z[i], B * u->out);
+            if (st == FASTNN_OK && train && u->drop > 0)
+                dropout_apply(dt, L->y[i], B * u->out, u->drop, mix64(key ^ (uint64_t)i));
+        }
+        if (st != FASTNN_OK) return st;
+        h = L->y[i];
+    }
+    return FASTNN_OK;
+}
+
+/* Loss of the last y against the targets; its gradient (scaled for the reduction) into g. */
+static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64_t B, void *g,
+                                   double *value) {
+    fastnn_dtype dt = net->dt;
+    const fastnn_unit *u = &net->units[net->nunits - 1];
+    const char *y = L->y[net->nunits - 1];
+    int64_t n = B * u->out;
+    double total = 0, wsum = 0;
+    fastnn_status st;
+    switch (net->loss) {
+    case FASTNN_NET_CROSS_ENTROPY: {
+        const int64_t *lab = (const int64_t *)L->t;
+        double scale = 1.0;
+        if (net->mean) {
+            st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
+                                      net->label_smoothing, B, u->out);
+            if (st != FASTNN_OK) return st;
+            scale = 1.0 / wsum;
+        }
+        st = fastnn_cross_entropy(dt, &total, &wsum, NULL, g, scale, y, lab, net->loss_weight,
+                                  net->label_smoothing, B, u->out);
+        *value = net->mean ? total / wsum : total;
+        return st;
+    }
+    case FASTNN_NET_BCE_LOGITS:
+        st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / (double)n : 1.0, y, L->t,
+                               net->loss_weight, B, u->out);
+        break;
+    default: {
+        fastnn_loss kind = net->loss == FASTNN_NET_MSE ? FASTNN_LOSS_MSE
+                           : net->loss == FASTNN_NET_L1 ? FASTNN_LOSS_L1 : FASTNN_LOSS_HUBER;
+        st = fastnn_regression_loss(dt, kind, net->delta, &total, NULL, g,
+                                    net->mean ? 1.0 / (double)n : 1.0, y, L->t, n);
+    }
+    }
+    *value = net->mean ? total / (double)n : total;
+    return st;
+}
+
+static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
+                              uint64_t key) {
+    fastnn_dtype dt = net->dt;
+    int cur = 0;   /* L->d[cur] holds d loss / d y_i on entry to unit i, then d loss / d z_i */
+    fastnn_status st = FASTNN_OK;
+    for (int i = net->nunits - 1; i >= 0; i--) {
+        const fastnn_unit *u = &net->units[i];
+        char *g = L->d[cur];
+        int64_t n = B * u->out;
+        /* d y -> d z, unless the GEMM that produced g already applied act' (see below) */
+        if (i == net->nunits - 1 || !fused(u)) {
+            if (u->drop > 0) dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i));
+            if (u->act != FASTNN_ACT_IDENTITY)
+                st = fastnn_act_backward(dt, u->act, u->p, u->p2, g, g, fused(u) ? L->y[i] : L->z[i],
+                                         n);
+            if (st != FASTNN_OK) return st;
+        }
+        const char *h = i > 0 ? L->y[i - 1] : x;
+        /* dW = dZ^T h, db = column sums of dZ */
+        st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0,
+                         at(net, net->grads, u->w), u->in);
+        if (st == FASTNN_OK && u->b >= 0)
+            st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
+        if (st != FASTNN_OK || i == 0) return st;
+        /* d y_{i-1} = dZ W; when unit i-1 is fused its act' is applied in the same GEMM */
+        const fastnn_unit *p = &net->units[i - 1];
+        const char *w = at(net, net->params, u->w);
+        if (fused(p) && p->act == FASTNN_ACT_RELU)
+            st = fastnn_gemm_act_backward(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in, 0.0,
+                                          L->d[1 - cur], u->in, L->y[i - 1], u->in,
+                                          FASTNN_ACT_RELU, 0, 0);
+        else
+            st = fastnn_gemm(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in, 0.0,
+                             L->d[1 - cur], u->in);
+        if (st != FASTNN_OK) return st;
+        cur = 1 - cur;
+    }
+    return st;
+}
+
+static fastnn_status update(fastnn_net *net) {
+    fastnn_optim *o = &net->opt;
+    fastnn_dtype dt = net->dt;
+    int64_t n = net->nparams;
+    fastnn_status st;
+    o->step++;
+    switch (o->kind) {
+    case FASTNN_OPT_SGD:
+        st = fastnn_sgd(dt, net->params, o->s1, net->grads, n, o->lr, o->momentum, o->dampening,
+                        o->weight_decay, o->nesterov, o->maximize, o->step == 1);
+        break;
+    case FASTNN_OPT_ADAM:
+        st = fastnn_adam(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->beta1,
+                         o->beta2, o->eps, o->weight_decay, o->decoupled, o->amsgrad,
+                         o->maximize, o->step);
+        break;
+    case FASTNN_OPT_RMSPROP:
+        st = fastnn_rmsprop(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->alpha,
+                            o->eps, o->weight_decay, o->momentum, o->centered, o->maximize);
+        break;
+    default:
+        st = fastnn_adagrad(dt, net->params, o->s1, net->grads, n, o->lr, o->lr_decay,
+                            o->weight_decay, o->eps, o->maximize, o->step);
+    }
+    if (st != FASTNN_OK) o->step--;
+    return st;
+}
+
+static void gather(const fastnn_net *net, const layout *L, const void *X, const void *Y,
+                   const int64_t *idx, int64_t B) {
+    size_t es = esize(net->dt);
+    size_t xrow = (size_t)net->units[0].in * es;
+    size_t trow = net->loss == FASTNN_NET_CROSS_ENTROPY
+                      ? sizeof(int64_t)
+                      : (size_t)net->units[net->nunits - 1].out * es;
+    for (int64_t r = 0; r < B; r++) {
+        memcpy(L->x + r * xrow, (const char *)X + idx[r] * xrow, xrow);
+        memcpy(L->t + r * trow, (const char *)Y + idx[r] * trow, trow);
+    }
+}
+
+fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
+                               const int64_t *index, int64_t n, int64_t batch_size,
+                               uint64_t seed, double *loss_sum, int64_t *correct) {
+    fastnn_status st = fastnn_net_check(net);
+    if (st != FASTNN_OK) return st;
+    if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
+    for (int64_t i = 0; i < n; i++)
+        if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
+    layout L;
+    carve(net, net->arena, &L);
+    const fastnn_unit *last = &net->units[net->nunits - 1];
+    for (int64_t s = 0; s < n; s += batch_size) {
+        int64_t B = fastnn_min64(batch_size, n - s);
+        gather(net, &L, X, Y, index + s, B);
+        uint64_t key = mix64(seed ^ mix64((uint64_t)net->opt.step));
+        double value = 0;
+        if ((st = forward(net, &L, L.x, B, 1, key)) != FASTNN_OK) return st;
+        if ((st = loss_and_grad(net, &L, B, L.d[0], &value)) != FASTNN_OK) return st;
+        if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
+            *correct += count_correct(net->dt, L.y[net->nunits - 1], (const int64_t *)L.t, B,
+                                      last->out);
+        if ((st = backward(net, &L, L.x, B, key)) != FASTNN_OK) return st;
+        if ((st = update(net)) != FASTNN_OK) return st;
+        if (loss_sum) *loss_sum += value * (double)B;
+    }
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows) {
+    fastnn_status st = fastnn_net_check(net);
+    if (st != FASTNN_OK) return st;
+    if (rows < 0) return FASTNN_EINVAL;
+    if (rows > 0 && (!out || !X)) return FASTNN_ENULL;
+    layout L;
+    carve(net, net->arena, &L);
+    size_t es = esize(net->dt);
+    int64_t in = net->units[0].in, outw = net->units[net->nunits - 1].out;
+    for (int64_t s = 0; s < rows; s += net->max_batch) {
+        int64_t B = fastnn_min64(net->max_batch, rows - s);
+        if ((st = forward(net, &L, (const char *)X + (size_t)(s * in) * es, B, 0, 0)) != FASTNN_OK)
+            return st;
+        memcpy((char *)out + (size_t)(s * outw) * es, L.y[net->nunits - 1], (size_t)(B * outw) * es);
+    }
+    return FASTNN_OK;
+}
