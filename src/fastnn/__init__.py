@@ -1,7 +1,7 @@
 """fastnn: a neural-network training core whose hot paths are native C kernels."""
 import os as _os
 
-from . import ops
+from . import callbacks, data, datasets, init, lr_scheduler, ops
 from ._kernels import (
     arch,
     available_archs,
@@ -10,6 +10,35 @@ from ._kernels import (
     set_arch,
     set_num_threads,
 )
+from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
+from .data import Standardizer, batches, one_hot, train_val_test_split
+from .init import manual_seed
+from .io import load, load_checkpoint, save, save_checkpoint
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
+from .lr_scheduler import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearLR,
+    ReduceLROnPlateau,
+    StepLR,
+)
+from .nn import (
+    GELU,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    Module,
+    Parameter,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm_
+from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
@@ -19,5 +48,19 @@ if _os.environ.get("FASTNN_ARCH"):
     except ValueError as _e:
         raise ImportError(f"FASTNN_ARCH={_os.environ['FASTNN_ARCH']!r} cannot be used: {_e}") from None
 
-__all__ = ["ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
-           "openmp_enabled", "__version__"]
+__all__ = [
+    "ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
+    "openmp_enabled", "__version__",
+    # models and layers
+    "Module", "Sequential", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+    "GELU", "SiLU", "Softmax", "Dropout", "Flatten", "init", "manual_seed",
+    # losses, optimizers, schedulers
+    "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm_",
+    "lr_scheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR",
+    "ReduceLROnPlateau",
+    # training, callbacks, data, persistence
+    "fit", "evaluate", "History", "callbacks", "Callback", "EarlyStopping", "ModelCheckpoint",
+    "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
+    "batches", "save", "load", "save_checkpoint", "load_checkpoint",
+]

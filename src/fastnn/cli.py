@@ -1,6 +1,6 @@
 """The `fastnn` command.
 
-  fastnn train             train an MLP (default: on the bundled 8x8 digits) and report test accuracy
+  fastnn train             train an MLP (default: on the bundled 8x8 digits), report test accuracy
   fastnn info              build and CPU facts: kernel tables, OpenMP, threads
   fastnn bench-gemm        fastnn's GEMM against numpy's BLAS, side by side (see benchmarks/)
   fastnn bench-fused       fused GEMM + bias + ReLU against the three separate passes

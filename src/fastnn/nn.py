@@ -1,0 +1,640 @@
+"""Models and layers: Module, Sequential, Linear, activations, Dropout, Flatten.
+
+A layer has an explicit ``forward(x)`` and ``backward(dout)``: backward takes d(loss)/d(output),
+adds the gradients of the layer's parameters into their ``.grad`` (gradients accumulate until
+``zero_grad()``, as in PyTorch) and returns d(loss)/d(input). ``layer(x)`` is
+``layer.forward(x)``. The textbook loop::
+
+    model = fn.Sequential(fn.Linear(64, 128), fn.ReLU(), fn.Linear(128, 10), seed=0)
+    out = model.forward(xb); value = loss.forward(out, yb); opt.zero_grad()
+    model.backward(loss.backward()); opt.step()
+
+Parameters: when a Sequential is built it allocates one flat array per dtype for all its
+parameters and one for their gradients, copies the layers' values in, and rebinds every
+``weight``/``bias`` to a view into it, so an optimizer updates the whole model with one kernel
+call. ``model[0].weight`` is a :class:`Parameter` (an ndarray view) whose ``.grad`` is the
+matching view of the gradient array. Assigning ``layer.weight = array`` copies into the
+existing view (same shape and dtype required). Build the model before creating its optimizer:
+building (and ``append``) makes new parameter views.
+
+Writing your own layer: subclass Module, register parameters by assigning Parameters in
+``__init__``, and write forward and backward with fastnn.ops (or numpy)::
+
+    class Scale(fn.Module):
+        '''y = x * s, one learned scale per feature.'''
+        def __init__(self, features):
+            super().__init__()
+            self.s = fn.Parameter(np.ones(features, np.float32))
+        def forward(self, x):
+            self.x = x
+            return x * self.s
+        def backward(self, dout):
+            self.s.grad += (dout * self.x).sum(axis=0)
+            return dout * self.s
+
+    model = fn.Sequential(fn.Linear(4, 8), Scale(8), fn.ReLU(), fn.Linear(8, 1))
+
+It joins the flat buffer like the built-in layers (``model.state_dict()`` has "1.s"); use
+``+=`` on ``.grad`` so gradients accumulate. fastnn.save can store such a model but
+fastnn.load cannot rebuild it: pass ``model=`` to load its weights into one you built.
+"""
+import numpy as np
+
+from . import init as _init
+from . import ops
+
+_ALIGN = 16  # parameters start on 16-element boundaries of the flat buffer (64 bytes in f32)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_dtype(dtype, where):
+    dt = np.dtype(dtype)
+    if dt not in _FLOATS:
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def param_dtype(module):
+    """The dtype of the module's first parameter (float32 for a module without any)."""
+    return next((p.dtype for p in module.parameters()), np.dtype(np.float32))
+
+
+class Parameter(np.ndarray):
+    """A parameter: an ndarray whose ``grad`` attribute is its gradient (same shape and dtype).
+
+    Arithmetic on a Parameter gives plain ndarrays. ``Parameter(data)`` copies data into a new
+    C-contiguous array with a zero gradient.
+    """
+
+    grad = None
+    _buffer = None  # the _FlatBuffer it is a view of, if any
+    _offset = 0     # its first element in that buffer
+
+    def __new__(cls, data, grad=None):
+        a = np.array(data, copy=True, order="C")
+        if a.dtype.kind != "f":
+            a = a.astype(np.float32)
+        p = a.view(cls)
+        p.grad = np.zeros(a.shape, a.dtype) if grad is None else grad
+        return p
+
+    def __array_wrap__(self, obj, context=None, return_scalar=False):
+        obj = obj.view(np.ndarray)
+        return obj[()] if return_scalar else obj
+
+    # pickle and copy.deepcopy keep the gradient (as an array of the copy's own)
+    def __reduce_ex__(self, protocol):
+        return (Parameter, (np.asarray(self), np.asarray(self.grad)))
+
+    def __deepcopy__(self, memo):
+        return Parameter(self, np.array(self.grad))
+
+
+class _FlatBuffer:
+    """One dtype's parameters (data) and gradients (grad) of a model, and their views."""
+
+    __slots__ = ("data", "grad", "params")
+
+    def __init__(self, data, grad, params):
+        self.data, self.grad, self.params = data, grad, params
+
+
+class Module:
+    """Base class of layers and models (see the module docstring for writing one)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        self.training = True
+        self._label = None  # "Linear(64, 32) at index 0" once inside a Sequential
+
+    # ---- attributes: parameters and sub-modules are registered on assignment ----
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() in __init__ "
+                                 f"before assigning attributes")
+        if name in params:
+            self._assign(name, value)
+        elif isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for table in ("_parameters", "_modules"):
+            if name in d.get(table, ()):
+                return d[table][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _assign(self, name, value):
+        """Copy value into the existing parameter `name` (shape and dtype must match)."""
+        p = self._parameters[name]
+        if value is p:
+            return
+        v = np.asarray(value)
+        where = f"{self._where()}.{name}"
+        if v.shape != p.shape:
+            raise ValueError(f"{where}: expected an array of shape {p.shape}, got {v.shape}")
+        if v.dtype != p.dtype:
+            raise TypeError(f"{where}: expected dtype {p.dtype}, got {v.dtype} "
+                            f"(use .astype(np.{p.dtype}))")
+        p[...] = v
+
+    # ---- traversal ----
+    def named_modules(self, prefix=""):
+        """(name, module) for this module ('') and every descendant ('0', '0.1', ...)."""
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self):
+        """(name, Parameter) pairs: own parameters first, then each child's ("0.weight")."""
+        seen = set()
+        for prefix, m in self.named_modules():
+            for name, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self):
+        return (p for _, p in self.named_parameters())
+
+    # ---- training state ----
+    def zero_grad(self):
+        """Set every parameter's gradient to zero."""
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode=True):
+        """Training mode (Dropout active) for this module and all descendants; returns self."""
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def reset_parameters(self, rng=None):
+        """Re-initialise this module's own parameters / random state from rng (no-op here)."""
+
+    def state_dict(self):
+        """Copies of the parameters by name ("0.weight", "0.bias", ...)."""
+        return {name: np.array(p) for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the parameters. Everything is checked (keys, shapes,
+        dtypes) before anything is copied. strict=False ignores missing and unexpected keys."""
+        self._check_state(state, strict)
+        for name, p in self.named_parameters():
+            if name in state:
+                p[...] = state[name]
+
+    def _check_state(self, state, strict=True):
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict: expected a dict of arrays, got "
+                            f"{type(state).__name__}")
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                           f"{unexpected}")
+        for name, p in params.items():
+            if name not in state:
+                continue
+            v = np.asarray(state[name])
+            if v.shape != p.shape:
+                raise ValueError(f"load_state_dict: '{name}' has shape {v.shape}, the model "
+                                 f"expects {p.shape}")
+            if v.dtype != p.dtype:
+                raise TypeError(f"load_state_dict: '{name}' has dtype {v.dtype}, the model "
+                                f"expects {p.dtype}")
+
+    # ---- computation ----
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} must define forward(x)")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} must define backward(dout)")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def predict(self, X, batch_size=256):
+        """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
+        X is converted to the model's dtype."""
+        X = np.asarray(X, dtype=param_dtype(self))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            outs = [self.forward(X[i:i + batch_size])
+                    for i in range(0, max(len(X), 1), batch_size)]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return np.concatenate(outs)
+
+    # ---- description ----
+    def extra_repr(self):
+        return ""
+
+    def _short(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _where(self):
+        return self._label or self._short()
+
+    def __repr__(self):
+        if not self._modules:
+            return self._short()
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ")
+                 for name, m in self._modules.items()]
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def get_config(self):
+        """Constructor arguments that rebuild this layer (None: not rebuildable by load)."""
+        return None
+
+
+class Sequential(Module):
+    """Layers applied in order. ``model[i]``, ``model[a:b]`` (a Sequential sharing the same
+    layers and parameters), ``len(model)``, iteration and ``append(layer)`` work as in PyTorch.
+
+    dtype: cast every parameter to float32 or float64 (default: keep the layers' dtypes).
+    seed: re-initialise every layer's parameters (and Dropout's generator) in order from
+    ``numpy.random.default_rng(seed)``, so the model is the same whatever was drawn before.
+    """
+
+    def __init__(self, *layers, dtype=None, seed=None):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} must be a fastnn Module, got "
+                                f"{type(layer).__name__}")
+            self._modules[str(i)] = layer
+        self._cast = None if dtype is None else _float_dtype(dtype, "Sequential")
+        if seed is not None:
+            rng = _init.generator(seed)
+            for m in self.modules():
+                m.reset_parameters(rng)
+        self._build()
+
+    @classmethod
+    def _view(cls, layers):
+        """A Sequential of existing layers that keeps their parameter views (for slices)."""
+        s = cls.__new__(cls)
+        Module.__init__(s)
+        s._cast = None
+        for i, layer in enumerate(layers):
+            s._modules[str(i)] = layer
+        return s
+
+    def _build(self):
+        """Move all parameters into one flat buffer per dtype and rebind the layers to views."""
+        groups = {}
+        for _, p in self.named_parameters():
+            groups.setdefault(self._cast or p.dtype, []).append(p)
+        new = {}
+        for dt, params in groups.items():
+            offsets, total = [], 0
+            for p in params:
+                offsets.append(total)
+                total += -(-p.size // _ALIGN) * _ALIGN
+            data, grad = np.zeros(total, dt), np.zeros(total, dt)
+            buf = _FlatBuffer(data, grad, [])
+            for p, off in zip(params, offsets):
+                view = slice(off, off + p.size)
+                data[view] = p.ravel()
+                grad[view] = p.grad.ravel()
+                q = data[view].reshape(p.shape).view(Parameter)
+                q.grad = grad[view].reshape(p.shape)
+                q._buffer, q._offset = buf, off
+                buf.params.append(q)
+                new[id(p)] = q
+        for name, m in self.named_modules():
+            m._parameters.update({k: new[id(p)] for k, p in m._parameters.items()})
+            if name:
+                m._label = f"{m._short()} at index {name}"
+
+    def __getitem__(self, index):
+        layers = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential._view(layers[index])
+        return layers[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, layer):
+        """Add a layer at the end (and rebuild the flat buffer: create optimizers after)."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.append: expected a fastnn Module, got "
+                            f"{type(layer).__name__}")
+        self._modules[str(len(self))] = layer
+        self._build()
+        return self
+
+    def forward(self, x):
+        for layer in self:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout, input_grad=True):
+        """Backward through the layers in reverse; returns d(loss)/d(input). input_grad=False
+        returns None and skips that gradient's product in a first Linear layer (fit uses it)."""
+        layers = list(self)
+        for i in range(len(layers) - 1, -1, -1):
+            if i == 0 and not input_grad and isinstance(layers[0], Linear):
+                return layers[0].backward(dout, input_grad=False)
+            dout = layers[i].backward(dout)
+        return dout if input_grad else None
+
+    def get_config(self):
+        return {}
+
+
+# ---- layers ----------------------------------------------------------------------------------
+
+def _check_float(layer, x):
+    x = np.asarray(x)
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{layer._where()}: expected a float32 or float64 array, got dtype "
+                        f"{x.dtype}")
+    return x
+
+
+def _need(layer, saved):
+    if saved is None:
+        raise RuntimeError(f"{layer._where()}: backward called before forward")
+    return saved
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out_features, in_features), bias (out_features,).
+
+    init: the weight initialiser, a name of fastnn.init or a callable f(shape, rng). The
+    default is PyTorch's: kaiming_uniform with a = sqrt(5), i.e. U(-1/sqrt(in_features),
+    1/sqrt(in_features)), and bias U(-1/sqrt(in_features), 1/sqrt(in_features)); with any
+    other init the bias starts at zero. seed: draw from default_rng(seed) instead of the
+    global generator.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, init=None, dtype=np.float32,
+                 seed=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Linear: {name} must be an int >= 1, got {v!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.init = init
+        self._init_fn = _init.resolve(init)
+        dt = _float_dtype(dtype, "Linear")
+        self.weight = Parameter(np.zeros((self.out_features, self.in_features), dt))
+        self.bias = Parameter(np.zeros(self.out_features, dt)) if bias else None
+        self._x = None
+        self.reset_parameters(_init.generator(seed))
+
+    def reset_parameters(self, rng=None):
+        shape, dt = self.weight.shape, self.weight.dtype
+        rng = _init.generator(rng)
+        if isinstance(self.init, str) or self.init is None:
+            w = self._init_fn(shape, rng, dtype=dt)
+        else:
+            w = self._init_fn(shape, rng)
+        self.weight[...] = np.asarray(w).reshape(shape)
+        if self.bias is not None:
+            if self.init in (None, "default"):
+                bound = 1.0 / np.sqrt(self.in_features)
+                self.bias[...] = _init.uniform((self.out_features,), rng, a=-bound, b=bound,
+                                               dtype=dt)
+            else:
+                self.bias[...] = 0
+
+    def forward(self, x):
+        x = _check_float(self, x)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            got = f"{x.shape[1]}" if x.ndim == 2 else f"an array of shape {x.shape}"
+            raise ValueError(f"{self._where()}: expected input with {self.in_features} "
+                             f"features, got {got}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"{self._where()}: expected {self.weight.dtype} input like the "
+                            f"weights, got {x.dtype} (use .astype(np.{self.weight.dtype}))")
+        self._x = x
+        return ops.matmul_bias_act(x, self.weight.T, self.bias)
+
+    def backward(self, dout, input_grad=True):
+        """Accumulate the weight and bias gradients; return dout @ weight (None when
+        input_grad is False)."""
+        x = _need(self, self._x)
+        dout = np.asarray(dout)
+        if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
+                             f"shape {(x.shape[0], self.out_features)}, got {dout.dtype} "
+                             f"{dout.shape}")
+        ops.matmul(dout.T, x, out=self.weight.grad, beta=1.0)
+        if self.bias is not None:
+            ops.bias_grad(dout, out=self.bias.grad, beta=1.0)
+        return ops.matmul(dout, self.weight) if input_grad else None
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+    def _short(self):
+        return f"Linear({self.in_features}, {self.out_features})"
+
+    def __repr__(self):
+        return f"Linear({self.extra_repr()})"
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "dtype": str(self.weight.dtype)}
+
+
+class _Activation(Module):
+    """An element-wise layer: forward through `_f`, backward through `_df(dout, x)`."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        self._x = _check_float(self, x)
+        return self._f(self._x)
+
+    def backward(self, dout):
+        return self._df(np.asarray(dout), _need(self, self._x))
+
+    def get_config(self):
+        return {}
+
+
+class ReLU(_Activation):
+    """max(x, 0)."""
+    _f = staticmethod(ops.relu)
+    _df = staticmethod(ops.relu_backward)
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x))."""
+    _f = staticmethod(ops.sigmoid)
+    _df = staticmethod(ops.sigmoid_backward)
+
+
+class Tanh(_Activation):
+    """tanh(x)."""
+    _f = staticmethod(ops.tanh)
+    _df = staticmethod(ops.tanh_backward)
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x)."""
+    _f = staticmethod(ops.silu)
+    _df = staticmethod(ops.silu_backward)
+
+
+class LeakyReLU(_Activation):
+    """x if x > 0 else negative_slope * x."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def _f(self, x):
+        return ops.leaky_relu(x, self.negative_slope)
+
+    def _df(self, dout, x):
+        return ops.leaky_relu_backward(dout, x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+    def get_config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class GELU(_Activation):
+    """x * Phi(x) (approximate='none') or its tanh approximation (approximate='tanh')."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _f(self, x):
+        return ops.gelu(x, self.approximate)
+
+    def _df(self, dout, x):
+        return ops.gelu_backward(dout, x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+    def get_config(self):
+        return {"approximate": self.approximate}
+
+
+class Softmax(Module):
+    """Softmax over the last axis. (For classification train on logits with
+    CrossEntropyLoss instead: it includes the softmax.)"""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        self._y = ops.softmax(_check_float(self, x))
+        return self._y
+
+    def backward(self, dout):
+        return ops.softmax_backward(np.asarray(dout), _need(self, self._y))
+
+    def extra_repr(self):
+        return "dim=-1"
+
+    def get_config(self):
+        return {}
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < 1:
+            raise ValueError(f"{self._where()}: expected an array with a batch axis, got a "
+                             f"scalar")
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return np.asarray(dout).reshape(_need(self, self._shape))
+
+    def get_config(self):
+        return {}
+
+
+class Dropout(Module):
+    """In training mode zero each element with probability p and scale the rest by
+    1 / (1 - p); in evaluation mode the identity. The mask comes from this layer's numpy
+    Generator: ``seed=``, Sequential's ``seed=``, or fit's ``seed=`` (which reseeds it every
+    epoch); without any, one is drawn from the global generator on first use."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.generator = None if seed is None else _init.generator(seed)
+        self._mask = None
+
+    def reset_parameters(self, rng=None):
+        self.generator = np.random.default_rng(_init.generator(rng).integers(2 ** 63))
+
+    def forward(self, x):
+        x = _check_float(self, x)
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        if self.generator is None:
+            self.reset_parameters()
+        keep = self.generator.random(x.shape, dtype=x.dtype) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._mask = keep * x.dtype.type(scale)
+        return x * self._mask
+
+    def backward(self, dout):
+        dout = np.asarray(dout)
+        return dout if self._mask is None else dout * self._mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def get_config(self):
+        return {"p": self.p}
+
+
+LAYERS = {c.__name__: c for c in (Sequential, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU,
+                                  SiLU, Softmax, Dropout, Flatten)}

@@ -1,0 +1,235 @@
+"""fit and evaluate: the training loop, as Keras's ``model.fit`` but with the loss and the
+optimizer passed in (PyTorch style)::
+
+    history = fn.fit(model, fn.CrossEntropyLoss(), fn.Adam(model.parameters()), X, y,
+                     epochs=20, batch_size=32, validation_split=0.1, seed=0)
+    fn.evaluate(model, loss, X_test, y_test)   # {"loss": ..., "accuracy": ...}
+
+Every argument is checked before any weight changes. Each epoch shuffles with its own
+generator, derived from (seed, epoch), and the same generator family reseeds the Dropout
+layers, so ``fit(..., epochs=N, seed=s)`` gives the same weights as ``fit(..., epochs=k,
+seed=s)``, a checkpoint, and ``fit(..., epochs=N, initial_epoch=k, seed=s)`` after loading it.
+The reported training loss and metrics of an epoch are the means over its batches (computed
+on the outputs before each update), as Keras reports them.
+"""
+import time
+
+import numpy as np
+
+from . import init as _init
+from .callbacks import Callback, History, ProgressLogger
+from .loss import CrossEntropyLoss, Loss, _check_finite
+from .lr_scheduler import LRScheduler, ReduceLROnPlateau
+from .nn import Dropout, Module, Sequential, param_dtype
+from .optim import Optimizer
+
+_METRICS = ("accuracy", "mae", "mse")
+
+
+def _metric_sums(names, output, target, loss):
+    """Sum over the batch of each metric (the caller divides by the sample count)."""
+    sums = {}
+    for name in names:
+        if name == "accuracy" and isinstance(loss, CrossEntropyLoss):
+            labels = target if target.ndim == 1 else target.argmax(axis=1)
+            sums[name] = float(np.sum(output.argmax(axis=1) == labels))
+        elif name == "accuracy":  # binary: logit > 0 against target > 0.5, per column
+            hits = (output > 0) == (target > 0.5)
+            sums[name] = float(hits.reshape(len(hits), -1).mean(axis=1).sum())
+        else:
+            err = (output - target).reshape(len(output), -1)
+            per = np.abs(err) if name == "mae" else err * err
+            sums[name] = float(per.mean(axis=1, dtype=np.float64).sum())
+    return sums
+
+
+def _metric_names(metrics, loss):
+    if metrics is None:
+        return ["accuracy"] if loss.task == "classification" else ["mae"]
+    names = ["accuracy" if m == "acc" else m for m in metrics]
+    for m in names:
+        if m not in _METRICS:
+            raise ValueError(f"metrics: unknown metric {m!r}; expected some of {_METRICS}")
+    return names
+
+
+def _int_arg(value, name, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+            or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return int(value)
+
+
+def _as_X(X, name, dtype):
+    """X as a C-contiguous array of the model's dtype; checked for shape and finiteness."""
+    a = np.asarray(X)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (samples, features...), got {a.shape}")
+    if len(a) == 0:
+        raise ValueError(f"{name} is empty: it has no samples")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    _check_finite(a, name)
+    return a
+
+
+def _prepare(model, loss, X, y, name_X, name_y, width=None):
+    """Checked (X, y) for this model and loss; the model runs one sample to learn its output
+    shape (in evaluation mode, so no state changes)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastnn Module, got {type(model).__name__}")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a fastnn loss (e.g. CrossEntropyLoss()), got "
+                        f"{type(loss).__name__}")
+    if loss.reduction == "none":
+        raise ValueError("loss: fit and evaluate need reduction='mean' or 'sum', got 'none'")
+    X = _as_X(X, name_X, param_dtype(model))
+    if width is not None and X.shape[1:] != width:
+        raise ValueError(f"{name_X} has samples of shape {X.shape[1:]}, expected {width} like "
+                         f"the training data")
+    y = np.asarray(y)
+    if y.ndim == 0 or len(y) != len(X):
+        raise ValueError(f"{name_X} and {name_y} have different lengths: {len(X)} and "
+                         f"{len(y) if y.ndim else 'a scalar'}")
+    out = model.predict(X[:1])
+    y = loss.check_target(y, (len(X),) + out.shape[1:], out.dtype, name_y)
+    return X, y
+
+
+def evaluate(model, loss, X, y, batch_size=256, metrics=None):
+    """{"loss": value, "accuracy" (classifiers) or "mae" (regression): value} on (X, y), with
+    the model in evaluation mode (its mode is restored)."""
+    names = _metric_names(metrics, loss)
+    X, y = _prepare(model, loss, X, y, "X", "y")
+    return _evaluate(model, loss, X, y, names, batch_size)
+
+
+def _evaluate(model, loss, X, y, names, batch_size=256):
+    out = model.predict(X, batch_size=batch_size)
+    logs = {"loss": loss.forward(out, y)}
+    logs.update({k: v / len(X) for k, v in _metric_sums(names, out, y, loss).items()})
+    return logs
+
+
+def _check_callbacks(callbacks):
+    callbacks = list(callbacks or ())
+    for c in callbacks:
+        if not isinstance(c, Callback):
+            raise TypeError(f"callbacks must be fastnn Callback instances, got "
+                            f"{type(c).__name__}")
+    return callbacks
+
+
+def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
+        validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
+        scheduler=None, initial_epoch=0):
+    """Train model on (X, y) and return a History.
+
+    validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
+    the end of X before shuffling, held out for validation. seed: shuffling and Dropout (None:
+    drawn from the global generator). metrics: names among "accuracy", "mae", "mse" (default:
+    accuracy for CrossEntropyLoss/BCEWithLogitsLoss, mae otherwise). scheduler: stepped once
+    per epoch (ReduceLROnPlateau with val_loss, or loss without validation). initial_epoch:
+    resume at this epoch (epochs is the index to stop at, as in Keras). verbose: 0 silent,
+    1 progress bar on a terminal (else a line per epoch), 2 a line per epoch.
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
+    epochs = _int_arg(epochs, "epochs", 0)
+    initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0, epochs)
+    verbose = _int_arg(verbose, "verbose", 0, 2)
+    callbacks = _check_callbacks(callbacks)
+    names = _metric_names(metrics, loss) if isinstance(loss, Loss) else []
+    if scheduler is not None and (not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
+                                  or scheduler.optimizer is not optimizer):
+        raise ValueError("scheduler must be a fastnn lr_scheduler built on this optimizer")
+    if seed is not None:
+        seed = _int_arg(seed, "seed", 0)
+    if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+        raise ValueError(f"validation_split must be a fraction in [0, 1), got "
+                         f"{validation_split!r}")
+    if validation_split and validation_data is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+
+    X, y = _prepare(model, loss, X, y, "X", "y")
+    val = None
+    if validation_split:
+        n_val = int(round(len(X) * validation_split))
+        if not 0 < n_val < len(X):
+            raise ValueError(f"validation_split={validation_split} leaves {len(X) - n_val} "
+                             f"training and {n_val} validation samples of {len(X)}")
+        X, y, val = X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
+    elif validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        val = _prepare(model, loss, *validation_data, "validation_data[0]",
+                       "validation_data[1]", width=X.shape[1:])
+    n = len(X)
+    batch_size = _int_arg(batch_size, "batch_size", 1, n)
+    if seed is None:
+        seed = int(_init.default_generator().integers(2 ** 63))
+
+    keys = ["loss", *names] + (["val_loss", *("val_" + m for m in names)] if val else [])
+    steps = -(-n // batch_size)
+    history = History()
+    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + callbacks
+    params = {"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
+              "metrics": keys + ["lr", "epoch_time"]}
+    for c in cbs:
+        c.set_model(model)
+        c.set_params(params)
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+    model.stop_training = False
+
+    for c in cbs:
+        c.on_train_begin({})
+    for epoch in range(initial_epoch, epochs):
+        shuffle_rng, dropout_rng = (np.random.default_rng(s) for s in
+                                    np.random.SeedSequence([seed, epoch]).spawn(2))
+        for d in dropouts:
+            d.generator = dropout_rng
+        order = shuffle_rng.permutation(n) if shuffle else np.arange(n)
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        for c in cbs:
+            c.on_epoch_begin(epoch, {})
+        t0 = time.perf_counter()
+        seen, loss_sum, sums = 0, 0.0, dict.fromkeys(names, 0.0)
+        for b in range(steps):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            xb, yb = X[idx], y[idx]
+            out = model.forward(xb)
+            value = loss.forward(out, yb)
+            optimizer.zero_grad()
+            if isinstance(model, Sequential):
+                model.backward(loss.backward(), input_grad=False)
+            else:
+                model.backward(loss.backward())
+            optimizer.step()
+            seen += len(idx)
+            loss_sum += value * len(idx)
+            for k, v in _metric_sums(names, out, yb, loss).items():
+                sums[k] += v
+            for c in cbs:
+                c.on_batch_end(b, {"batch": b, "size": len(idx), "loss": value})
+            if model.stop_training:
+                break
+        logs = {"loss": loss_sum / seen, **{k: v / seen for k, v in sums.items()}}
+        if val:
+            logs.update({"val_" + k: v for k, v in
+                         _evaluate(model, loss, *val, names).items()})
+        logs["lr"] = lr
+        logs["epoch_time"] = time.perf_counter() - t0
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(logs.get("val_loss", logs["loss"]))
+        elif scheduler is not None:
+            scheduler.step()
+        for c in cbs:
+            c.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    for c in cbs:
+        c.on_train_end({})
+    return history
