@@ -1,7 +1,13 @@
 """fastnn: a neural-network training core whose hot paths are native C kernels."""
 import os as _os
 
-from . import callbacks, data, datasets, init, lr_scheduler, ops
+# Waiting OpenMP threads sleep instead of spinning: on a machine whose other cores are busy,
+# spinning workers turn each parallel region's join into a scheduler time slice (0.1-1 s
+# stalls measured on a shared 2-core machine). Read once when the C library loads; an
+# explicit OMP_WAIT_POLICY wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import callbacks, data, datasets, init, lr_scheduler, ops  # noqa: E402
 from ._kernels import (
     arch,
     available_archs,

@@ -356,6 +356,20 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
+    def predict(self, X, batch_size=256):
+        """Forward pass over X in batches in evaluation mode; a model of Linear layers and
+        activations runs it in one native call (fastnn._fused), with the same numbers."""
+        from . import _fused
+
+        X = np.asarray(X, dtype=param_dtype(self))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        net = _fused.inference_net(self, batch_size) if X.ndim == 2 and len(X) else None
+        if net is None or X.shape[1] != net.in_features:
+            return super().predict(X, batch_size)
+        return net.forward(X)
+
     def backward(self, dout, input_grad=True):
         """Backward through the layers in reverse; returns d(loss)/d(input). input_grad=False
         returns None and skips that gradient's product in a first Linear layer (fit uses it)."""

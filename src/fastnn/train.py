@@ -11,11 +11,16 @@ layers, so ``fit(..., epochs=N, seed=s)`` gives the same weights as ``fit(..., e
 seed=s)``, a checkpoint, and ``fit(..., epochs=N, initial_epoch=k, seed=s)`` after loading it.
 The reported training loss and metrics of an epoch are the means over its batches (computed
 on the outputs before each update), as Keras reports them.
+
+A Sequential of Linear layers, activations and Dropout with a built-in loss and optimizer
+trains through the fused C step (fastnn._fused): a whole chunk of mini-batches per native
+call, with the same numbers as the per-op loop (Dropout masks excepted: see _fused).
 """
 import time
 
 import numpy as np
 
+from . import _fused
 from . import init as _init
 from .callbacks import Callback, History, ProgressLogger
 from .loss import CrossEntropyLoss, Loss, _check_finite
@@ -122,6 +127,27 @@ def _check_callbacks(callbacks):
     return callbacks
 
 
+def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs):
+    """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
+    batch of each call with the mean loss of its batches."""
+    seen, loss_sum, correct = 0, 0.0, 0
+    key = int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1, np.uint64)[0])
+    for b0 in range(0, steps, chunk):
+        b1 = min(steps, b0 + chunk)
+        idx = order[b0 * batch_size:b1 * batch_size]
+        part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        seen += len(idx)
+        loss_sum += part_loss
+        correct += part_correct
+        for c in cbs:
+            c.on_batch_end(b1 - 1, {"batch": b1 - 1, "size": len(idx),
+                                    "loss": part_loss / len(idx)})
+        if model.stop_training:
+            break
+    sums = {"accuracy": float(correct)} if names else {}
+    return seen, loss_sum, sums
+
+
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
         scheduler=None, initial_epoch=0):
@@ -182,6 +208,11 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         c.set_params(params)
     dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
     model.stop_training = False
+    plan = _fused.training_plan(model, loss, optimizer, X, y, batch_size, names)
+    # batches per native call: every batch when a user callback wants each one
+    per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
+                    and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
+    chunk = 1 if per_batch else max(1, 8192 // batch_size)
 
     for c in cbs:
         c.on_train_begin({})
@@ -197,7 +228,10 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             c.on_epoch_begin(epoch, {})
         t0 = time.perf_counter()
         seen, loss_sum, sums = 0, 0.0, dict.fromkeys(names, 0.0)
-        for b in range(steps):
+        if plan is not None:
+            seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
+                                                chunk, names, seed, epoch, cbs)
+        for b in range(steps if plan is None else 0):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = X[idx], y[idx]
             out = model.forward(xb)
