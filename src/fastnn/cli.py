@@ -2,6 +2,7 @@
 
   fastnn train             train an MLP (default: on the bundled 8x8 digits), report test accuracy
   fastnn info              build and CPU facts: kernel tables, OpenMP, threads
+  fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn; GEMM
   fastnn bench-gemm        fastnn's GEMM against numpy's BLAS, side by side (see benchmarks/)
   fastnn bench-fused       fused GEMM + bias + ReLU against the three separate passes
   fastnn bench-threads     fastnn's GEMM on one and two threads, with a second-core probe
@@ -162,6 +163,43 @@ def _bench_threads(args):
     return 0
 
 
+def _bench(args):
+    import json
+
+    from . import _bench, _bench_mlp
+
+    _bench_mlp.single_thread()
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
+    workloads = [(h, b) for h in _ints(args.hidden) for b in _ints(args.batch)]
+    libs = args.libs.split(",")
+    rows = _bench_mlp.mlp_compare(workloads, libs, repeats=args.repeats, n=args.samples,
+                                  log=log)
+    gemm = _bench.gemm_compare(args.gemm, repeats=args.repeats, min_time=0.1) \
+        if args.gemm else []
+    step = _bench_mlp.step_overhead() if args.overhead else None
+    if args.json:
+        print(json.dumps({"mlp": rows, "gemm": gemm, "step_overhead_s": step}, indent=1))
+        return 0
+    print(f"MLP one epoch, {args.samples} samples, float32, 1 thread, median of "
+          f"{args.repeats} interleaved rounds")
+    print(f"{'workload':>26} {'library':>8} {'seconds':>8} {'samples/s':>10} {'GFLOP/s':>8} "
+          f"{'time / fastnn':>13}")
+    for r in rows:
+        ratio = "" if r["ratio_to_fastnn"] is None else f"{r['ratio_to_fastnn']:.2f}"
+        print(f"{r['workload']:>26} {r['library']:>8} {r['seconds']:>8.3f} "
+              f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {ratio:>13}")
+    if gemm:
+        print()
+        _bench.print_table(gemm)
+    if step is not None:
+        print(f"\nfixed cost of one training step (784-8-8-10, batch 1): {step * 1e6:.2f} us")
+    return 0
+
+
+def _ints(text):
+    return [int(v) for v in str(text).split(",")]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fastnn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +225,23 @@ def main(argv=None):
     f.add_argument("--repeats", type=int, default=7)
     f.add_argument("--min-time", type=float, default=0.2)
     f.set_defaults(run=_bench_fused)
+    m = sub.add_parser("bench", help="the standard comparison: MLP epochs against numpy, "
+                       "PyTorch and scikit-learn (when installed), GEMM, step overhead")
+    m.add_argument("--hidden", default="256,1024", help="hidden widths H (default %(default)s)")
+    m.add_argument("--batch", default="32,128,256", help="batch sizes (default %(default)s)")
+    m.add_argument("--libs", default="fastnn,torch,numpy,sklearn",
+                   help="libraries to compare (default %(default)s)")
+    m.add_argument("--samples", type=int, default=60000)
+    m.add_argument("--repeats", type=int, default=5)
+    m.add_argument("--gemm", default="512,1024,32x784x256,128x784x256",
+                   help="GEMM shapes against numpy ('' for none; default %(default)s)")
+    m.add_argument("--no-overhead", dest="overhead", action="store_false",
+                   help="skip the per-step fixed-cost measurement")
+    m.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    m.add_argument("-v", "--verbose", action="store_true", help="log each timed epoch")
+    m.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    m.add_argument("--min-time", type=float, default=0.1, help=argparse.SUPPRESS)
+    m.set_defaults(run=_bench)
     t = sub.add_parser("bench-threads", help="fastnn's GEMM on 1 and 2 threads, with a probe")
     t.add_argument("--sizes", default="512,1024,2048,32x784x256,128x784x256,128x256x10,"
                    "256x1024x1024", help="N or MxKxN shapes (default %(default)s)")
