@@ -188,3 +188,29 @@ def step_overhead(steps=20000, hidden=8, repeats=5):
         run()
         times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times)
+
+
+_MEMORY_SCRIPT = """
+import resource, sys
+from fastnn import _bench_mlp as b
+lib, hidden, batch, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+b.single_thread()
+X, y = b.make_data(n)
+if lib != "data":
+    b._BUILDERS[lib](X, y, hidden, batch, 0)()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory_compare(hidden, batch, libraries=LIBRARIES, n=60000):
+    """Peak resident memory (MiB) of a fresh process that makes the data and trains one
+    epoch, per library; 'data' is the process that only makes the data (and imports fastnn)."""
+    import subprocess
+    import sys
+
+    out = {}
+    for lib in ["data"] + available(libraries):
+        r = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, lib, str(hidden), str(batch),
+                            str(n)], capture_output=True, text=True, check=True)
+        out[lib] = int(r.stdout.split()[-1]) / 1024.0
+    return out

@@ -177,8 +177,11 @@ def _bench(args):
     gemm = _bench.gemm_compare(args.gemm, repeats=args.repeats, min_time=0.1) \
         if args.gemm else []
     step = _bench_mlp.step_overhead() if args.overhead else None
+    memory = _bench_mlp.memory_compare(*workloads[0], libs, n=args.samples) \
+        if args.memory else None
     if args.json:
-        print(json.dumps({"mlp": rows, "gemm": gemm, "step_overhead_s": step}, indent=1))
+        print(json.dumps({"mlp": rows, "gemm": gemm, "step_overhead_s": step,
+                          "peak_memory_mib": memory}, indent=1))
         return 0
     print(f"MLP one epoch, {args.samples} samples, float32, 1 thread, median of "
           f"{args.repeats} interleaved rounds")
@@ -193,6 +196,10 @@ def _bench(args):
         _bench.print_table(gemm)
     if step is not None:
         print(f"\nfixed cost of one training step (784-8-8-10, batch 1): {step * 1e6:.2f} us")
+    if memory is not None:
+        h, b = workloads[0]
+        print(f"\npeak resident memory, one epoch of 784-{h}-{h}-10 B={b} in a fresh process "
+              f"(MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
     return 0
 
 
@@ -237,6 +244,8 @@ def main(argv=None):
                    help="GEMM shapes against numpy ('' for none; default %(default)s)")
     m.add_argument("--no-overhead", dest="overhead", action="store_false",
                    help="skip the per-step fixed-cost measurement")
+    m.add_argument("--memory", action="store_true",
+                   help="also measure peak memory per library (fresh processes, first workload)")
     m.add_argument("--json", action="store_true", help="print JSON instead of tables")
     m.add_argument("-v", "--verbose", action="store_true", help="log each timed epoch")
     m.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)

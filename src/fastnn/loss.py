@@ -73,9 +73,18 @@ class Loss:
 
 
 def _check_finite(a, name):
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        first = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name} contains NaN or Inf (first at index {first})")
+    """Raise naming the first NaN/Inf of a; checked in slices of rows, so no temporary the
+    size of a training set is made."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return
+    rows = max(1, (1 << 20) // max(1, a[0].size)) if a.ndim > 1 else 1 << 20
+    for r in range(0, len(a), rows):
+        part = a[r:r + rows]
+        if not np.isfinite(part).all():
+            first = np.argwhere(~np.isfinite(part))[0]
+            first[0] += r
+            raise ValueError(f"{name} contains NaN or Inf (first at index "
+                             f"{tuple(int(i) for i in first)})")
 
 
 class MSELoss(Loss):
