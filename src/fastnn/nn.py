@@ -189,16 +189,20 @@ class Module:
         """Re-initialise this module's own parameters / random state from rng (no-op here)."""
 
     def state_dict(self):
-        """Copies of the parameters by name ("0.weight", "0.bias", ...)."""
+        """Copies of the parameters by name ("0.weight", "0.bias", ...). On a model moved to
+        cuda the CPU parameter views are refreshed from the device first."""
+        self._sync_to_host()
         return {name: np.array(p) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` into the parameters. Everything is checked (keys, shapes,
         dtypes) before anything is copied. strict=False ignores missing and unexpected keys."""
         self._check_state(state, strict)
+        self._sync_to_host()           # on cuda: keys not in state keep the device values
         for name, p in self.named_parameters():
             if name in state:
                 p[...] = state[name]
+        self._sync_to_device()
 
     def _check_state(self, state, strict=True):
         if not isinstance(state, dict):
@@ -220,6 +224,79 @@ class Module:
             if v.dtype != p.dtype:
                 raise TypeError(f"load_state_dict: '{name}' has dtype {v.dtype}, the model "
                                 f"expects {p.dtype}")
+
+    # ---- device ----
+    # A model moved with .to("cuda") keeps its parameters in device copies of its flat
+    # buffers, held by the module .to() was called on (_device_root) as _device_params:
+    # [(flat buffer, device array)]. Every module below it has _device and _device_root set.
+    _device = "cpu"
+    _device_root = None
+    _device_params = None
+
+    @property
+    def device(self):
+        """Where the parameters live: "cpu" (default) or "cuda" (after ``.to("cuda")``)."""
+        return self._device
+
+    def to(self, device):
+        """Move the parameters to ``device`` ("cpu", "cuda" or "cuda:0") and return self.
+
+        "cuda" uploads each flat parameter buffer once (fastnn.cuda.require() raises
+        RuntimeError naming what is missing without numba or a GPU); the model must be a
+        Sequential fastnn.cuda.train supports. On cuda, fastnn.fit/evaluate/predict run on
+        the device and forward/backward raise. The CPU Parameter views (``model[0].weight``)
+        are NOT updated during training: ``state_dict()``, ``fastnn.save`` and
+        ``.to("cpu")`` refresh them from the device (``.to("cpu")`` copies into the same
+        flat buffer, so the views stay valid). The optimizer's CPU state buffers and step
+        count are written back by fit at the end of each epoch."""
+        dev = _parse_device(device)
+        root = self._device_root
+        if root is not None and root is not self:
+            raise RuntimeError(f"{self._where()}: it was moved to {root._device} as part of "
+                               f"{root._short()}; call .to() on that model")
+        if dev == self._device:
+            return self
+        if dev == "cpu":
+            self._sync_to_host()
+            for m in self.modules():
+                object.__setattr__(m, "_device", "cpu")
+                object.__setattr__(m, "_device_root", None)
+            object.__setattr__(self, "_device_params", None)
+            return self
+        from . import cuda as _cuda
+        _cuda.require()
+        from numba import cuda as _nb_cuda
+
+        from .cuda import train as _cuda_train
+        _cuda_train.check_model(self)
+        buffers = []
+        for p in self.parameters():
+            if p._buffer is not None and all(p._buffer is not b for b in buffers):
+                buffers.append(p._buffer)
+        object.__setattr__(self, "_device_params",
+                           [(b, _nb_cuda.to_device(b.data)) for b in buffers])
+        for m in self.modules():
+            object.__setattr__(m, "_device", dev)
+            object.__setattr__(m, "_device_root", self)
+        return self
+
+    def _sync_to_host(self):
+        """On cuda: copy the device parameters into the CPU flat buffers (the Parameter views
+        then hold the current values); a no-op on the CPU."""
+        root = self._device_root
+        for buf, d in (root._device_params or ()) if root is not None else ():
+            d.copy_to_host(buf.data)
+
+    def _sync_to_device(self):
+        """On cuda: copy the CPU flat buffers to the device parameters."""
+        root = self._device_root
+        for buf, d in (root._device_params or ()) if root is not None else ():
+            d.copy_to_device(buf.data)
+
+    def _check_host(self):
+        if self._device != "cpu":
+            raise RuntimeError(f"{self._where()}: model is on {self._device}: use "
+                               f"fastnn.fit/evaluate/predict, or model.to('cpu')")
 
     # ---- computation ----
     def forward(self, x):
@@ -352,6 +429,7 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
+        self._check_host()
         for layer in self:
             x = layer.forward(x)
         return x
@@ -361,6 +439,9 @@ class Sequential(Module):
         activations runs it in one native call (fastnn._fused), with the same numbers."""
         from . import _fused
 
+        if self._device != "cpu":
+            from .cuda import train as _cuda_train
+            return _cuda_train.predict(self, X, batch_size)
         X = np.asarray(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -373,6 +454,7 @@ class Sequential(Module):
     def backward(self, dout, input_grad=True):
         """Backward through the layers in reverse; returns d(loss)/d(input). input_grad=False
         returns None and skips that gradient's product in a first Linear layer (fit uses it)."""
+        self._check_host()
         layers = list(self)
         for i in range(len(layers) - 1, -1, -1):
             if i == 0 and not input_grad and isinstance(layers[0], Linear):
@@ -385,6 +467,15 @@ class Sequential(Module):
 
 
 # ---- layers ----------------------------------------------------------------------------------
+
+def _parse_device(device):
+    if isinstance(device, str):
+        d = device.strip().lower()
+        if d in ("cpu", "cuda", "cuda:0"):
+            return "cpu" if d == "cpu" else "cuda"
+    raise ValueError(f"to: argument 'device' must be 'cpu', 'cuda' or 'cuda:0', got "
+                     f"{device!r}")
+
 
 def _check_float(layer, x):
     x = np.asarray(x)
@@ -442,6 +533,7 @@ class Linear(Module):
                 self.bias[...] = 0
 
     def forward(self, x):
+        self._check_host()
         x = _check_float(self, x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             got = f"{x.shape[1]}" if x.ndim == 2 else f"an array of shape {x.shape}"
@@ -456,6 +548,7 @@ class Linear(Module):
     def backward(self, dout, input_grad=True):
         """Accumulate the weight and bias gradients; return dout @ weight (None when
         input_grad is False)."""
+        self._check_host()
         x = _need(self, self._x)
         dout = np.asarray(dout)
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:

@@ -14,7 +14,9 @@ on the outputs before each update), as Keras reports them.
 
 A Sequential of Linear layers, activations and Dropout with a built-in loss and optimizer
 trains through the fused C step (fastnn._fused): a whole chunk of mini-batches per native
-call, with the same numbers as the per-op loop (Dropout masks excepted: see _fused).
+call, with the same numbers as the per-op loop (Dropout masks excepted: see _fused). A model moved
+with ``model.to("cuda")`` trains on the GPU (fastnn.cuda.train: X and y uploaded once, the
+same shuffling and formulas, numbers equal up to float rounding).
 """
 import time
 
@@ -68,6 +70,9 @@ def _int_arg(value, name, low, high=None):
 
 def _as_X(X, name, dtype):
     """X as a C-contiguous array of the model's dtype; checked for shape and finiteness."""
+    if getattr(X, "__cuda_ndarray__", False) or hasattr(X, "__cuda_array_interface__"):
+        raise TypeError(f"{name} is a device array; pass a numpy array (a model on cuda "
+                        f"gets it uploaded once per fit)")
     a = np.asarray(X)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
@@ -208,7 +213,12 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         c.set_params(params)
     dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
     model.stop_training = False
-    plan = _fused.training_plan(model, loss, optimizer, X, y, batch_size, names)
+    gpu = None
+    if getattr(model, "device", "cpu") != "cpu":   # fastnn.cuda.train: checks, uploads X, y
+        from .cuda import train as _cuda_train
+        gpu = _cuda_train.Trainer(model, loss, optimizer, X, y, batch_size, names)
+    plan = None if gpu is not None else _fused.training_plan(model, loss, optimizer, X, y,
+                                                             batch_size, names)
     # batches per native call: every batch when a user callback wants each one
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
@@ -228,10 +238,12 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             c.on_epoch_begin(epoch, {})
         t0 = time.perf_counter()
         seen, loss_sum, sums = 0, 0.0, dict.fromkeys(names, 0.0)
-        if plan is not None:
+        if gpu is not None:
+            seen, loss_sum, sums = gpu.epoch(order, lr, cbs, per_batch)
+        elif plan is not None:
             seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
                                                 chunk, names, seed, epoch, cbs)
-        for b in range(steps if plan is None else 0):
+        for b in range(steps if plan is None and gpu is None else 0):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = X[idx], y[idx]
             out = model.forward(xb)

@@ -66,6 +66,7 @@ __all__ = [
     "binary_cross_entropy_with_logits_with_grad",
     "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad",
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "copy",
+    "gather_rows", "correct_count_add", "row_error_add",
 ]
 
 
@@ -919,3 +920,108 @@ def copy(x, out=None):
         _launch(fn, K.kernels(X.dtype).copy, _blocks(X.size, K.THREADS, K.MAX_BLOCKS),
                 K.THREADS, _flat(Y), _flat(X))
     return Y
+
+
+# ---- mini-batch gathering and metric sums (the GPU training loop, fastnn.cuda.train) -------
+
+@cuda.jit
+def _gather_rows_kernel(src, index, out, cols):
+    """out (flat, rows * cols) = src rows index[r] (src flat, C order)."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        r = i // cols
+        out[i] = src[index[r] * cols + (i - r * cols)]
+
+
+def _small_block(n):
+    """Threads per block for a launch over n items: a warp multiple, at most THREADS."""
+    return max(32, min(K.THREADS, -(-n // 32) * 32))
+
+
+def gather_rows(src, index, out=None, check_index=True):
+    """out[r] = src[index[r]] for every r: the rows of a mini-batch gathered on the device in
+    one launch. src: a C-contiguous device array (1-D: elements, N-D: rows along axis 0) of
+    any numeric dtype; index: an int32/int64 1-D device array; out: (len(index),
+    *src.shape[1:]), src's dtype. check_index=True copies index to the host and raises
+    ValueError naming the first value outside [0, len(src)) (a training loop passes False for
+    an index it built itself; an out-of-range index then reads undefined memory)."""
+    fn = "gather_rows"
+    S = _device(src, fn, "src")
+    if S.ndim < 1 or not S.is_c_contiguous():
+        raise ValueError(f"{_sig(fn, 'src')} must be a C-contiguous array with at least one "
+                         f"axis, got shape {S.shape} strides {S.strides}")
+    idx = _device(index, fn, "index")
+    if idx.dtype.kind not in "iu" or idx.ndim != 1:
+        raise TypeError(f"{_sig(fn, 'index')} must be a 1-D int32/int64 array, got dtype "
+                        f"{idx.dtype} shape {idx.shape}")
+    rows = S.shape[0]
+    if check_index and idx.size:
+        host = idx.copy_to_host()
+        bad = np.flatnonzero((host < 0) | (host >= rows))
+        if bad.size:
+            raise ValueError(f"{_sig(fn, 'index')} must hold row numbers in [0, {rows}), got "
+                             f"{host[bad[0]]} at position {bad[0]}")
+    O = _out(out, fn, (idx.size,) + tuple(S.shape[1:]), S.dtype, [("src", S), ("index", idx)])
+    if O.size:
+        cols = O.size // idx.size
+        _launch(fn, _gather_rows_kernel, _blocks(O.size, K.THREADS, K.MAX_BLOCKS),
+                _small_block(O.size), _flat(S), idx, _flat(O), cols)
+    return O
+
+
+@cuda.jit
+def _correct_count_kernel(Z, Y, acc):
+    r = cuda.grid(1)
+    if r < Z.shape[0]:
+        best = 0
+        for c in range(1, Z.shape[1]):
+            if Z[r, c] > Z[r, best]:
+                best = c
+        if best == Y[r]:
+            cuda.atomic.add(acc, 0, 1.0)
+
+
+@cuda.jit
+def _row_error_kernel(P, T, acc, squared):
+    r = cuda.grid(1)
+    if r < P.shape[0]:
+        s = 0.0
+        for c in range(P.shape[1]):
+            d = np.float64(P[r, c]) - np.float64(T[r, c])
+            s += d * d if squared else abs(d)
+        cuda.atomic.add(acc, 0, s / P.shape[1])
+
+
+def _acc_out(acc, fn):
+    a = _device(acc, fn, "acc")
+    if a.dtype != np.float64 or a.shape != (1,):
+        raise ValueError(f"{_sig(fn, 'acc')} must be a float64 device array of shape (1,), "
+                         f"got dtype {a.dtype} shape {a.shape}")
+    return a
+
+
+def correct_count_add(logits, labels, acc):
+    """acc[0] += the number of rows of logits (N, C) whose first maximum is at labels[r]
+    (numpy's argmax), in one launch; acc: a float64 (1,) device array. Returns acc."""
+    fn = "correct_count_add"
+    Z = _float(logits, fn, "logits", ndim=2, contiguous=False)
+    Y = _labels(labels, fn, Z.shape[0], Z.shape[1], False)
+    A = _acc_out(acc, fn)
+    if Z.shape[0] and Z.shape[1]:
+        b = _small_block(Z.shape[0])
+        _launch(fn, _correct_count_kernel, -(-Z.shape[0] // b), b, Z, Y, A)
+    return A
+
+
+def row_error_add(pred, target, acc, squared=False):
+    """acc[0] += sum over rows of mean(|pred - target|) (squared=True: of the squares) for
+    2-D pred and target, in float64, in one launch: the sums behind fit's 'mae' and 'mse'
+    metrics. Returns acc."""
+    fn = "row_error_add"
+    P = _float(pred, fn, "pred", ndim=2, contiguous=False)
+    Tg = _float(target, fn, "target", P.dtype, ndim=2, contiguous=False)
+    _same_shape(P, "pred", Tg, "target", fn)
+    A = _acc_out(acc, fn)
+    if P.shape[0] and P.shape[1]:
+        b = _small_block(P.shape[0])
+        _launch(fn, _row_error_kernel, -(-P.shape[0] // b), b, P, Tg, A, bool(squared))
+    return A
