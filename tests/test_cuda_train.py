@@ -196,6 +196,28 @@ def test_mse_rmsprop_last_activation_matches_cpu():
     assert launches["tanh_backward"] == STEPS and launches["row_error_add"] == STEPS
 
 
+@pytest.mark.parametrize("loss", [fn.L1Loss(), fn.HuberLoss(delta=0.3),
+                                  fn.BCEWithLogitsLoss(pos_weight=np.array([2.0, 0.5]))],
+                         ids=["l1", "huber", "bce"])
+def test_other_losses_match_cpu(loss):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((N, 5)).astype(np.float32)
+    Y = np.tanh(X[:, :2] - X[:, 2:4]).astype(np.float32)
+    if isinstance(loss, fn.BCEWithLogitsLoss):
+        Y = (Y > 0).astype(np.float32)
+    results = []
+    for device in ("cpu", "cuda"):
+        model = fn.Sequential(fn.Linear(5, 4), fn.ReLU(), fn.Linear(4, 2), seed=3).to(device)
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        h = fn.fit(model, loss, opt, X, Y, epochs=2, batch_size=BATCH, seed=1, verbose=0,
+                   metrics=[])
+        results.append((h.history["loss"], model.state_dict()))
+    (l_cpu, w_cpu), (l_gpu, w_gpu) = results
+    np.testing.assert_allclose(l_gpu, l_cpu, rtol=RTOL, atol=ATOL)
+    for k in w_cpu:
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], rtol=RTOL, atol=ATOL)
+
+
 def test_to_requires_cuda(monkeypatch):
     def missing():
         raise RuntimeError("fastnn.cuda cannot run: numba with CUDA support is not installed")
@@ -234,9 +256,11 @@ def test_fit_on_cuda_rejects_unsupported_loss_optimizer_and_metrics():
     model = fn.Sequential(fn.Linear(6, 3), seed=0).to("cuda")
     params = list(model.parameters())
     Y = np.zeros((N, 3), np.float32)
-    with pytest.raises(NotImplementedError, match="loss L1Loss is not supported"):
-        fit(model, fn.L1Loss(), fn.SGD(params, lr=0.1), X, Y)
-    with pytest.raises(NotImplementedError, match="loss BCEWithLogitsLoss is not supported"):
+    with pytest.raises(NotImplementedError, match="loss SoftMargin is not supported"):
+        class SoftMargin(fn.MSELoss):
+            pass
+        fit(model, SoftMargin(), fn.SGD(params, lr=0.1), X, Y)
+    with pytest.raises(NotImplementedError, match=r"metrics \['accuracy'\] are not supported"):
         fit(model, fn.BCEWithLogitsLoss(), fn.SGD(params, lr=0.1), X, Y)
     two_groups = fn.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1)
     with pytest.raises(NotImplementedError, match="one parameter group holding every"):
@@ -255,7 +279,7 @@ def test_fit_on_cuda_rejects_unsupported_loss_optimizer_and_metrics():
         fit(model, fn.CrossEntropyLoss(), fn.SGD(params, lr=0.1), fc.to_device(X), y)
     sgd = fn.SGD(params, lr=0.1, momentum=0.9)
     with pytest.raises(NotImplementedError):
-        fit(model, fn.HuberLoss(), sgd, X, Y)
+        fit(model, fn.BCEWithLogitsLoss(), sgd, X, Y)
     assert sgd.state_dict()["state"] == {} and not sgd._groups_chunks[0][0].state
 
 

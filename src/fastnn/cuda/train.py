@@ -7,7 +7,8 @@
 Supported (anything else raises naming it): a Sequential of units Linear [activation]
 [Dropout(p=0)] after optional leading Flatten layers, one flat parameter buffer (float32 or
 float64; activations ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU); CrossEntropyLoss with
-integer labels (class weights, label smoothing) and MSELoss, reduction 'mean' or 'sum';
+integer labels (class weights, label smoothing), MSELoss, L1Loss, HuberLoss and
+BCEWithLogitsLoss (pos_weight; no metric), reduction 'mean' or 'sum';
 SGD (momentum, dampening, nesterov, weight decay), Adam, AdamW, RMSprop, Adagrad with one
 parameter group over the whole buffer. Metrics: accuracy (CrossEntropyLoss), mae, mse
 (MSELoss). The numbers are the CPU fit's (same shuffling, same formulas) up to float
@@ -42,7 +43,7 @@ import numpy as np
 from numba import cuda
 
 from .. import _fused
-from ..loss import CrossEntropyLoss, MSELoss
+from ..loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
 from ..nn import Dropout, Flatten, Linear, Sequential
 from ..optim import SGD, Adagrad, Adam, AdamW, RMSprop
 from . import ops
@@ -209,18 +210,21 @@ class Trainer:
         buffer, dtype = net.buffer, net.dtype
         self.loss = loss
         t = type(loss)
-        if t not in (CrossEntropyLoss, MSELoss):
+        if t not in (CrossEntropyLoss, MSELoss, L1Loss, HuberLoss, BCEWithLogitsLoss):
             raise NotImplementedError(f"fit on cuda: loss {t.__name__} is not supported "
-                                      f"(supported: CrossEntropyLoss, MSELoss)")
+                                      f"(supported: CrossEntropyLoss, MSELoss, L1Loss, "
+                                      f"HuberLoss, BCEWithLogitsLoss)")
         if loss.reduction not in ("mean", "sum"):
             raise ValueError(f"fit on cuda: loss reduction must be 'mean' or 'sum', got "
                              f"{loss.reduction!r}")
         self.classify = t is CrossEntropyLoss
-        allowed = ("accuracy",) if self.classify else ("mae", "mse")
+        allowed = (("accuracy",) if self.classify else () if t is BCEWithLogitsLoss
+                   else ("mae", "mse"))
         bad = [m for m in metrics if m not in allowed]
         if bad:
             raise NotImplementedError(f"fit on cuda: metrics {bad} are not supported with "
-                                      f"{t.__name__} (supported: {list(allowed)})")
+                                      f"{t.__name__} (supported: {list(allowed)}; pass "
+                                      f"metrics=[] for none)")
         self.metrics = list(metrics)
         if self.classify and y.ndim != 1:
             raise NotImplementedError("fit on cuda: CrossEntropyLoss needs integer class "
@@ -259,9 +263,10 @@ class Trainer:
         self.X = cuda.to_device(X)
         y = np.ascontiguousarray(y, dtype=np.int64 if self.classify else dtype)
         self.y = cuda.to_device(y)
-        self.weight = None
-        if self.classify and loss.weight is not None:
-            self.weight = cuda.to_device(np.ascontiguousarray(loss.weight, dtype=dtype))
+        self.weight = None     # class weights (cross-entropy) or pos_weight (BCE)
+        w = loss.weight if self.classify else getattr(loss, "pos_weight", None)
+        if w is not None:
+            self.weight = cuda.to_device(np.ascontiguousarray(w, dtype=dtype))
         self.steps = -(-self.n // self.batch_size)
         self.values = cuda.device_array(self.steps, np.float64)
         self._batch = {}
@@ -298,8 +303,17 @@ class Trainer:
             ops.cross_entropy_with_grad(out, yb, self.weight, self.loss.label_smoothing,
                                         self.loss.reduction, grad_out=g, value_out=value,
                                         check_labels=False)
-        else:
+        elif type(self.loss) is MSELoss:
             ops.mse_loss_with_grad(out, yb, self.loss.reduction, grad_out=g, value_out=value)
+        elif type(self.loss) is L1Loss:
+            ops.l1_loss_with_grad(out, yb, self.loss.reduction, grad_out=g, value_out=value)
+        elif type(self.loss) is HuberLoss:
+            ops.huber_loss_with_grad(out, yb, self.loss.delta, self.loss.reduction, grad_out=g,
+                                     value_out=value)
+        else:
+            ops.binary_cross_entropy_with_logits_with_grad(out, yb, self.weight,
+                                                           self.loss.reduction, grad_out=g,
+                                                           value_out=value)
 
     def write_back(self):
         """The device optimizer state into the optimizer's CPU buffers, and the step count."""
