@@ -127,11 +127,11 @@ int fastnn_get_num_threads(void) {
 #endif
 }
 
-/* About 2^21 operations (~20 us on one core) per thread before another thread pays for
+/* About 12 M operations (~120 us on one core) per thread before another thread pays for
  * its wake-up (threads sleep while they wait, see OMP_WAIT_POLICY in fastnn/__init__.py). */
 int fastnn_threads_for(double work) {
     int n = fastnn_get_num_threads();
-    double per = 2097152.0;
+    double per = 12582912.0;
     if (work < per * 2) return 1;
     int want = (int)(work / per);
     return want < n ? want : n;
