@@ -1,5 +1,6 @@
 """Side-by-side timing: fastnn against numpy's BLAS in one process, interleaved (A B A B ...),
 median of the rounds, single thread by default. Used by `fastnn bench-gemm` and benchmarks/."""
+import contextlib
 import os
 import statistics
 import time
@@ -7,6 +8,18 @@ import time
 import numpy as np
 
 import fastnn
+
+
+@contextlib.contextmanager
+def kept_threads(n=None):
+    """fastnn on n threads (None: unchanged) inside the block; the count is restored after."""
+    before = fastnn.get_num_threads()
+    if n is not None:
+        fastnn.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastnn.set_num_threads(before)
 
 
 def blas_threads(n):
@@ -58,11 +71,9 @@ def interleaved(candidates, repeats=7, min_time=0.2):
 
 def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, layouts=("nn",)):
     """Rows of dicts: shape, layout, fastnn and numpy GFLOP/s (medians) and their ratio."""
-    before = fastnn.get_num_threads()
-    fastnn.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
-    try:
+    with kept_threads(threads):
         with blas_threads(threads):
             for m, k, n in parse_shapes(sizes):
                 for lay in layouts:
@@ -80,8 +91,6 @@ def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, lay
                                  "threads": threads, "fastnn_gflops": flop / mf / 1e9,
                                  "numpy_gflops": flop / mn / 1e9, "ratio": mn / mf,
                                  "fastnn_s": t["fastnn"], "numpy_s": t["numpy"]})
-    finally:
-        fastnn.set_num_threads(before)
     return rows
 
 
@@ -97,11 +106,9 @@ def fused_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2):
     """Linear forward act(x @ W.T + b) with ReLU: fastnn's fused matmul_bias_act against the
     same GEMM followed by separate bias and ReLU passes, interleaved."""
     ops = fastnn.ops
-    before = fastnn.get_num_threads()
-    fastnn.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
-    try:
+    with kept_threads(threads):
         for m, k, n in parse_shapes(sizes):
             x = rng.standard_normal((m, k)).astype(dtype)
             w = rng.standard_normal((n, k)).astype(dtype)
@@ -119,8 +126,6 @@ def fused_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2):
             mf, ms = statistics.median(t["fused"]), statistics.median(t["separate"])
             rows.append({"shape": f"{m}x{k}x{n}", "dtype": dtype, "threads": threads,
                          "fused_us": mf * 1e6, "separate_us": ms * 1e6, "speedup": ms / mf})
-    finally:
-        fastnn.set_num_threads(before)
     return rows
 
 
@@ -130,9 +135,7 @@ def second_core_probe(n=512, calls=20):
     About 2.0 means the second core is free; about 1.0 means it is busy with other work."""
     import threading
 
-    before = fastnn.get_num_threads()
-    fastnn.set_num_threads(1)
-    try:
+    with kept_threads(1):
         x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
         outs = [np.empty_like(x), np.empty_like(x)]
 
@@ -151,17 +154,14 @@ def second_core_probe(n=512, calls=20):
         for t in threads:
             t.join()
         two = time.perf_counter() - t0
-    finally:
-        fastnn.set_num_threads(before)
     return 2 * one / two
 
 
 def threads_compare(sizes, dtype="float32", repeats=7, min_time=0.2):
     """fastnn's GEMM with 1 and with 2 threads, interleaved: GFLOP/s and speedup."""
-    before = fastnn.get_num_threads()
     rng = np.random.default_rng(0)
     rows = []
-    try:
+    with kept_threads(None):
         for m, k, n in parse_shapes(sizes):
             a = rng.standard_normal((m, k)).astype(dtype)
             b = rng.standard_normal((k, n)).astype(dtype)
@@ -178,6 +178,4 @@ def threads_compare(sizes, dtype="float32", repeats=7, min_time=0.2):
             m1, m2 = statistics.median(t["1"]), statistics.median(t["2"])
             rows.append({"shape": f"{m}x{k}x{n}", "dtype": dtype, "gflops_1": flop / m1 / 1e9,
                          "gflops_2": flop / m2 / 1e9, "speedup": m1 / m2})
-    finally:
-        fastnn.set_num_threads(before)
     return rows
