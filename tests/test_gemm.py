@@ -222,3 +222,45 @@ def test_fused_bad_input():
     out = np.ones((4, 4), np.float32)
     with pytest.raises(ValueError, match="'out' overlaps input 'x'"):
         ops.matmul_act_backward(x, x.T, out, "relu", out=out)
+
+
+# ---- the few-row path: M <= 2 MR (or N, through C^T) with B read in place ------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", [(10, 70, 75), (16, 33, 64), (3, 130, 40), (7, 5, 200)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("swap", [False, True], ids=["c", "cT"])
+def test_few_row_path_with_epilogues(each_arch, dtype, m, k, n, ta, swap):
+    """Few rows of C with unpacked B, plus the C^T form (few columns, a.T @ b with a strided
+    C), with the forward and backward epilogues applied tile by tile."""
+    if swap:
+        m, n = 5 * n, m
+    rng = np.random.default_rng(m * n + k)
+    a = operand(rng, m, k, dtype, ta, 0)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for act, fwd in [("identity", lambda z: z), ("relu", ref.relu), ("sigmoid", ref.sigmoid)]:
+        for bv, beta in [(bias, 0.0), (None, 0.5)]:
+            got = ops.matmul_bias_act(a, b, bv, act, out=c0.copy(), beta=beta)
+            z = ref.matmul(a, b, beta=beta, c=c0) + (0 if bv is None else bias.astype(np.float64))
+            np.testing.assert_allclose(got, fwd(z), rtol=tol, atol=tol * (1 + np.abs(z).max()))
+    pre = rng.standard_normal((m, n)).astype(dtype)
+    for act, bwd in [("relu", ref.relu_backward), ("tanh", ref.tanh_backward)]:
+        got = ops.matmul_act_backward(a, b, pre, act)
+        want = bwd(ref.matmul(a, b), pre)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * (1 + np.abs(want).max()))
+
+
+@pytest.mark.parametrize("ta", [False, True])
+def test_few_row_path_bit_identical_for_one_and_two_threads(threads, ta):
+    rng = np.random.default_rng(11)
+    a = operand(rng, 10, 3000, np.float32, ta, 0)
+    b = rng.standard_normal((3000, 2000)).astype(np.float32)
+    threads(1)
+    one = ops.matmul(a, b)
+    threads(2)
+    two = ops.matmul(a, b)
+    assert one.tobytes() == two.tobytes()
+    check(a, b, None, 1.0, 0.0, np.float32, one)

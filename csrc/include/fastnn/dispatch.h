@@ -22,6 +22,15 @@ typedef void (*fastnn_sukr)(int64_t k, const float *a, const float *b, float *c,
 typedef void (*fastnn_dukr)(int64_t k, const double *a, const double *b, double *c,
                             int64_t ldc, double alpha, double beta, const double *bias, int relu);
 
+/* The same kernel on unpacked operands: A(i, p) = a[p*as + i] (rows contiguous),
+ * B(p, j) = b[p*bs + j] (columns contiguous); no alignment. */
+typedef void (*fastnn_sukrs)(int64_t k, const float *a, int64_t as, const float *b, int64_t bs,
+                             float *c, int64_t ldc, float alpha, float beta, const float *bias,
+                             int relu);
+typedef void (*fastnn_dukrs)(int64_t k, const double *a, int64_t as, const double *b,
+                             int64_t bs, double *c, int64_t ldc, double alpha, double beta,
+                             const double *bias, int relu);
+
 /* mr x nr: register tile; kc: depth of a packed panel (A micro-panel + B micro-panel in L1);
  * mc: rows of the packed A block (L2); nc: columns of the packed B panel (L3). */
 /* Packing: panel `panel` of the A block at (i0, p0) of op(A) (MR x kc, zero-padded rows,
@@ -37,12 +46,15 @@ typedef void (*fastnn_dpack_b)(double *dst, const double *b, int64_t rsb, int64_
                                int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t panel);
 
 /* ukr: the MR x NR micro-kernel; tails: the same on the first 4, 2 and 1 rows of a packed
- * MR-row panel (the last rows of a block, so a 10-row product does not compute 16). */
+ * MR-row panel (the last rows of a block, so a 10-row product does not compute 16);
+ * ukrs, tails_s: the same kernels on unpacked operands (the few-row path). */
 typedef struct {
     fastnn_sukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_spack_a pack_a; fastnn_spack_b pack_b;
+    fastnn_sukrs ukrs, tails_s[3];
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
+    fastnn_dukrs ukrs, tails_s[3];
 } fastnn_dgemm_cfg;
 
 typedef struct {

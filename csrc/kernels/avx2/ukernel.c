@@ -25,6 +25,8 @@
 
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
 const fastnn_sgemm_cfg fastnn_sgemm_avx2 = {sukr_avx2, {sukr4_avx2, sukr2_avx2, sukr1_avx2},
-                                            6, 16, 144, 256, 4096, spack_a_avx2, spack_b_avx2};
+                                            6, 16, 144, 256, 4096, spack_a_avx2, spack_b_avx2,
+    sukrs_avx2, {sukrs4_avx2, sukrs2_avx2, sukrs1_avx2}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx2 = {dukr_avx2, {dukr4_avx2, dukr2_avx2, dukr1_avx2},
-                                            6, 8, 96, 256, 2048, dpack_a_avx2, dpack_b_avx2};
+                                            6, 8, 96, 256, 2048, dpack_a_avx2, dpack_b_avx2,
+    dukrs_avx2, {dukrs4_avx2, dukrs2_avx2, dukrs1_avx2}};

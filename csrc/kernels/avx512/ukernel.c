@@ -77,6 +77,8 @@ static void spack_b_avx512_t(float *dst, const float *b, int64_t rsb, int64_t cs
 
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
 const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sukr_avx512, {sukr4_avx512, sukr2_avx512, sukr1_avx512},
-                                            8, 32, 160, 384, 4096, spack_a_avx512, spack_b_avx512_t};
+                                            8, 32, 160, 384, 4096, spack_a_avx512, spack_b_avx512_t,
+    sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dukr_avx512, {dukr4_avx512, dukr2_avx512, dukr1_avx512},
-                                            14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512};
+                                            14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512,
+    dukrs_avx512, {dukrs4_avx512, dukrs2_avx512, dukrs1_avx512}};
