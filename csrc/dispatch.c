@@ -1,6 +1,15 @@
 /* CPU-feature dispatch and library state (threads, status strings). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* syscall() for the futex of fastnn_team_barrier */
+#endif
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include "ref/common.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -128,13 +137,90 @@ int fastnn_get_num_threads(void) {
 }
 
 /* About 12 M operations (~120 us on one core) per thread before another thread pays for
- * its wake-up (threads sleep while they wait, see OMP_WAIT_POLICY in fastnn/__init__.py). */
+ * its wake-up (threads sleep while they wait, see OMP_WAIT_POLICY in fastnn/__init__.py).
+ * Inside a team the others are already awake (they spin at its barrier): 256 K (~3 us). */
 int fastnn_threads_for(double work) {
-    int n = fastnn_get_num_threads();
-    double per = 12582912.0;
+    fastnn_team *team = fastnn_cur_team;
+    int n = team ? team->nthreads : fastnn_get_num_threads();
+    double per = team ? 262144.0 : 12582912.0;
     if (work < per * 2) return 1;
     int want = (int)(work / per);
     return want < n ? want : n;
+}
+
+/* ---- teams (see ref/common.h) ---- */
+_Thread_local fastnn_team *fastnn_cur_team = NULL;
+
+/* Spins before a waiting thread sleeps: ~30-60 us, the gap between two kernels of a step. */
+#define FASTNN_TEAM_SPIN 2048
+
+void fastnn_team_init(fastnn_team *t, int nthreads) {
+    t->nthreads = nthreads;
+    atomic_init(&t->gen, 0);
+    atomic_init(&t->arrived, 0);
+    atomic_init(&t->sleepers, 0);
+    atomic_init(&t->next, 0);
+    t->status[0] = t->status[1] = FASTNN_OK;
+    t->ptr[0] = t->ptr[1] = NULL;
+}
+
+static void team_sleep(fastnn_team *t, unsigned g) {
+#ifdef __linux__
+    syscall(SYS_futex, (void *)&t->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+#else
+    (void)t, (void)g;
+    sched_yield();
+#endif
+}
+
+static void team_wake(fastnn_team *t) {
+#ifdef __linux__
+    syscall(SYS_futex, (void *)&t->gen, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#else
+    (void)t;
+#endif
+}
+
+static inline void cpu_relax(void) {
+#if FASTNN_X86
+    __builtin_ia32_pause();
+#endif
+}
+
+unsigned fastnn_team_barrier(fastnn_team *t) {
+    unsigned g = atomic_load_explicit(&t->gen, memory_order_acquire);
+    if (t->nthreads <= 1) return g;
+    if (atomic_fetch_add_explicit(&t->arrived, 1, memory_order_acq_rel) == t->nthreads - 1) {
+        atomic_store_explicit(&t->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&t->gen, g + 1, memory_order_seq_cst);   /* releases the others */
+        if (atomic_load_explicit(&t->sleepers, memory_order_seq_cst) > 0) team_wake(t);
+        return g;
+    }
+    for (int i = 0; i < FASTNN_TEAM_SPIN; i++) {
+        if (atomic_load_explicit(&t->gen, memory_order_acquire) != g) return g;
+        cpu_relax();
+    }
+    /* Announce the sleep before the last check: the releaser either sees the sleeper or the
+     * sleeper sees the new generation (both seq_cst); the futex rechecks the word itself. */
+    atomic_fetch_add_explicit(&t->sleepers, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&t->gen, memory_order_seq_cst) == g) team_sleep(t, g);
+    atomic_fetch_sub_explicit(&t->sleepers, 1, memory_order_relaxed);
+    return g;
+}
+
+/* Thread 0 writes slot g & 1 before barrier g; the others read it right after. Slot g & 1 is
+ * next written before barrier g + 2, which no thread passes before reading it. */
+fastnn_status fastnn_team_share(fastnn_team *t, fastnn_status st) {
+    if (!t) return st;
+    if (fastnn_thread_id() == 0)
+        t->status[atomic_load_explicit(&t->gen, memory_order_relaxed) & 1] = st;
+    return t->status[fastnn_team_barrier(t) & 1];
+}
+
+void *fastnn_team_share_ptr(fastnn_team *t, void *p) {
+    if (!t) return p;
+    if (fastnn_thread_id() == 0) t->ptr[atomic_load_explicit(&t->gen, memory_order_relaxed) & 1] = p;
+    return t->ptr[fastnn_team_barrier(t) & 1];
 }
 
 const char *fastnn_status_string(fastnn_status s) {

@@ -94,7 +94,7 @@ static uint64_t mix64(uint64_t x) {
 }
 
 /* v[i] *= keep(i) / (1 - p), keep(i) = uniform(key, i) >= p. */
-static void dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key) {
+static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key) {
     double scale = 1.0 / (1.0 - p);
     for (int64_t i = 0; i < n; i++) {
         double u = (double)(mix64(key ^ mix64((uint64_t)i)) >> 11) * 0x1.0p-53;
@@ -102,6 +102,7 @@ static void dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_
         if (dt == FASTNN_F32) ((float *)v)[i] *= (float)m;
         else ((double *)v)[i] *= m;
     }
+    return FASTNN_OK;
 }
 
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
@@ -125,11 +126,29 @@ static char *at(const fastnn_net *net, void *base, int64_t offset) {
     return (char *)base + (size_t)offset * esize(net->dt);
 }
 
+/* Serial work: st = expr, computed once. Inside a team (see ref/common.h) thread 0 computes
+ * it alone and every thread gets its status. */
+#define ON_THREAD0(team, st, expr)                                                        \
+    do {                                                                                  \
+        fastnn_status s0_ = FASTNN_OK;                                                    \
+        if (!(team)) {                                                                    \
+            (st) = (expr);                                                                \
+            break;                                                                        \
+        }                                                                                 \
+        if (fastnn_thread_id() == 0) {                                                    \
+            fastnn_cur_team = NULL;                                                       \
+            s0_ = (expr);                                                                 \
+            fastnn_cur_team = (team);                                                     \
+        }                                                                                 \
+        (st) = fastnn_team_share((team), s0_);                                            \
+    } while (0)
+
 /* ---- forward, loss, backward, update --------------------------------------------------- */
 
 static fastnn_status forward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
                              int train, uint64_t key) {
     fastnn_dtype dt = net->dt;
+    fastnn_team *team = fastnn_cur_team;
     const char *h = x;
     fastnn_status st;
     for (int i = 0; i < net->nunits; i++) {
@@ -145,7 +164,8 @@ static fastnn_status forward(const fastnn_net *net, const layout *L, const char 
             if (st == FASTNN_OK)
                 st = fastnn_act_forward(dt, u->act, u->p, u->p2, L->y[i], L->z[i], B * u->out);
             if (st == FASTNN_OK && train && u->drop > 0)
-                dropout_apply(dt, L->y[i], B * u->out, u->drop, mix64(key ^ (uint64_t)i));
+                ON_THREAD0(team, st, dropout_apply(dt, L->y[i], B * u->out, u->drop,
+                                                   mix64(key ^ (uint64_t)i)));
         }
         if (st != FASTNN_OK) return st;
         h = L->y[i];
@@ -195,6 +215,7 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
 static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
                               uint64_t key) {
     fastnn_dtype dt = net->dt;
+    fastnn_team *team = fastnn_cur_team;
     int cur = 0;   /* L->d[cur] holds d loss / d y_i on entry to unit i, then d loss / d z_i */
     fastnn_status st = FASTNN_OK;
     for (int i = net->nunits - 1; i >= 0; i--) {
@@ -203,8 +224,9 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         int64_t n = B * u->out;
         /* d y -> d z, unless the GEMM that produced g already applied act' (see below) */
         if (i == net->nunits - 1 || !fused(u)) {
-            if (u->drop > 0) dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i));
-            if (u->act != FASTNN_ACT_IDENTITY)
+            if (u->drop > 0)
+                ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i)));
+            if (st == FASTNN_OK && u->act != FASTNN_ACT_IDENTITY)
                 st = fastnn_act_backward(dt, u->act, u->p, u->p2, g, g, fused(u) ? L->y[i] : L->z[i],
                                          n);
             if (st != FASTNN_OK) return st;
@@ -232,34 +254,30 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
     return st;
 }
 
-static fastnn_status update(fastnn_net *net) {
-    fastnn_optim *o = &net->opt;
+/* The optimizer step number `step` (1 for the first update) over the flat buffers. */
+static fastnn_status update(const fastnn_net *net, int64_t step) {
+    const fastnn_optim *o = &net->opt;
     fastnn_dtype dt = net->dt;
     int64_t n = net->nparams;
-    fastnn_status st;
-    o->step++;
     switch (o->kind) {
     case FASTNN_OPT_SGD:
-        st = fastnn_sgd(dt, net->params, o->s1, net->grads, n, o->lr, o->momentum, o->dampening,
-                        o->weight_decay, o->nesterov, o->maximize, o->step == 1);
-        break;
+        return fastnn_sgd(dt, net->params, o->s1, net->grads, n, o->lr, o->momentum, o->dampening,
+                          o->weight_decay, o->nesterov, o->maximize, step == 1);
     case FASTNN_OPT_ADAM:
-        st = fastnn_adam(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->beta1,
-                         o->beta2, o->eps, o->weight_decay, o->decoupled, o->amsgrad,
-                         o->maximize, o->step);
-        break;
+        return fastnn_adam(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->beta1,
+                           o->beta2, o->eps, o->weight_decay, o->decoupled, o->amsgrad,
+                           o->maximize, step);
     case FASTNN_OPT_RMSPROP:
-        st = fastnn_rmsprop(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->alpha,
-                            o->eps, o->weight_decay, o->momentum, o->centered, o->maximize);
-        break;
+        return fastnn_rmsprop(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr,
+                              o->alpha, o->eps, o->weight_decay, o->momentum, o->centered,
+                              o->maximize);
     default:
-        st = fastnn_adagrad(dt, net->params, o->s1, net->grads, n, o->lr, o->lr_decay,
-                            o->weight_decay, o->eps, o->maximize, o->step);
+        return fastnn_adagrad(dt, net->params, o->s1, net->grads, n, o->lr, o->lr_decay,
+                              o->weight_decay, o->eps, o->maximize, step);
     }
-    if (st != FASTNN_OK) o->step--;
-    return st;
 }
 
+/* Rows index[0:B] of X and Y into the arena (inside a team, each thread copies its share). */
 static void gather(const fastnn_net *net, const layout *L, const void *X, const void *Y,
                    const int64_t *idx, int64_t B) {
     size_t es = esize(net->dt);
@@ -267,10 +285,61 @@ static void gather(const fastnn_net *net, const layout *L, const void *X, const 
     size_t trow = net->loss == FASTNN_NET_CROSS_ENTROPY
                       ? sizeof(int64_t)
                       : (size_t)net->units[net->nunits - 1].out * es;
-    for (int64_t r = 0; r < B; r++) {
+    FASTNN_PARALLEL_RANGE(B, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
+    for (int64_t r = lo_; r < hi_; r++) {
         memcpy(L->x + r * xrow, (const char *)X + idx[r] * xrow, xrow);
         memcpy(L->t + r * trow, (const char *)Y + idx[r] * trow, trow);
+    });
+}
+
+/* Loss, its gradient into d[0], the running sums: serial (the last layer is small). */
+static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B,
+                               double *loss_sum, int64_t *correct) {
+    double value = 0;
+    fastnn_status st = loss_and_grad(net, L, B, L->d[0], &value);
+    if (st != FASTNN_OK) return st;
+    if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
+        *correct += count_correct(net->dt, L->y[net->nunits - 1], (const int64_t *)L->t, B,
+                                  net->units[net->nunits - 1].out);
+    if (loss_sum) *loss_sum += value * (double)B;
+    return FASTNN_OK;
+}
+
+/* The mini-batch loop. Inside a team every thread runs it; the kernels share the work and
+ * thread 0 alone writes net->opt.step and the sums. */
+static fastnn_status train_steps(fastnn_net *net, const layout *L, const void *X, const void *Y,
+                                 const int64_t *index, int64_t n, int64_t batch_size,
+                                 uint64_t seed, double *loss_sum, int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    int64_t step = net->opt.step;   /* read by every thread before thread 0 first writes it */
+    fastnn_status st = FASTNN_OK;
+    for (int64_t s = 0; s < n; s += batch_size) {
+        int64_t B = fastnn_min64(batch_size, n - s);
+        gather(net, L, X, Y, index + s, B);
+        uint64_t key = mix64(seed ^ mix64((uint64_t)step));
+        if ((st = forward(net, L, L->x, B, 1, key)) != FASTNN_OK) return st;
+        ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
+        if (st != FASTNN_OK) return st;
+        if ((st = backward(net, L, L->x, B, key)) != FASTNN_OK) return st;
+        if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+        step++;
+        if (fastnn_thread_id() == 0) net->opt.step = step;
     }
+    return FASTNN_OK;
+}
+
+/* Multiply-adds of one step: forward, weight gradient and (but for the first unit) the
+ * input gradient of every unit. */
+static double step_work(const fastnn_net *net, int64_t B) {
+    double w = 0;
+    for (int i = 0; i < net->nunits; i++)
+        w += (double)B * (double)net->units[i].in * (double)net->units[i].out * (i > 0 ? 3 : 2);
+    return 2 * w;
+}
+
+int fastnn_net_threads(const fastnn_net *net, int64_t batch_size) {
+    if (!net || net->nunits < 1 || batch_size < 1) return 1;
+    return fastnn_threads_for(step_work(net, batch_size));
 }
 
 fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
@@ -284,22 +353,31 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
         if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
     layout L;
     carve(net, net->arena, &L);
-    const fastnn_unit *last = &net->units[net->nunits - 1];
-    for (int64_t s = 0; s < n; s += batch_size) {
-        int64_t B = fastnn_min64(batch_size, n - s);
-        gather(net, &L, X, Y, index + s, B);
-        uint64_t key = mix64(seed ^ mix64((uint64_t)net->opt.step));
-        double value = 0;
-        if ((st = forward(net, &L, L.x, B, 1, key)) != FASTNN_OK) return st;
-        if ((st = loss_and_grad(net, &L, B, L.d[0], &value)) != FASTNN_OK) return st;
-        if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
-            *correct += count_correct(net->dt, L.y[net->nunits - 1], (const int64_t *)L.t, B,
-                                      last->out);
-        if ((st = backward(net, &L, L.x, B, key)) != FASTNN_OK) return st;
-        if ((st = update(net)) != FASTNN_OK) return st;
-        if (loss_sum) *loss_sum += value * (double)B;
+    /* One parallel region for all the steps of this call, when a step is big enough. */
+    int nt = fastnn_net_threads(net, fastnn_min64(batch_size, n));
+    if (nt <= 1 || fastnn_cur_team)
+        return train_steps(net, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+    fastnn_team team;
+    fastnn_team_init(&team, nt);
+    st = FASTNN_OK;
+    #pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int full = omp_get_num_threads() == nt;   /* fewer threads (nested): thread 0 alone */
+#else
+        int full = 0;
+#endif
+        if (full) {
+            fastnn_cur_team = &team;
+            fastnn_status s = train_steps(net, &L, X, Y, index, n, batch_size, seed, loss_sum,
+                                          correct);
+            fastnn_cur_team = NULL;
+            if (fastnn_thread_id() == 0) st = s;
+        } else if (fastnn_thread_id() == 0) {
+            st = train_steps(net, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+        }
     }
-    return FASTNN_OK;
+    return st;
 }
 
 fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows) {

@@ -220,3 +220,39 @@ def test_bad_input():
         FusedNet(units, params, g, optim="adam", hyper={"lr": 0.1})   # no state buffers
     with pytest.raises(ValueError, match="'loss'"):
         FusedNet(units, params, g, loss="hinge")
+
+
+@pytest.mark.parametrize("opt", [OPTIMS[1], OPTIMS[4], OPTIMS[5]], ids=["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("acts,drops,loss", [(("relu", "relu", "identity"), (0, 0, 0), "cross_entropy"),
+                                             (("tanh", "relu", "identity"), (0.2, 0.1, 0), "cross_entropy"),
+                                             (("relu", "gelu", "identity"), (0, 0, 0), "mse")],
+                         ids=["relu-ce", "dropout-ce", "gelu-mse"])
+def test_one_parallel_region_is_bit_identical_to_one_thread(threads, opt, acts, drops, loss):
+    """Steps big enough for a team (all steps of a call in one parallel region, the kernels
+    sharing the work) give the bytes of the one-thread run: parameters, state, sums."""
+    name, hyper = opt
+    units, params = make(np.float32, acts, drops, sizes=(300, 256, 256, 10))
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((300, 300)).astype(np.float32)
+    Y = rng.integers(0, 10, 300) if loss == "cross_entropy" else rng.random((300, 10)).astype(np.float32)
+    index = rng.permutation(300)
+    results = []
+    for t in (1, 2):
+        threads(t)
+        p, g = params.copy(), np.zeros_like(params)
+        states = states_for(name, hyper, params)
+        net = FusedNet(units, p, g, loss=loss, optim=name, hyper=hyper, states=states, max_batch=128)
+        assert net.threads(128) == t       # the step is big enough for a team of two
+        out = net.train(X, Y, index, 128, seed=5)
+        assert net.step == 3
+        results.append((p.tobytes(), g.tobytes(), [s.tobytes() for s in states if s is not None], out))
+    assert results[0] == results[1]
+    assert np.isfinite(results[0][3][0])
+
+
+def test_threads_bad_input():
+    units, params = make(np.float32)
+    net = FusedNet(units, params, np.zeros_like(params), optim="sgd", hyper={"lr": 0.1}, max_batch=8)
+    assert net.threads(8) == 1             # a tiny step stays on one thread
+    with pytest.raises(ValueError, match="batch_size"):
+        net.threads(0)

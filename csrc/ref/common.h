@@ -3,6 +3,7 @@
 #define FASTNN_COMMON_H
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include "fastnn/fastnn.h"
 #include "fastnn/dispatch.h"
 #ifdef _OPENMP
@@ -42,6 +43,39 @@ fastnn_status fastnn_gemm_check(int transa, int transb, int64_t m, int64_t n, in
 
 static inline int64_t fastnn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* ---- teams: one parallel region around many kernels (the fused training step) ----------
+ * Inside a team every thread calls the same kernels in the same order (SPMD). A kernel that
+ * finds fastnn_cur_team set shares its work among the team instead of opening a parallel
+ * region, and returns after a team barrier, so its results are visible to every thread.
+ * Serial work inside a team runs on thread 0 with fastnn_cur_team cleared, then meets the
+ * others in fastnn_team_share, which also hands thread 0's status (or pointer) to all, so
+ * every thread takes the same branches. The barrier spins briefly, then sleeps. */
+typedef struct {
+    int nthreads;
+    _Atomic unsigned gen;          /* barrier generation: the word sleepers wait on */
+    _Atomic int arrived, sleepers;
+    _Atomic int64_t next;          /* work counter for dynamic scheduling */
+    fastnn_status status[2];       /* thread 0's status, by barrier generation parity */
+    void *ptr[2];                  /* thread 0's pointer, likewise */
+} fastnn_team;
+
+extern _Thread_local fastnn_team *fastnn_cur_team;
+
+void fastnn_team_init(fastnn_team *t, int nthreads);
+/* Wait until every thread of the team has arrived; returns the generation waited on. */
+unsigned fastnn_team_barrier(fastnn_team *t);
+/* Barrier; then every thread gets the value thread 0 passed. */
+fastnn_status fastnn_team_share(fastnn_team *t, fastnn_status st);
+void *fastnn_team_share_ptr(fastnn_team *t, void *p);
+
+static inline int fastnn_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* This thread's contiguous share [*lo, *hi) of [0, n) inside a parallel region. */
 static inline void fastnn_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
 #ifdef _OPENMP
@@ -55,12 +89,24 @@ static inline void fastnn_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
 }
 
 /* Run the statement (the variadic part) once per thread on its range [lo_, hi_) of [0, n).
- * With one thread it runs on [0, n) without entering OpenMP at all (no team set-up). Each
+ * With one thread it runs on [0, n) without entering OpenMP at all (no team set-up); inside
+ * a fastnn_team it uses the team's threads. Each
  * item is computed by one thread whatever the split, so results never depend on it. */
-#define FASTNN_PARALLEL_RANGE(n, nthreads, ...)                                        \
+#define FASTNN_PARALLEL_RANGE(n, want, ...)                                        \
     do {                                                                               \
-        int nt_ = (nthreads);                                                          \
-        if (nt_ <= 1) {                                                                \
+        int nt_ = (want);                                                              \
+        fastnn_team *tm_ = fastnn_cur_team;                                            \
+        if (tm_) {   /* inside a team: the first nt_ threads share [0, n), all meet */   \
+            int use_ = nt_ < tm_->nthreads ? (nt_ > 0 ? nt_ : 1) : tm_->nthreads;       \
+            int id_ = fastnn_thread_id();                                              \
+            if (id_ < use_) {                                                          \
+                int64_t n_ = (n), chunk_ = (n_ + use_ - 1) / use_;                     \
+                int64_t lo_ = fastnn_min64(n_, id_ * chunk_);                          \
+                int64_t hi_ = fastnn_min64(n_, lo_ + chunk_);                          \
+                __VA_ARGS__;                                                           \
+            }                                                                          \
+            fastnn_team_barrier(tm_);                                                  \
+        } else if (nt_ <= 1) {                                                         \
             int64_t lo_ = 0, hi_ = (n);                                                \
             __VA_ARGS__;                                                               \
         } else {                                                                       \
@@ -75,6 +121,6 @@ static inline void fastnn_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
 
 /* Threads for an element-wise loop over n items. */
 static inline int fastnn_threads_elem(int64_t n) {
-    return n < FASTNN_PAR_MIN ? 1 : fastnn_threads_for((double)n * 16.0);
+    return n < (fastnn_cur_team ? 4096 : FASTNN_PAR_MIN) ? 1 : fastnn_threads_for((double)n * 16.0);
 }
 #endif

@@ -36,6 +36,40 @@ def _fastnn_epoch(X, y, hidden, batch, seed):
     return run
 
 
+def fit_threads_compare(workloads, repeats=5, n=60000, seed=0):
+    """One fastnn.fit epoch of the standard MLP with 1 and with 2 threads, interleaved (the
+    same model object, so both continue the same training): seconds and speedup, and the
+    threads the fused step chose for the batch size."""
+    from ._bench import interleaved, kept_threads
+
+    X, y = make_data(n, seed=seed)
+    rows = []
+    with kept_threads(None):
+        for hidden, batch in workloads:
+            run = _fastnn_epoch(X, y, hidden, batch, seed)
+
+            def on(t):
+                def f():
+                    fastnn.set_num_threads(t)
+                    run()
+                return f
+
+            from . import _fused
+            model = fastnn.Sequential(fastnn.Linear(784, hidden), fastnn.ReLU(),
+                                      fastnn.Linear(hidden, hidden), fastnn.ReLU(),
+                                      fastnn.Linear(hidden, 10))
+            opt = fastnn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            fastnn.set_num_threads(2)
+            plan = _fused.training_plan(model, fastnn.CrossEntropyLoss(), opt, X[:batch],
+                                        y[:batch], batch, [])
+            chosen = plan.net.threads(batch) if plan is not None else 1
+            t = interleaved({"1": on(1), "2": on(2)}, repeats, 0.0)
+            m1, m2 = statistics.median(t["1"]), statistics.median(t["2"])
+            rows.append({"hidden": hidden, "batch": batch, "seconds_1": m1, "seconds_2": m2,
+                         "speedup": m1 / m2, "step_threads": chosen})
+    return rows
+
+
 def _torch_epoch(X, y, hidden, batch, seed):
     import torch
 

@@ -111,6 +111,7 @@ cdef extern from "fastnn/net.h" nogil:
         void *arena
     int64_t fastnn_net_arena_bytes(const fastnn_net *net)
     fastnn_status fastnn_net_check(const fastnn_net *net)
+    int fastnn_net_threads(const fastnn_net *net, int64_t batch_size)
     fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
                                    const int64_t *index, int64_t n, int64_t batch_size,
                                    uint64_t seed, double *loss_sum, int64_t *correct)

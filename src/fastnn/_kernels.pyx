@@ -1193,6 +1193,13 @@ cdef class FusedNet:
         def __set__(self, v):
             self.net.opt.lr = _float_arg(v, "FusedNet", "lr")
 
+    def threads(self, batch_size):
+        """Threads a train() call with this batch size uses: 1, or a team that runs all of its
+        steps in one parallel region (chosen by the step's size, capped by set_num_threads)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"FusedNet.threads: batch_size must be a positive int, got {batch_size!r}")
+        return fastnn_net_threads(&self.net, batch_size)
+
     def train(self, X, Y, index, int64_t batch_size, seed=0):
         """One optimizer step per mini-batch index[0:bs], index[bs:2bs], ... of X, Y rows.
         Returns (sum of batch loss * batch rows, correctly classified rows)."""

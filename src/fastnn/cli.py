@@ -5,7 +5,7 @@
   fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn; GEMM
   fastnn bench-gemm        fastnn's GEMM against numpy's BLAS, side by side (see benchmarks/)
   fastnn bench-fused       fused GEMM + bias + ReLU against the three separate passes
-  fastnn bench-threads     fastnn's GEMM on one and two threads, with a second-core probe
+  fastnn bench-threads     fastnn's GEMM and fit on one and two threads, with a second-core probe
 """
 import argparse
 import sys
@@ -147,6 +147,20 @@ def _add_train(sub):
     t.set_defaults(run=_train)
 
 
+def _workloads(text):
+    """'256/32,256/128' -> [(256, 32), (256, 128)] (hidden width / batch size)."""
+    out = []
+    for item in filter(None, text.split(",")):
+        try:
+            h, b = (int(v) for v in item.split("/"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected H/B pairs such as 256/32, got {item!r}")
+        if h < 1 or b < 1:
+            raise argparse.ArgumentTypeError(f"H and B must be >= 1, got {item!r}")
+        out.append((h, b))
+    return out
+
+
 def _bench_threads(args):
     from . import _bench
 
@@ -159,6 +173,15 @@ def _bench_threads(args):
     for r in rows:
         print(f"{r['shape']:>16} {r['dtype']:>8} {r['gflops_1']:>13.1f} {r['gflops_2']:>14.1f} "
               f"{r['speedup']:>7.2f}")
+    if args.fit:
+        from . import _bench_mlp
+
+        print("fastnn.fit, one epoch of 784-H-H-10 on 60 000 samples:")
+        print(f"{'H':>6} {'batch':>6} {'step threads':>12} {'1 thread s':>10} {'2 threads s':>11} "
+              f"{'speedup':>7}")
+        for r in _bench_mlp.fit_threads_compare(args.fit, repeats=args.repeats):
+            print(f"{r['hidden']:>6} {r['batch']:>6} {r['step_threads']:>12} {r['seconds_1']:>10.3f} "
+                  f"{r['seconds_2']:>11.3f} {r['speedup']:>7.2f}")
     print(f"second-core probe after: {_bench.second_core_probe():.2f}x")
     return 0
 
@@ -257,6 +280,9 @@ def main(argv=None):
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--repeats", type=int, default=7)
     t.add_argument("--min-time", type=float, default=0.2)
+    t.add_argument("--fit", type=_workloads, default="256/32,256/128",
+                   help="H/B MLP workloads for fit with 1 and 2 threads ('' for none; "
+                        "default %(default)s)")
     t.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     t.set_defaults(run=_bench_threads)
     args = p.parse_args(argv)

@@ -80,6 +80,11 @@ fastnn_status fastnn_net_check(const fastnn_net *net);
  * Adds to *loss_sum the sum over batches of (batch loss * batch rows), to *correct the rows
  * whose argmax matches the label (cross-entropy only). Returns FASTNN_ELABEL, before any
  * change, if a label of a batch is out of range (earlier batches stay applied). */
+/* Threads one training call uses for batches of batch_size rows: 1, or a team that runs all
+ * of the call's steps in one parallel region (by the step's size, capped by
+ * fastnn_set_num_threads). Every thread count gives bit-identical results. */
+int fastnn_net_threads(const fastnn_net *net, int64_t batch_size);
+
 fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
                                const int64_t *index, int64_t n, int64_t batch_size, uint64_t seed,
                                double *loss_sum, int64_t *correct);
