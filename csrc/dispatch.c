@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -162,6 +163,7 @@ void fastnn_team_init(fastnn_team *t, int nthreads) {
     atomic_init(&t->next, 0);
     t->status[0] = t->status[1] = FASTNN_OK;
     t->ptr[0] = t->ptr[1] = NULL;
+    t->waited = 0;
 }
 
 static void team_sleep(fastnn_team *t, unsigned g) {
@@ -187,6 +189,24 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+double fastnn_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void team_wait(fastnn_team *t, unsigned g) {
+    for (int i = 0; i < FASTNN_TEAM_SPIN; i++) {
+        if (atomic_load_explicit(&t->gen, memory_order_acquire) != g) return;
+        cpu_relax();
+    }
+    /* Announce the sleep before the last check: the releaser either sees the sleeper or the
+     * sleeper sees the new generation (both seq_cst); the futex rechecks the word itself. */
+    atomic_fetch_add_explicit(&t->sleepers, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&t->gen, memory_order_seq_cst) == g) team_sleep(t, g);
+    atomic_fetch_sub_explicit(&t->sleepers, 1, memory_order_relaxed);
+}
+
 unsigned fastnn_team_barrier(fastnn_team *t) {
     unsigned g = atomic_load_explicit(&t->gen, memory_order_acquire);
     if (t->nthreads <= 1) return g;
@@ -196,15 +216,13 @@ unsigned fastnn_team_barrier(fastnn_team *t) {
         if (atomic_load_explicit(&t->sleepers, memory_order_seq_cst) > 0) team_wake(t);
         return g;
     }
-    for (int i = 0; i < FASTNN_TEAM_SPIN; i++) {
-        if (atomic_load_explicit(&t->gen, memory_order_acquire) != g) return g;
-        cpu_relax();
+    if (fastnn_thread_id() == 0) {   /* thread 0 keeps the time it waited for the others */
+        double t0 = fastnn_now();
+        team_wait(t, g);
+        t->waited += fastnn_now() - t0;
+    } else {
+        team_wait(t, g);
     }
-    /* Announce the sleep before the last check: the releaser either sees the sleeper or the
-     * sleeper sees the new generation (both seq_cst); the futex rechecks the word itself. */
-    atomic_fetch_add_explicit(&t->sleepers, 1, memory_order_seq_cst);
-    while (atomic_load_explicit(&t->gen, memory_order_seq_cst) == g) team_sleep(t, g);
-    atomic_fetch_sub_explicit(&t->sleepers, 1, memory_order_relaxed);
     return g;
 }
 

@@ -305,25 +305,68 @@ static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B
     return FASTNN_OK;
 }
 
-/* The mini-batch loop. Inside a team every thread runs it; the kernels share the work and
- * thread 0 alone writes net->opt.step and the sums. */
+/* One step on the batch index[0:B]: optimizer step number step + 1. Inside a team every
+ * thread runs it; thread 0 alone writes net->opt.step and the sums. */
+static fastnn_status one_step(fastnn_net *net, const layout *L, const void *X, const void *Y,
+                              const int64_t *index, int64_t B, int64_t step, uint64_t seed,
+                              double *loss_sum, int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    fastnn_status st;
+    gather(net, L, X, Y, index, B);
+    uint64_t key = mix64(seed ^ mix64((uint64_t)step));
+    if ((st = forward(net, L, L->x, B, 1, key)) != FASTNN_OK) return st;
+    ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
+    if (st != FASTNN_OK) return st;
+    if ((st = backward(net, L, L->x, B, key)) != FASTNN_OK) return st;
+    if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+    if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
+    return FASTNN_OK;
+}
+
+/* The mini-batch loop; inside a team every thread runs it.
+ *
+ * A team is slower than one thread when the OS gives its other threads' core to another
+ * program: thread 0 then waits for them at every barrier. So a call of 8 or more steps checks
+ * after steps 1-3: if thread 0 waited more than 15 % of that time, steps 4-6 run on thread 0
+ * alone (the others wait), and the faster way runs the rest of the call. Either way the
+ * numbers are the same. */
 static fastnn_status train_steps(fastnn_net *net, const layout *L, const void *X, const void *Y,
                                  const int64_t *index, int64_t n, int64_t batch_size,
                                  uint64_t seed, double *loss_sum, int64_t *correct) {
     fastnn_team *team = fastnn_cur_team;
     int64_t step = net->opt.step;   /* read by every thread before thread 0 first writes it */
+    int64_t nsteps = (n + batch_size - 1) / batch_size;
+    int check = team && nsteps >= 8, solo = 0, first = fastnn_thread_id() == 0;
+    double mark = 0, waited_mark = 0, team_step = 0;
     fastnn_status st = FASTNN_OK;
-    for (int64_t s = 0; s < n; s += batch_size) {
+    for (int64_t s = 0, done = 0; s < n; s += batch_size, done++) {
         int64_t B = fastnn_min64(batch_size, n - s);
-        gather(net, L, X, Y, index + s, B);
-        uint64_t key = mix64(seed ^ mix64((uint64_t)step));
-        if ((st = forward(net, L, L->x, B, 1, key)) != FASTNN_OK) return st;
-        ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
+        if (check && first && done == 1) mark = fastnn_now(), waited_mark = team->waited;
+        if (check && done == 4) {
+            int slow = 0;
+            if (first) {
+                double now = fastnn_now();
+                team_step = (now - mark) / 3;
+                slow = team->waited - waited_mark > 0.15 * (now - mark);
+                mark = now;
+            }
+            solo = fastnn_team_share_ptr(team, slow ? (void *)team : NULL) != NULL;
+        }
+        if (check && solo && done == 7) {
+            int alone = first && (fastnn_now() - mark) / 3 < team_step;
+            check = solo = 0;
+            if (fastnn_team_share_ptr(team, alone ? (void *)team : NULL)) {
+                if (!first) return FASTNN_OK;   /* thread 0 goes on alone */
+                fastnn_cur_team = team = NULL;
+            }
+        }
+        if (solo)
+            ON_THREAD0(team, st, one_step(net, L, X, Y, index + s, B, step, seed, loss_sum,
+                                          correct));
+        else
+            st = one_step(net, L, X, Y, index + s, B, step, seed, loss_sum, correct);
         if (st != FASTNN_OK) return st;
-        if ((st = backward(net, L, L->x, B, key)) != FASTNN_OK) return st;
-        if ((st = update(net, step + 1)) != FASTNN_OK) return st;
         step++;
-        if (fastnn_thread_id() == 0) net->opt.step = step;
     }
     return FASTNN_OK;
 }

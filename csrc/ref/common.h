@@ -57,11 +57,13 @@ typedef struct {
     _Atomic int64_t next;          /* work counter for dynamic scheduling */
     fastnn_status status[2];       /* thread 0's status, by barrier generation parity */
     void *ptr[2];                  /* thread 0's pointer, likewise */
+    double waited;                 /* seconds thread 0 spent waiting in barriers */
 } fastnn_team;
 
 extern _Thread_local fastnn_team *fastnn_cur_team;
 
 void fastnn_team_init(fastnn_team *t, int nthreads);
+double fastnn_now(void);   /* monotonic seconds */
 /* Wait until every thread of the team has arrived; returns the generation waited on. */
 unsigned fastnn_team_barrier(fastnn_team *t);
 /* Barrier; then every thread gets the value thread 0 passed. */
