@@ -67,6 +67,51 @@ static void spack_b_avx512_t(float *dst, const float *b, int64_t rsb, int64_t cs
         for (int j = 0; j < 32; j++) d[p * 32 + j] = src[p + j * csb];
 }
 
+/* A panels of a row-major A (csa == 1: x, or dZ in dX = dZ W): 8 rows x 16 depths at a time
+ * through an 8 x 16 register transpose (32-bit, 64-bit, then two 128-bit rounds), instead of
+ * 128 scalar stores at a stride of 8. Other layouts, short panels and the last depths:
+ * generic. */
+static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t csa, int64_t i0,
+                             int64_t mc, int64_t p0, int64_t kc, int64_t panel) {
+    int64_t ir = panel * 8;
+    if (csa != 1 || mc - ir < 8) {
+        spack_a_avx512(dst, a, rsa, csa, i0, mc, p0, kc, panel);
+        return;
+    }
+    float *d = dst + panel * 8 * kc;
+    const float *src = a + (i0 + ir) * rsa + p0;
+    int64_t p = 0;
+    for (; p + 16 <= kc; p += 16) {
+        __m512 r[8], t[8], u[8], w[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm512_loadu_ps(src + i * rsa + p);
+        for (int i = 0; i < 8; i += 2) {   /* t: rows i, i+1 interleaved */
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {   /* u[h + j]: depth 4L + j of rows h..h+3, lane L */
+            __m512d a0 = _mm512_castps_pd(t[h]), a1 = _mm512_castps_pd(t[h + 1]);
+            __m512d b0 = _mm512_castps_pd(t[h + 2]), b1 = _mm512_castps_pd(t[h + 3]);
+            u[h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+            u[h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+            u[h + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+            u[h + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+        }
+        for (int j = 0; j < 4; j++) {      /* w[j]: lanes 0-1, w[4 + j]: lanes 2-3, both halves */
+            w[j] = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44);
+            w[4 + j] = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        }
+        for (int q = 0; q < 8; q++) {      /* depths 2q, 2q + 1, all 8 rows each */
+            int L = q / 2, j0 = 2 * (q % 2);
+            __m512 x = L < 2 ? w[j0] : w[4 + j0], y = L < 2 ? w[j0 + 1] : w[4 + j0 + 1];
+            __m512 o = (L % 2 == 0) ? _mm512_shuffle_f32x4(x, y, 0x88)
+                                    : _mm512_shuffle_f32x4(x, y, 0xDD);
+            _mm512_storeu_ps(d + (p + 2 * q) * 8, o);
+        }
+    }
+    for (; p < kc; p++)
+        for (int i = 0; i < 8; i++) d[p * 8 + i] = src[i * rsa + p];
+}
+
 #define T double
 #define IT int64_t
 #define VL 8
@@ -77,7 +122,7 @@ static void spack_b_avx512_t(float *dst, const float *b, int64_t rsb, int64_t cs
 
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
 const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sukr_avx512, {sukr4_avx512, sukr2_avx512, sukr1_avx512},
-                                            8, 32, 160, 384, 4096, spack_a_avx512, spack_b_avx512_t,
+                                            8, 32, 160, 384, 4096, spack_a_avx512_t, spack_b_avx512_t,
     sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dukr_avx512, {dukr4_avx512, dukr2_avx512, dukr1_avx512},
                                             14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512,
