@@ -55,15 +55,15 @@ static void spack_b_avx512_t(float *dst, const float *b, int64_t rsb, int64_t cs
     }
     float *d = dst + panel * 32 * kc;
     const float *src = b + p0 + (j0 + jr) * csb;
-    int64_t p = 0;
-    for (; p + 16 <= kc; p += 16)
-        for (int h = 0; h < 2; h++) {
+    int64_t p = 0, kc16 = kc / 16 * 16;
+    for (int h = 0; h < 2; h++)   /* one 16-row band of W at a time: 16 source streams */
+        for (p = 0; p < kc16; p += 16) {
             __m512 r[16];
             for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps(src + (h * 16 + j) * csb + p);
             transpose16x16(r);
             for (int q = 0; q < 16; q++) _mm512_storeu_ps(d + (p + q) * 32 + h * 16, r[q]);
         }
-    for (; p < kc; p++)
+    for (p = kc16; p < kc; p++)
         for (int j = 0; j < 32; j++) d[p * 32 + j] = src[p + j * csb];
 }
 
