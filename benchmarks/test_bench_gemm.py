@@ -34,3 +34,14 @@ def test_gemm(benchmark, lib, dtype, m, k, n, layout):
     benchmark.group = f"gemm {dtype} {m}x{k}x{n}-{layout}"
     benchmark.extra_info["gflop"] = 2 * m * n * k / 1e9
     benchmark(f)
+
+
+@pytest.mark.parametrize("m,k,n,layout", CASES, ids=[f"{m}x{k}x{n}-{l}" for m, k, n, l in CASES])
+def test_gemm_bf16(benchmark, m, k, n, layout):
+    """matmul_bf16 (float32 arrays, products in bfloat16); compare with test_gemm's float32."""
+    a, b = operands(m, k, n, layout, "float32")
+    out = np.empty((m, n), np.float32)
+    benchmark.group = f"gemm bfloat16 {m}x{k}x{n}-{layout}"
+    benchmark.extra_info["gflop"] = 2 * m * n * k / 1e9
+    benchmark.extra_info["native"] = fastnn.bf16_native()
+    benchmark(lambda: fastnn.ops.matmul_bf16(a, b, out=out))

@@ -11,6 +11,7 @@ from . import callbacks, data, datasets, init, lr_scheduler, ops  # noqa: E402
 from ._kernels import (
     arch,
     available_archs,
+    bf16_native,
     get_num_threads,
     openmp_enabled,
     set_arch,
@@ -56,7 +57,7 @@ if _os.environ.get("FASTNN_ARCH"):
 
 __all__ = [
     "ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
-    "openmp_enabled", "__version__",
+    "openmp_enabled", "bf16_native", "__version__",
     # models and layers
     "Module", "Sequential", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
     "GELU", "SiLU", "Softmax", "Dropout", "Flatten", "init", "manual_seed",

@@ -70,9 +70,12 @@ def interleaved(candidates, repeats=7, min_time=0.2):
 
 
 def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, layouts=("nn",)):
-    """Rows of dicts: shape, layout, fastnn and numpy GFLOP/s (medians) and their ratio."""
+    """Rows of dicts: shape, layout, fastnn and numpy GFLOP/s (medians) and their ratio.
+    dtype 'bfloat16': fastnn's matmul_bf16 on float32 arrays against numpy's float32."""
     rng = np.random.default_rng(0)
     rows = []
+    mm = fastnn.ops.matmul_bf16 if dtype == "bfloat16" else fastnn.ops.matmul
+    label, dtype = dtype, "float32" if dtype == "bfloat16" else dtype
     with kept_threads(threads):
         with blas_threads(threads):
             for m, k, n in parse_shapes(sizes):
@@ -83,11 +86,11 @@ def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, lay
                     b = b.T if lay[1] == "t" else b
                     c1 = np.empty((m, n), dtype)
                     c2 = np.empty((m, n), dtype)
-                    t = interleaved({"fastnn": lambda: fastnn.ops.matmul(a, b, out=c1),
+                    t = interleaved({"fastnn": lambda: mm(a, b, out=c1),
                                      "numpy": lambda: np.matmul(a, b, out=c2)}, repeats, min_time)
                     flop = 2.0 * m * n * k
                     mf, mn = statistics.median(t["fastnn"]), statistics.median(t["numpy"])
-                    rows.append({"shape": f"{m}x{k}x{n}", "layout": lay, "dtype": dtype,
+                    rows.append({"shape": f"{m}x{k}x{n}", "layout": lay, "dtype": label,
                                  "threads": threads, "fastnn_gflops": flop / mf / 1e9,
                                  "numpy_gflops": flop / mn / 1e9, "ratio": mn / mf,
                                  "fastnn_s": t["fastnn"], "numpy_s": t["numpy"]})

@@ -373,6 +373,35 @@ def matmul(a, b, out=None, alpha=1.0, beta=0.0):
     return _matmul(a, b, out, alpha, beta, False)
 
 
+def matmul_bf16(a, b, out=None, alpha=1.0, beta=0.0):
+    """out = alpha * a @ b + beta * out for float32 arrays, computed in bfloat16: the elements
+    of a and b are rounded to bfloat16 (to nearest even) and the products summed in float32
+    (torch.matmul on bfloat16 inputs with a float32 result). Native on CPUs with AVX512-BF16
+    (bf16_native()), emulated elsewhere. Layouts and out as in matmul."""
+    fn = "matmul_bf16"
+    A, B, C, ta, lda, tb, ldb, ldc, al, be = _gemm_args(fn, a, b, out, alpha, beta)
+    if A.dtype != np.float32:
+        raise TypeError(f"{fn}: a and b must be float32 (they are rounded to bfloat16 inside), "
+                        f"got {A.dtype}")
+    cdef int64_t m = C.shape[0], n = C.shape[1], k = A.shape[1]
+    cdef int ita = ta, itb = tb
+    cdef int64_t ilda = lda, ildb = ldb, ildc = ldc
+    cdef float fal = al, fbe = be
+    cdef const float *pa = <const float *>_ptr(A)
+    cdef const float *pb = <const float *>_ptr(B)
+    cdef float *pc = <float *>_ptr(C)
+    cdef fastnn_status st
+    with nogil:
+        st = fastnn_gemm_bf16(ita, itb, m, n, k, fal, pa, ilda, pb, ildb, fbe, pc, ildc)
+    _check(st, fn)
+    return C
+
+
+def bf16_native():
+    """True when matmul_bf16 runs on AVX512-BF16 instructions (else it is emulated)."""
+    return bool(fastnn_bf16_native())
+
+
 def matmul_reference(a, b, out=None, alpha=1.0, beta=0.0):
     """matmul through the naive reference kernel (the oracle; slow)."""
     return _matmul(a, b, out, alpha, beta, True)

@@ -241,7 +241,9 @@ def main(argv=None):
                    help="comma-separated squares N or MxKxN shapes (default %(default)s)")
     b.add_argument("--layouts", default="nn",
                    help="comma-separated layouts: nn, tn (a.T @ b), nt (a @ b.T), tt")
-    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32",
+                   help="bfloat16: matmul_bf16 (float32 arrays, bf16 products) against numpy's "
+                        "float32")
     b.add_argument("--threads", type=int, default=1, help="threads for both sides (default 1)")
     b.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
     b.add_argument("--min-time", type=float, default=0.2,

@@ -69,6 +69,15 @@ fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m
                               int64_t k, double alpha, const void *a, int64_t lda,
                               const void *b, int64_t ldb, double beta, void *c, int64_t ldc);
 
+/* float32 GEMM in bfloat16: the same product with the elements of A and B rounded to
+ * bfloat16 (round to nearest even) and the products summed in float32. Native with
+ * AVX512-BF16 (vdpbf16ps) when fastnn_bf16_native() says so; otherwise emulated (rounded
+ * float32 copies through the float GEMM: the same products, the sums may round differently). */
+fastnn_status fastnn_gemm_bf16(int transa, int transb, int64_t m, int64_t n, int64_t k,
+                               float alpha, const float *a, int64_t lda, const float *b,
+                               int64_t ldb, float beta, float *c, int64_t ldc);
+int fastnn_bf16_native(void);   /* 1: AVX512-BF16 CPU and the avx512 table in use */
+
 /* GEMM with a fused epilogue, applied to each tile of C once its product is complete:
  * C = act(alpha op(A) op(B) + beta C + bias)   bias[n] broadcast over rows, may be NULL
  * (the forward of a Linear layer with its activation, in one pass over C). */
