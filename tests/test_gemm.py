@@ -227,7 +227,9 @@ def test_fused_bad_input():
 # ---- the few-row path: M <= 2 MR (or N, through C^T) with B read in place ------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m,k,n", [(10, 70, 75), (16, 33, 64), (3, 130, 40), (7, 5, 200)])
+# (m, k, n): 2 MR rows or less; up to 4 MR with k >= 32 and a B of <= 1 MiB; blocks of k
+@pytest.mark.parametrize("m,k,n", [(10, 70, 75), (16, 33, 64), (3, 130, 40), (7, 5, 200),
+                                   (30, 40, 64), (24, 900, 75), (12, 1000, 40)])
 @pytest.mark.parametrize("ta", [False, True])
 @pytest.mark.parametrize("swap", [False, True], ids=["c", "cT"])
 def test_few_row_path_with_epilogues(each_arch, dtype, m, k, n, ta, swap):

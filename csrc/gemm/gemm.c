@@ -10,6 +10,7 @@
 #define FASTNN_MAX_TILE (16 * 32)   /* largest MR x NR of any table */
 #define FASTNN_BPACK_BYTES (16 << 20) /* packed B of one column block, all of k */
 #define FASTNN_SMALL_M 2              /* up to this many rows of C: the unpacked path */
+#define FASTNN_FEW_ROWS_B (1 << 20)   /* bytes of B read in place by 2-4 MR rows (L2) */
 
 typedef fastnn_sgemm_cfg cfg_f32;
 typedef fastnn_dgemm_cfg cfg_f64;
