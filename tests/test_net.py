@@ -256,3 +256,34 @@ def test_threads_bad_input():
     assert net.threads(8) == 1             # a tiny step stays on one thread
     with pytest.raises(ValueError, match="batch_size"):
         net.threads(0)
+
+
+def test_team_on_a_busy_core_gives_the_same_bits(threads):
+    """With another process spinning on a core, a team of two may stop after its check and
+    finish the call on one thread: the bytes stay those of one thread."""
+    import subprocess
+    import sys
+
+    units, params = make(np.float32, sizes=(300, 256, 256, 10))
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6000, 300)).astype(np.float32)
+    Y = rng.integers(0, 10, 6000)
+    results = []
+    for t in (1, 2):
+        threads(t)
+        p, g, buf = params.copy(), np.zeros_like(params), np.zeros_like(params)
+        net = FusedNet(units, p, g, optim="sgd", hyper={"lr": 0.05, "momentum": 0.9},
+                       states=(buf, None, None), max_batch=100)
+        busy = None
+        if t == 2:
+            busy = subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                                    stdout=subprocess.PIPE)
+            busy.stdout.readline()   # spinning from here on
+        try:
+            out = net.train(X, Y, np.arange(6000), 100, seed=3)   # 60 steps: checked after 4
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        results.append((p.tobytes(), buf.tobytes(), out, net.step))
+    assert results[0] == results[1]

@@ -19,6 +19,7 @@ def _info(args):
     print(f"fastnn {fastnn.__version__}")
     print(f"kernel table : {fastnn.arch()} (available: {', '.join(fastnn.available_archs())})")
     print(f"openmp       : {fastnn.openmp_enabled()}, threads {fastnn.get_num_threads()}")
+    print(f"bf16 GEMM    : {'native (AVX512-BF16)' if fastnn.bf16_native() else 'emulated'}")
     print(f"numpy        : {np.__version__}")
     return 0
 
