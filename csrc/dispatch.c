@@ -161,7 +161,6 @@ void fastnn_team_init(fastnn_team *t, int nthreads) {
     atomic_init(&t->arrived, 0);
     atomic_init(&t->sleepers, 0);
     atomic_init(&t->next, 0);
-    t->status[0] = t->status[1] = FASTNN_OK;
     t->ptr[0] = t->ptr[1] = NULL;
     t->waited = 0;
 }
@@ -228,17 +227,14 @@ unsigned fastnn_team_barrier(fastnn_team *t) {
 
 /* Thread 0 writes slot g & 1 before barrier g; the others read it right after. Slot g & 1 is
  * next written before barrier g + 2, which no thread passes before reading it. */
-fastnn_status fastnn_team_share(fastnn_team *t, fastnn_status st) {
-    if (!t) return st;
-    if (fastnn_thread_id() == 0)
-        t->status[atomic_load_explicit(&t->gen, memory_order_relaxed) & 1] = st;
-    return t->status[fastnn_team_barrier(t) & 1];
-}
-
 void *fastnn_team_share_ptr(fastnn_team *t, void *p) {
     if (!t) return p;
     if (fastnn_thread_id() == 0) t->ptr[atomic_load_explicit(&t->gen, memory_order_relaxed) & 1] = p;
     return t->ptr[fastnn_team_barrier(t) & 1];
+}
+
+fastnn_status fastnn_team_share(fastnn_team *t, fastnn_status st) {
+    return (fastnn_status)(intptr_t)fastnn_team_share_ptr(t, (void *)(intptr_t)st);
 }
 
 const char *fastnn_status_string(fastnn_status s) {

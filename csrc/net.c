@@ -126,23 +126,6 @@ static char *at(const fastnn_net *net, void *base, int64_t offset) {
     return (char *)base + (size_t)offset * esize(net->dt);
 }
 
-/* Serial work: st = expr, computed once. Inside a team (see ref/common.h) thread 0 computes
- * it alone and every thread gets its status. */
-#define ON_THREAD0(team, st, expr)                                                        \
-    do {                                                                                  \
-        fastnn_status s0_ = FASTNN_OK;                                                    \
-        if (!(team)) {                                                                    \
-            (st) = (expr);                                                                \
-            break;                                                                        \
-        }                                                                                 \
-        if (fastnn_thread_id() == 0) {                                                    \
-            fastnn_cur_team = NULL;                                                       \
-            s0_ = (expr);                                                                 \
-            fastnn_cur_team = (team);                                                     \
-        }                                                                                 \
-        (st) = fastnn_team_share((team), s0_);                                            \
-    } while (0)
-
 /* ---- forward, loss, backward, update --------------------------------------------------- */
 
 static fastnn_status forward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
@@ -164,7 +147,7 @@ static fastnn_status forward(const fastnn_net *net, const layout *L, const char 
             if (st == FASTNN_OK)
                 st = fastnn_act_forward(dt, u->act, u->p, u->p2, L->y[i], L->z[i], B * u->out);
             if (st == FASTNN_OK && train && u->drop > 0)
-                ON_THREAD0(team, st, dropout_apply(dt, L->y[i], B * u->out, u->drop,
+                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, L->y[i], B * u->out, u->drop,
                                                    mix64(key ^ (uint64_t)i)));
         }
         if (st != FASTNN_OK) return st;
@@ -225,7 +208,7 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         /* d y -> d z, unless the GEMM that produced g already applied act' (see below) */
         if (i == net->nunits - 1 || !fused(u)) {
             if (u->drop > 0)
-                ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i)));
+                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i)));
             if (st == FASTNN_OK && u->act != FASTNN_ACT_IDENTITY)
                 st = fastnn_act_backward(dt, u->act, u->p, u->p2, g, g, fused(u) ? L->y[i] : L->z[i],
                                          n);
@@ -315,7 +298,7 @@ static fastnn_status one_step(fastnn_net *net, const layout *L, const void *X, c
     gather(net, L, X, Y, index, B);
     uint64_t key = mix64(seed ^ mix64((uint64_t)step));
     if ((st = forward(net, L, L->x, B, 1, key)) != FASTNN_OK) return st;
-    ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
+    FASTNN_ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
     if (st != FASTNN_OK) return st;
     if ((st = backward(net, L, L->x, B, key)) != FASTNN_OK) return st;
     if ((st = update(net, step + 1)) != FASTNN_OK) return st;
@@ -361,7 +344,7 @@ static fastnn_status train_steps(fastnn_net *net, const layout *L, const void *X
             }
         }
         if (solo)
-            ON_THREAD0(team, st, one_step(net, L, X, Y, index + s, B, step, seed, loss_sum,
+            FASTNN_ON_THREAD0(team, st, one_step(net, L, X, Y, index + s, B, step, seed, loss_sum,
                                           correct));
         else
             st = one_step(net, L, X, Y, index + s, B, step, seed, loss_sum, correct);

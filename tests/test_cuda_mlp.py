@@ -1,27 +1,15 @@
 """fastnn.cuda.mlp.MLP: a whole training step from fastnn.cuda.ops against numpy, and the
 number of kernel launches it takes. Runs under the CUDA simulator unless
 NUMBA_ENABLE_CUDASIM=0 is set (see tests/test_cuda_ops.py)."""
-import os
-
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+from cuda_setup import fc, quiet  # first: it sets up the simulator
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
-
-import fastnn.cuda as fc  # noqa: E402
-
-if not fc.is_available():
-    pytest.skip(f"fastnn.cuda is not available: {fc._why_unavailable()}",
-                allow_module_level=True)
-
 import reference as ref  # noqa: E402
 from fastnn.cuda.mlp import MLP  # noqa: E402
 
-# The simulator computes with numpy scalars, which warn on overflow where a GPU quietly
-# gives inf (exp(100) in float32, say); the results are checked, the warnings are noise.
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+pytestmark = quiet
 
 SIZES = [20, 16, 12, 5]
 

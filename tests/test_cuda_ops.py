@@ -28,30 +28,19 @@ Tolerances (float32 against round32 of the float64 oracle; float64 relative):
 * Optimizers after several steps: float32 rtol 1e-5, float64 1e-12, with an atol of rtol *
   max |value|, as tests/test_kernels.py.
 """
+from cuda_setup import fc, quiet  # first: it sets up the simulator
+
 import os
-
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
-
-import fastnn.cuda as fc  # noqa: E402
-
-if not fc.is_available():
-    pytest.skip(f"fastnn.cuda is not available: {fc._why_unavailable()}",
-                allow_module_level=True)
-
 import reference as ref  # noqa: E402
 from fastnn.cuda import ops as cops  # noqa: E402
 
-# The simulator computes with numpy scalars, which warn on overflow where a GPU quietly
-# gives inf (exp(100) in float32, say); the results are checked, the warnings are noise.
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+pytestmark = quiet
 
 DTYPES = [np.float32, np.float64]
 EPS = {np.float32: float(np.finfo(np.float32).eps), np.float64: float(np.finfo(np.float64).eps)}

@@ -5,27 +5,17 @@ the CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 is set (small shapes: it is slo
 Tolerance: float32 throughout; the GPU sums the GEMMs and losses in another order than the
 CPU, so weights, optimizer state and history agree to rtol 1e-5, atol 1e-6 (measured: about
 3e-8 in the weights after two epochs)."""
-import os
-
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+from cuda_setup import fc, quiet  # first: it sets up the simulator
 
 import collections
 
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
-
 import fastnn as fn
-import fastnn.cuda as fc
-
-if not fc.is_available():
-    pytest.skip(f"fastnn.cuda is not available: {fc._why_unavailable()}",
-                allow_module_level=True)
-
 from fastnn.cuda import ops
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+pytestmark = quiet
 
 RTOL, ATOL = 1e-5, 1e-6
 N, BATCH, EPOCHS = 20, 12, 2          # two steps per epoch, the second a partial batch

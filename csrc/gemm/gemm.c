@@ -12,6 +12,12 @@
 #define FASTNN_SMALL_M 2              /* up to this many rows of C: the unpacked path */
 #define FASTNN_FEW_ROWS_B (1 << 20)   /* bytes of B read in place by 2-4 MR rows (L2) */
 
+/* Bias (along rows of C) and ReLU or identity: applied in the micro-kernel's registers. */
+static int epilogue_in_regs(const fastnn_epilogue *ep) {
+    return ep && !ep->backward && (!ep->bias || (ep->brs == 0 && ep->bcs == 1)) &&
+           (ep->act == FASTNN_ACT_RELU || ep->act == FASTNN_ACT_IDENTITY);
+}
+
 typedef fastnn_sgemm_cfg cfg_f32;
 typedef fastnn_dgemm_cfg cfg_f64;
 #define FASTNN_TEMPLATE "gemm/gemm.inc"   /* found through -I csrc */

@@ -55,8 +55,7 @@ typedef struct {
     _Atomic unsigned gen;          /* barrier generation: the word sleepers wait on */
     _Atomic int arrived, sleepers;
     _Atomic int64_t next;          /* work counter for dynamic scheduling */
-    fastnn_status status[2];       /* thread 0's status, by barrier generation parity */
-    void *ptr[2];                  /* thread 0's pointer, likewise */
+    void *ptr[2];                  /* thread 0's value, by barrier generation parity */
     double waited;                 /* seconds thread 0 spent waiting in barriers */
 } fastnn_team;
 
@@ -69,6 +68,23 @@ unsigned fastnn_team_barrier(fastnn_team *t);
 /* Barrier; then every thread gets the value thread 0 passed. */
 fastnn_status fastnn_team_share(fastnn_team *t, fastnn_status st);
 void *fastnn_team_share_ptr(fastnn_team *t, void *p);
+
+/* Serial work: st = expr, computed once. Inside the team (team not NULL) thread 0 computes
+ * it with fastnn_cur_team cleared (its kernels run alone) and every thread gets its status. */
+#define FASTNN_ON_THREAD0(team, st, expr)                                                 \
+    do {                                                                                  \
+        fastnn_status s0_ = FASTNN_OK;                                                    \
+        if (!(team)) {                                                                    \
+            (st) = (expr);                                                                \
+            break;                                                                        \
+        }                                                                                 \
+        if (fastnn_thread_id() == 0) {                                                    \
+            fastnn_cur_team = NULL;                                                       \
+            s0_ = (expr);                                                                 \
+            fastnn_cur_team = (team);                                                     \
+        }                                                                                 \
+        (st) = fastnn_team_share((team), s0_);                                            \
+    } while (0)
 
 static inline int fastnn_thread_id(void) {
 #ifdef _OPENMP
