@@ -26,6 +26,7 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "cross_entropy", "cross_entropy_backward",
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step",
+    "conv2d", "conv2d_backward",
 ]
 
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
@@ -432,3 +433,76 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
     clr = lr / (1.0 + (step - 1) * lr_decay)
     s = s + g * g
     return p - clr * (g / (np.sqrt(s) + eps)), s
+
+
+# ---- 2-D convolution (NCHW, torch.nn.functional.conv2d) -----------------------------------
+
+def _conv_pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _conv_pads(padding, kh, kw, dh, dw):
+    """(top, bottom, left, right); 'same' puts an odd pixel at the bottom/right (PyTorch)."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = _conv_pair(padding)
+    return ph, ph, pw, pw
+
+
+def _conv_windows(xp, r, s, oh, ow, sh, sw, dh, dw):
+    """xp[:, :, i*sh + r*dh, j*sw + s*dw] for i < oh, j < ow: the pixels kernel tap (r, s) reads."""
+    return xp[:, :, r * dh: r * dh + sh * (oh - 1) + 1: sh, s * dw: s * dw + sw * (ow - 1) + 1: sw]
+
+
+def _conv_setup(x, weight, stride, padding, dilation):
+    x, w = _f64(x), _f64(weight)
+    (sh, sw), (dh, dw) = _conv_pair(stride), _conv_pair(dilation)
+    kh, kw = w.shape[2:]
+    pt, pb, pl, pr = _conv_pads(padding, kh, kw, dh, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    return x, w, xp, (sh, sw, dh, dw), (pt, pl), oh, ow
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """y[b, o, i, j] = bias[o] + sum_{c, r, s} w[o, c, r, s] x_pad[b, g*Cg + c, i*sh + r*dh, j*sw + s*dw]."""
+    x, w, xp, (sh, sw, dh, dw), _, oh, ow = _conv_setup(x, weight, stride, padding, dilation)
+    cout, cg, kh, kw = w.shape
+    og = cout // groups
+    y = np.zeros((x.shape[0], cout, oh, ow))
+    for g in range(groups):
+        xg = xp[:, g * cg:(g + 1) * cg]
+        for r in range(kh):
+            for s in range(kw):
+                win = _conv_windows(xg, r, s, oh, ow, sh, sw, dh, dw)
+                y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", win,
+                                                       w[g * og:(g + 1) * og, :, r, s])
+    if bias is not None:
+        y += _f64(bias)[None, :, None, None]
+    return y
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
+    """(dx, dweight, dbias) of sum(conv2d(x, weight, bias) * dy)."""
+    x, w, xp, (sh, sw, dh, dw), (pt, pl), oh, ow = _conv_setup(x, weight, stride, padding,
+                                                               dilation)
+    dy = _f64(dy)
+    cout, cg, kh, kw = w.shape
+    og = cout // groups
+    dxp = np.zeros_like(xp)
+    dw_ = np.zeros_like(w)
+    for g in range(groups):
+        xg, dxg = xp[:, g * cg:(g + 1) * cg], dxp[:, g * cg:(g + 1) * cg]
+        dyg = dy[:, g * og:(g + 1) * og]
+        for r in range(kh):
+            for s in range(kw):
+                win = _conv_windows(xg, r, s, oh, ow, sh, sw, dh, dw)
+                dw_[g * og:(g + 1) * og, :, r, s] = np.einsum("nohw,nchw->oc", dyg, win)
+                _conv_windows(dxg, r, s, oh, ow, sh, sw, dh, dw)[...] += np.einsum(
+                    "nohw,oc->nchw", dyg, w[g * og:(g + 1) * og, :, r, s])
+    dx = dxp[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]]
+    return dx, dw_, dy.sum(axis=(0, 2, 3))
