@@ -120,3 +120,24 @@ cdef extern from "fastnn/net.h" nogil:
                                    const int64_t *index, int64_t n, int64_t batch_size,
                                    uint64_t seed, double *loss_sum, int64_t *correct)
     fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows)
+
+# ---- 2-D convolution (csrc/include/fastnn/fastnn.h) ----
+cdef extern from "fastnn/fastnn.h" nogil:
+    ctypedef struct fastnn_conv2d_geom:
+        int64_t n, c_in, h, w, c_out, kh, kw
+        int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups, oh, ow
+    fastnn_status fastnn_conv2d(fastnn_dtype dt, void *y, const void *x, const void *w,
+                                const void *bias, const fastnn_conv2d_geom *g, fastnn_act act,
+                                double param, double param2)
+    fastnn_status fastnn_conv2d_backward_data(fastnn_dtype dt, void *dx, const void *dy,
+                                              const void *w, const fastnn_conv2d_geom *g)
+    fastnn_status fastnn_conv2d_backward_weight(fastnn_dtype dt, void *dw, void *db,
+                                                const void *dy, const void *x,
+                                                const fastnn_conv2d_geom *g, double beta)
+    fastnn_status fastnn_conv2d_ref(fastnn_dtype dt, void *y, const void *x, const void *w,
+                                    const void *bias, const fastnn_conv2d_geom *g)
+    fastnn_status fastnn_conv2d_backward_data_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                                  const void *w, const fastnn_conv2d_geom *g)
+    fastnn_status fastnn_conv2d_backward_weight_ref(fastnn_dtype dt, void *dw, void *db,
+                                                    const void *dy, const void *x,
+                                                    const fastnn_conv2d_geom *g, double beta)

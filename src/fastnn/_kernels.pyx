@@ -1286,3 +1286,185 @@ cdef class FusedNet:
             st = fastnn_net_forward(&self.net, po, px, rows)
         _check(st, fn)
         return O
+
+
+# ---- 2-D convolution -----------------------------------------------------------------------
+
+def _conv_pair(v, str fn, str arg, int lo):
+    """An int or a pair of ints, each >= lo, as a 2-tuple."""
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    ok = len(pair) == 2 and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+                                and e >= lo for e in pair)
+    if not ok:
+        raise ValueError(f"{_sig(fn, arg)} must be an int >= {lo} or a pair of such ints, "
+                         f"got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _conv_padding(padding, str fn, kh, kw, dh, dw, sh, sw):
+    """(top, left, bottom, right) padding from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if sh != 1 or sw != 1:
+                raise ValueError(f"{_sig(fn, 'padding')} 'same' needs stride 1 (as PyTorch), "
+                                 f"got stride {(sh, sw)}")
+            th, tw = dh * (kh - 1), dw * (kw - 1)   # PyTorch: the odd pixel at the bottom/right
+            return th // 2, tw // 2, th - th // 2, tw - tw // 2
+        raise ValueError(f"{_sig(fn, 'padding')} must be 'same', 'valid', an int >= 0 or a pair, "
+                         f"got {padding!r}")
+    ph, pw = _conv_pair(padding, fn, "padding", 0)
+    return ph, pw, ph, pw
+
+
+def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """(N, C_out, H_out, W_out) of conv2d on x of shape input_shape (N, C_in, H, W) and a weight
+    of shape weight_shape (C_out, C_in/groups, kH, kW); raises ValueError as conv2d does."""
+    return _conv_setup("conv2d", tuple(input_shape), tuple(weight_shape), stride, padding,
+                       dilation, groups)[0]
+
+
+def _conv_setup(str fn, tuple xs, tuple ws, stride, padding, dilation, groups):
+    """Validated geometry: (output shape, dict of the fastnn_conv2d_geom fields)."""
+    if len(xs) != 4:
+        raise ValueError(f"{_sig(fn, 'x')} must be a 4-D array (N, C_in, H, W), got shape {xs}")
+    if len(ws) != 4:
+        raise ValueError(f"{_sig(fn, 'weight')} must be a 4-D array (C_out, C_in/groups, kH, kW), "
+                         f"got shape {ws}")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{_sig(fn, 'groups')} must be an int >= 1, got {groups!r}")
+    groups = int(groups)
+    n, cin, h, w = (int(v) for v in xs)
+    cout, cig, kh, kw = (int(v) for v in ws)
+    if cout < 1 or cig < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"{_sig(fn, 'weight')} must have non-zero sizes, got shape {ws}")
+    if cout % groups:
+        raise ValueError(f"{_sig(fn, 'weight')}: C_out {cout} must be divisible by groups "
+                         f"{groups}")
+    if cin != cig * groups:
+        raise ValueError(f"{_sig(fn, 'x')} must have C_in = weight.shape[1] * groups = "
+                         f"{cig * groups} channels, got shape {xs}")
+    sh, sw = _conv_pair(stride, fn, "stride", 1)
+    dh, dw = _conv_pair(dilation, fn, "dilation", 1)
+    pt, pl, pb, pr = _conv_padding(padding, fn, kh, kw, dh, dw, sh, sw)
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{fn}: the kernel (dilated: {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) "
+                         f"is larger than the padded input {h + pt + pb}x{w + pl + pr}: "
+                         f"output size {oh}x{ow}")
+    geom = dict(n=n, c_in=cin, h=h, w=w, c_out=cout, kh=kh, kw=kw, stride_h=sh, stride_w=sw,
+                pad_h=pt, pad_w=pl, dilation_h=dh, dilation_w=dw, groups=groups, oh=oh, ow=ow)
+    return (n, cout, oh, ow), geom
+
+
+cdef tuple _conv_arrays(str fn, x, weight, stride, padding, dilation, groups):
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    cdef cnp.ndarray Wt = _input(weight, fn, "weight", X.dtype)
+    yshape, geom = _conv_setup(fn, _shp(X), _shp(Wt), stride, padding, dilation, groups)
+    return X, Wt, yshape, geom
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           activation="identity", out=None):
+    """y = act(conv2d(x, weight) + bias), torch.nn.functional.conv2d's semantics.
+
+    x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW), bias (C_out,) or None, one
+    float dtype; stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), 'valid'
+    or 'same' (stride 1; an odd total padding puts the extra row/column at the bottom/right,
+    as PyTorch). activation as in matmul_bias_act, applied in the same pass. Returns
+    y (N, C_out, H_out, W_out). Implicit GEMM: no im2col buffer is built.
+    Raises TypeError (dtype) and ValueError (shapes, arguments, an output smaller than 1x1).
+    """
+    return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, activation,
+                   out, False)
+
+
+def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """conv2d through the naive reference kernel (the oracle; slow)."""
+    return _conv2d("conv2d_reference", x, weight, bias, stride, padding, dilation, groups,
+                   "identity", None, True)
+
+
+def _conv2d(str fn, x, weight, bias, stride, padding, dilation, groups, activation, out,
+            bint reference):
+    X, Wt, yshape, geom = _conv_arrays(fn, x, weight, stride, padding, dilation, groups)
+    code, p, p2 = _activation_spec(activation, fn)
+    cdef cnp.ndarray Bias = None
+    if bias is not None:
+        Bias = _input(bias, fn, "bias", X.dtype)
+        if Bias.ndim != 1 or Bias.shape[0] != yshape[1]:
+            raise ValueError(f"{_sig(fn, 'bias')} must have shape ({yshape[1]},), "
+                             f"got {_shp(Bias)}")
+    cdef cnp.ndarray Y = _output(out, fn, yshape, X.dtype,
+                                 [("x", X), ("weight", Wt), ("bias", Bias)], False)
+    cdef fastnn_conv2d_geom g = geom
+    cdef fastnn_dtype dt = _dt(X)
+    cdef fastnn_act act = code
+    cdef double dp = p, dp2 = p2
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef void *pw = _ptr(Wt)
+    cdef void *pb = _ptr(Bias) if Bias is not None else NULL
+    cdef fastnn_status st
+    with nogil:
+        if reference:
+            st = fastnn_conv2d_ref(dt, py, px, pw, pb, &g)
+        else:
+            st = fastnn_conv2d(dt, py, px, pw, pb, &g, act, dp, dp2)
+    _check(st, fn)
+    return Y
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                    input_grad=True):
+    """Gradients of conv2d: (dx, dweight, dbias) for the output gradient dy.
+
+    dy (N, C_out, H_out, W_out), x (N, C_in, H, W) and weight as given to conv2d, with the
+    same stride/padding/dilation/groups. dx (x's shape) is None when input_grad is False (a
+    first layer); dbias (C_out,) is None when bias is False. dweight is computed by the
+    implicit GEMM with a reduction blocking fixed by the shape, dbias by a fixed-order sum and
+    dx by a deterministic col2im gather: bit-identical for any thread count.
+    Raises TypeError (dtype) and ValueError (shapes, arguments).
+    """
+    return _conv2d_backward("conv2d_backward", dy, x, weight, stride, padding, dilation, groups,
+                            bias, input_grad, False)
+
+
+def conv2d_backward_reference(dy, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                              bias=True, input_grad=True):
+    """conv2d_backward through the naive reference kernels (the oracle; slow)."""
+    return _conv2d_backward("conv2d_backward_reference", dy, x, weight, stride, padding,
+                            dilation, groups, bias, input_grad, True)
+
+
+def _conv2d_backward(str fn, dy, x, weight, stride, padding, dilation, groups, bias,
+                     input_grad, bint reference):
+    X, Wt, yshape, geom = _conv_arrays(fn, x, weight, stride, padding, dilation, groups)
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    if _shp(DY) != yshape:
+        raise ValueError(f"{_sig(fn, 'dy')} must have the output shape {yshape}, got {_shp(DY)}")
+    cdef cnp.ndarray DW = np.empty_like(Wt)
+    cdef cnp.ndarray DB = np.empty(yshape[1], dtype=X.dtype) if bias else None
+    cdef cnp.ndarray DX = np.empty_like(X) if input_grad else None
+    cdef fastnn_conv2d_geom g = geom
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdy = _ptr(DY)
+    cdef void *px = _ptr(X)
+    cdef void *pw = _ptr(Wt)
+    cdef void *pdw = _ptr(DW)
+    cdef void *pdb = _ptr(DB) if DB is not None else NULL
+    cdef void *pdx = _ptr(DX) if DX is not None else NULL
+    cdef fastnn_status st = FASTNN_OK
+    with nogil:
+        if reference:
+            st = fastnn_conv2d_backward_weight_ref(dt, pdw, pdb, pdy, px, &g, 0.0)
+            if st == FASTNN_OK and pdx != NULL:
+                st = fastnn_conv2d_backward_data_ref(dt, pdx, pdy, pw, &g)
+        else:
+            st = fastnn_conv2d_backward_weight(dt, pdw, pdb, pdy, px, &g, 0.0)
+            if st == FASTNN_OK and pdx != NULL:
+                st = fastnn_conv2d_backward_data(dt, pdx, pdy, pw, &g)
+    _check(st, fn)
+    return DX, DW, DB

@@ -181,6 +181,47 @@ fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g,
                              double lr, double lr_decay, double weight_decay, double eps,
                              int maximize, int64_t step);
 
+
+/* ---- 2-D convolution (NCHW, PyTorch's conv2d) ---------------------------------------
+ * x[n, c_in, h, w], weight[c_out, c_in/groups, kh, kw], y[n, c_out, oh, ow]:
+ *   y[b, co, i, j] = bias[co] + sum_{ci, r, s} w[co, ci, r, s] x[b, g*c_in/groups + ci, ih, iw]
+ *   ih = i*stride_h - pad_h + r*dilation_h, iw = j*stride_w - pad_w + s*dilation_w,
+ *   g = co / (c_out/groups); x outside [0, h) x [0, w) reads as 0.
+ * pad_h, pad_w are the top and left padding; oh, ow are given (the caller derives them, so
+ * an asymmetric "same" padding is oh = h with the extra row at the bottom). */
+typedef struct {
+    int64_t n, c_in, h, w;          /* input */
+    int64_t c_out, kh, kw;          /* weight */
+    int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+    int64_t oh, ow;                 /* output */
+} fastnn_conv2d_geom;
+
+/* y = act(conv2d(x, w) + bias); bias[c_out] may be NULL. y must not overlap x or w.
+ * Implicit GEMM: the im2col gather happens in the packing, the GEMM micro-kernels do the
+ * arithmetic; param/param2 as fastnn_act_forward. */
+fastnn_status fastnn_conv2d(fastnn_dtype dt, void *y, const void *x, const void *w,
+                            const void *bias, const fastnn_conv2d_geom *g, fastnn_act act,
+                            double param, double param2);
+/* dx = d(sum y*dy)/dx (overwrites dx[n, c_in, h, w]); dy[n, c_out, oh, ow]. */
+fastnn_status fastnn_conv2d_backward_data(fastnn_dtype dt, void *dx, const void *dy,
+                                          const void *w, const fastnn_conv2d_geom *g);
+/* dw = sum over the batch of dy * x patches + beta dw; db[c_out] (may be NULL) =
+ * sum_{b,i,j} dy + beta db. beta 0: overwrite, 1: accumulate. */
+fastnn_status fastnn_conv2d_backward_weight(fastnn_dtype dt, void *dw, void *db,
+                                            const void *dy, const void *x,
+                                            const fastnn_conv2d_geom *g, double beta);
+/* The naive reference kernels (loops in the order of the formula, sums in T). */
+fastnn_status fastnn_conv2d_ref(fastnn_dtype dt, void *y, const void *x, const void *w,
+                                const void *bias, const fastnn_conv2d_geom *g);
+fastnn_status fastnn_conv2d_backward_data_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                              const void *w, const fastnn_conv2d_geom *g);
+fastnn_status fastnn_conv2d_backward_weight_ref(fastnn_dtype dt, void *dw, void *db,
+                                                const void *dy, const void *x,
+                                                const fastnn_conv2d_geom *g, double beta);
+/* FASTNN_OK when the geometry is valid (sizes >= 0, kernel/stride/dilation/groups >= 1,
+ * groups dividing c_in and c_out, pads >= 0). */
+fastnn_status fastnn_conv2d_check(const fastnn_conv2d_geom *g);
+
 #ifdef __cplusplus
 }
 #endif
