@@ -31,6 +31,7 @@ from .lr_scheduler import (
 )
 from .nn import (
     GELU,
+    Conv2d,
     Dropout,
     Flatten,
     LeakyReLU,
@@ -59,7 +60,7 @@ __all__ = [
     "ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
     "openmp_enabled", "bf16_native", "__version__",
     # models and layers
-    "Module", "Sequential", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+    "Module", "Sequential", "Parameter", "Linear", "Conv2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
     "GELU", "SiLU", "Softmax", "Dropout", "Flatten", "init", "manual_seed",
     # losses, optimizers, schedulers
     "MSELoss", "L1Loss", "HuberLoss", "BCEWithLogitsLoss", "CrossEntropyLoss",

@@ -60,7 +60,7 @@ def _rebuild(arch, where="model"):
     if cls is Sequential:
         return Sequential(*(_rebuild(a, f"layer {i}") for i, a in enumerate(arch["layers"])))
     config = dict(arch["config"])
-    if arch["class"] == "Linear":
+    if arch["class"] in ("Linear", "Conv2d"):
         config["init"] = "zeros"  # the weights are loaded next; draw no random numbers
     try:
         return cls(**config)

@@ -1,4 +1,4 @@
-"""Models and layers: Module, Sequential, Linear, activations, Dropout, Flatten.
+"""Models and layers: Module, Sequential, Linear, Conv2d, activations, Dropout, Flatten.
 
 A layer has an explicit ``forward(x)`` and ``backward(dout)``: backward takes d(loss)/d(output),
 adds the gradients of the layer's parameters into their ``.grad`` (gradients accumulate until
@@ -457,7 +457,7 @@ class Sequential(Module):
         self._check_host()
         layers = list(self)
         for i in range(len(layers) - 1, -1, -1):
-            if i == 0 and not input_grad and isinstance(layers[0], Linear):
+            if i == 0 and not input_grad and isinstance(layers[0], (Linear, Conv2d)):
                 return layers[0].backward(dout, input_grad=False)
             dout = layers[i].backward(dout)
         return dout if input_grad else None
@@ -743,5 +743,142 @@ class Dropout(Module):
         return {"p": self.p}
 
 
+# ---- convolution -----------------------------------------------------------------------------
+
+def _conv_pair_arg(v, name, lo):
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2 or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+                                 and e >= lo for e in pair):
+        raise ValueError(f"Conv2d: {name} must be an int >= {lo} or a pair of such ints, "
+                         f"got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class Conv2d(Module):
+    """2-D convolution over NCHW arrays, torch.nn.Conv2d's arguments and semantics.
+
+    x (N, in_channels, H, W) -> (N, out_channels, H_out, W_out); weight
+    (out_channels, in_channels/groups, kH, kW), bias (out_channels,). kernel_size, stride,
+    dilation: int or pair; padding: int, pair, 'valid' or 'same' (stride 1). groups must
+    divide both channel counts (groups == in_channels: depthwise). Default init as PyTorch:
+    kaiming_uniform with a = sqrt(5) (U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in =
+    in_channels/groups * kH * kW) and the bias from the same bound; with another ``init``
+    the bias starts at zero. The kernels are fastnn.ops.conv2d / conv2d_backward (implicit
+    GEMM). Raises ValueError for bad arguments or input shapes, TypeError for dtypes.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, init=None, dtype=np.float32, seed=None):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Conv2d: {name} must be an int >= 1, got {v!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.groups = int(groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d: in_channels ({self.in_channels}) and out_channels "
+                             f"({self.out_channels}) must be divisible by groups "
+                             f"({self.groups})")
+        self.kernel_size = _conv_pair_arg(kernel_size, "kernel_size", 1)
+        self.stride = _conv_pair_arg(stride, "stride", 1)
+        self.dilation = _conv_pair_arg(dilation, "dilation", 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d: padding must be 'same', 'valid', an int >= 0 or a "
+                                 f"pair, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"Conv2d: padding='same' needs stride 1 (as PyTorch), got "
+                                 f"stride {self.stride}")
+            self.padding = padding
+        else:
+            self.padding = _conv_pair_arg(padding, "padding", 0)
+        self.init = init
+        self._init_fn = _init.resolve(init)
+        dt = _float_dtype(dtype, "Conv2d")
+        self.weight = Parameter(np.zeros((self.out_channels, self.in_channels // self.groups)
+                                         + self.kernel_size, dt))
+        self.bias = Parameter(np.zeros(self.out_channels, dt)) if bias else None
+        self._x = None
+        self.reset_parameters(_init.generator(seed))
+
+    def reset_parameters(self, rng=None):
+        shape, dt = self.weight.shape, self.weight.dtype
+        rng = _init.generator(rng)
+        if isinstance(self.init, str) or self.init is None:
+            w = self._init_fn(shape, rng, dtype=dt)
+        else:
+            w = self._init_fn(shape, rng)
+        self.weight[...] = np.asarray(w).reshape(shape)
+        if self.bias is not None:
+            if self.init in (None, "default"):
+                bound = 1.0 / np.sqrt(_init.fans(shape)[0])
+                self.bias[...] = _init.uniform((self.out_channels,), rng, a=-bound, b=bound,
+                                               dtype=dt)
+            else:
+                self.bias[...] = 0
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def forward(self, x):
+        self._check_host()
+        x = _check_float(self, x)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self._where()}: expected input of shape (N, {self.in_channels}, "
+                             f"H, W), got an array of shape {x.shape}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"{self._where()}: expected {self.weight.dtype} input like the "
+                            f"weights, got {x.dtype} (use .astype(np.{self.weight.dtype}))")
+        try:
+            y = ops.conv2d(x, self.weight, self.bias, **self._args())
+        except ValueError as e:
+            raise ValueError(f"{self._where()}: {e}") from None
+        self._x = x
+        return y
+
+    def backward(self, dout, input_grad=True):
+        """Accumulate the weight and bias gradients; return d(loss)/d(x) (None when
+        input_grad is False: the first layer's input needs none)."""
+        self._check_host()
+        x = _need(self, self._x)
+        dout = np.asarray(dout)
+        shape = ops.conv2d_output_shape(x.shape, self.weight.shape, **self._args())
+        if dout.shape != shape or dout.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
+                             f"shape {shape}, got {dout.dtype} {dout.shape}")
+        dx, dw, db = ops.conv2d_backward(dout, x, self.weight, bias=self.bias is not None,
+                                         input_grad=input_grad, **self._args())
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+    def _short(self):
+        return f"Conv2d({self.in_channels}, {self.out_channels})"
+
+    def __repr__(self):
+        return f"Conv2d({self.extra_repr()})"
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.bias is not None, "dtype": str(self.weight.dtype)}
+
+
 LAYERS = {c.__name__: c for c in (Sequential, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU,
-                                  SiLU, Softmax, Dropout, Flatten)}
+                                  SiLU, Softmax, Dropout, Flatten, Conv2d)}
