@@ -166,6 +166,7 @@ def test_gradient_central_differences():
             assert abs(num - grad[i]) <= 1e-6 * max(1.0, abs(num)), (i, num, grad[i])
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("case", CASES)
 def test_pytorch_parity(case):
     torch = pytest.importorskip("torch")

@@ -21,7 +21,7 @@ import os
 import sys
 
 __all__ = ["is_available", "require", "simulator", "to_device", "to_host", "launch_count",
-           "reset_launch_count", "ops", "mlp"]
+           "reset_launch_count", "ops", "mlp", "conv"]
 
 _launches = collections.Counter()
 
@@ -106,7 +106,7 @@ def to_host(array):
 
 
 def __getattr__(name):
-    if name in ("ops", "mlp"):            # the modules that import numba
+    if name in ("ops", "mlp", "conv"):    # the modules that import numba
         require()
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
