@@ -289,8 +289,10 @@ class _File:
         dtype = self.index[name][0]
         return _NAMES.get(dtype, "?") if dtype is not None else "unsupported"
 
-    def read(self, names):
-        """{name: a new native-order array} of these tensors, checksums verified."""
+    def read(self, names, into=None):
+        """{name: array} of these tensors, checksums verified: new native-order arrays, or
+        with into= ({name: C-contiguous array of the tensor's shape and native dtype}) the
+        data is read straight into those arrays (no other copy is made)."""
         out = {}
         with open(self.path, "rb") as f:
             for name in names:
@@ -298,7 +300,7 @@ class _File:
                 if dtype is None:
                     raise ValueError(f"{self.path}: tensor {name!r} has a dtype numpy cannot "
                                      f"read")
-                a = np.empty(shape, dtype)
+                a = np.empty(shape, dtype.newbyteorder("=")) if into is None else into[name]
                 raw = a.reshape(-1).view(np.uint8)
                 f.seek(self.start + b)
                 if raw.size and f.readinto(raw) != raw.size:
@@ -306,7 +308,9 @@ class _File:
                 if self.crcs is not None and f"{zlib.crc32(raw):08x}" != self.crcs[name]:
                     raise ValueError(f"{self.path}: checksum mismatch in tensor {name!r}: its "
                                      f"data is corrupt")
-                out[name] = a.astype(dtype.newbyteorder("="), copy=False)
+                if not dtype.isnative and dtype.itemsize > 1:   # a big-endian machine
+                    a.byteswap(inplace=True)
+                out[name] = a
         return out
 
 
@@ -574,12 +578,13 @@ def load(path, model=None):
         except ValueError as e:
             raise ValueError(f"{f.path}: corrupt architecture metadata: {e}") from None
         f.check(specs, prefix, "its architecture")
-        tensors = f.read([prefix + k for k in specs])
-        model = _rebuild(arch)
-    else:
-        specs = {k: (p.shape, p.dtype) for k, p in model.named_parameters()}
-        f.check(specs, prefix, "the model")
-        tensors = f.read([prefix + k for k in specs])
+        model = _rebuild(arch)   # a new model: the data goes straight into its parameters
+        f.read([prefix + k for k in specs],
+               into={prefix + k: p for k, p in model.named_parameters()})
+        return model
+    specs = {k: (p.shape, p.dtype) for k, p in model.named_parameters()}
+    f.check(specs, prefix, "the model")
+    tensors = f.read([prefix + k for k in specs])   # all verified before the model changes
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
     return model
 
