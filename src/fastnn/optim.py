@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import _guard, ops
 from .nn import Parameter
 
 
@@ -63,7 +63,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self.param_groups, self._groups_chunks = [], []
+        self.param_groups, self._groups_chunks, self._guard_keys = [], [], [self]
         for g in groups:
             self.add_param_group(g)
 
@@ -87,6 +87,7 @@ class Optimizer:
         self._check(full)
         self.param_groups.append(full)
         self._groups_chunks.append(_chunks(params))
+        self._guard_keys += [_guard.param_key(p) for p in params]
 
     def _check(self, group):
         for key in ("lr", "weight_decay", "eps", "momentum"):
@@ -101,11 +102,13 @@ class Optimizer:
                 c.grad.fill(0)
 
     def step(self):
-        """One update of every parameter from its current gradient."""
-        for group, chunks in zip(self.param_groups, self._groups_chunks):
-            for c in chunks:
-                c.step += 1
-                self._update(c, group)
+        """One update of every parameter from its current gradient. RuntimeError when
+        another thread is in fit or step on these parameters (nothing is changed)."""
+        with _guard.guarded(self._guard_keys, "exclusive", f"{type(self).__name__}.step"):
+            for group, chunks in zip(self.param_groups, self._groups_chunks):
+                for c in chunks:
+                    c.step += 1
+                    self._update(c, group)
 
     # ---- state ----
     def _members(self):
