@@ -16,7 +16,6 @@ A thread may nest calls (fit calls predict and Optimizer.step itself).
 import functools
 import threading
 import weakref
-from contextlib import contextmanager
 
 _lock = threading.Lock()
 _guards = {}   # id(object) -> _Guard, removed when the object dies
@@ -48,51 +47,77 @@ def _conflict(guard, me, kind, toggles):
     return None
 
 
-@contextmanager
-def guarded(objects, kind, what, toggles=False):
-    """Hold the guards of objects (kind "exclusive" or "shared") while the block runs; raise
-    RuntimeError naming what (the caller) and the other thread's call on a conflict."""
-    me = threading.get_ident()
-    with _lock:
-        guards = []
-        for obj in objects:
-            g = _guard(obj)
-            if all(g is not h for h in guards):
-                guards.append(g)
-        for g in guards:
-            other = _conflict(g, me, kind, toggles)
-            if other is not None:
-                hint = ("a model may be evaluated or predicted from several threads at "
-                        "once only in evaluation mode (model.eval()) and while no thread "
-                        "trains it" if kind == "shared" and not other.startswith(("fit", "Opt"))
-                        else "train a model (fit, Optimizer.step) from one thread at a time; "
-                             "give each thread its own model and optimizer")
-                raise RuntimeError(f"{what}: the model or optimizer is in use by {other} in "
-                                   f"another thread; {hint}")
-        for g in guards:
-            h = g.holders.get(me)
-            if h is None:
-                g.holders[me] = [kind, toggles, 1, what]
-            else:
-                h[2] += 1
-    try:
-        yield
-    finally:
+class guarded:
+    """``with guarded(objects, kind, what, toggles=False):`` holds the guards of objects (kind
+    "exclusive" or "shared") while the block runs; entering raises RuntimeError naming what
+    (the caller) and the other thread's call on a conflict, before the block runs."""
+
+    __slots__ = ("objects", "kind", "what", "toggles", "guards", "me")
+
+    def __init__(self, objects, kind, what, toggles=False, guards=None):
+        self.objects, self.kind, self.what, self.toggles = objects, kind, what, toggles
+        self.guards = guards
+
+    def __enter__(self):
+        me = threading.get_ident()
+        kind, toggles = self.kind, self.toggles
         with _lock:
+            guards = self.guards
+            if guards is None:
+                guards = self.guards = guards_of(self.objects)
             for g in guards:
+                if g.holders and (len(g.holders) > 1 or me not in g.holders):
+                    other = _conflict(g, me, kind, toggles)
+                    if other is not None:
+                        raise RuntimeError(self._message(other))
+            for g in guards:
+                h = g.holders.get(me)
+                if h is None:
+                    g.holders[me] = [kind, toggles, 1, self.what]
+                else:
+                    h[2] += 1
+        self.me = me
+        return self
+
+    def __exit__(self, *exc):
+        me = self.me
+        with _lock:
+            for g in self.guards:
                 h = g.holders[me]
                 h[2] -= 1
                 if h[2] == 0:
                     del g.holders[me]
+        return False
+
+    def _message(self, other):
+        if self.kind == "shared" and not other.startswith(("fit", "Opt")) \
+                and "." not in other:
+            hint = ("a model may be evaluated or predicted from several threads at once only "
+                    "in evaluation mode (model.eval()) and while no thread trains it")
+        else:
+            hint = ("train a model (fit, Optimizer.step) from one thread at a time; give each "
+                    "thread its own model and optimizer")
+        return (f"{self.what}: the model or optimizer is in use by {other} in another "
+                f"thread; {hint}")
+
+
+def guards_of(objects):
+    """The guards of these objects, each once (call with _lock held, or before any thread
+    can use the objects)."""
+    guards = {}
+    for obj in objects:
+        g = _guards.get(id(obj)) or _guard(obj)
+        guards[id(g)] = g
+    return list(guards.values())
 
 
 def model_objects(model):
     """The model and its parameters' storage (flat buffers, or lone parameters)."""
-    out = [model]
+    out = {id(model): model}
     for p in model.parameters():
-        buf = p._buffer
-        out.append(buf.data if buf is not None else p)
-    return out
+        key = p._buffer.data if p._buffer is not None else p
+        out[id(key)] = key
+    return list(out.values())
 
 
 def training(model):

@@ -87,7 +87,10 @@ class Optimizer:
         self._check(full)
         self.param_groups.append(full)
         self._groups_chunks.append(_chunks(params))
-        self._guard_keys += [_guard.param_key(p) for p in params]
+        keys = {id(k): k for k in self._guard_keys + [_guard.param_key(p) for p in params]}
+        self._guard_keys = list(keys.values())   # the optimizer and its parameters' storage
+        with _guard._lock:
+            self._guards = _guard.guards_of(self._guard_keys)
 
     def _check(self, group):
         for key in ("lr", "weight_decay", "eps", "momentum"):
@@ -104,7 +107,8 @@ class Optimizer:
     def step(self):
         """One update of every parameter from its current gradient. RuntimeError when
         another thread is in fit or step on these parameters (nothing is changed)."""
-        with _guard.guarded(self._guard_keys, "exclusive", f"{type(self).__name__}.step"):
+        with _guard.guarded(None, "exclusive", f"{type(self).__name__}.step",
+                            guards=self._guards):
             for group, chunks in zip(self.param_groups, self._groups_chunks):
                 for c in chunks:
                     c.step += 1
