@@ -408,34 +408,40 @@ class _Interrupted(BaseException):
 
 
 class _SigtermGuard:
-    """In the main thread: while active, SIGTERM raises _Interrupted (so the save cleans up);
-    on exit the previous handler is restored and the signal delivered to it."""
+    """In the main thread, between arm() and disarm(), SIGTERM raises _Interrupted (so the save
+    cleans up); disarm() restores the previous handler and, if the signal came, delivers it
+    there (the default handler ends the process) and raises InterruptedError if it returns."""
 
-    def __enter__(self):
-        self.previous, self.got = None, False
+    def __init__(self):
+        self.previous, self.got, self.armed = None, False, False
         if threading.current_thread() is not threading.main_thread():
-            return self
+            return
         previous = signal.getsignal(signal.SIGTERM)
         if previous is None or previous is signal.SIG_IGN:   # set outside Python, or ignored
-            return self
+            return
 
         def handler(signum, frame):
             self.got = True
-            raise _Interrupted()
+            if self.armed:
+                raise _Interrupted()
 
         self.previous = previous
         signal.signal(signal.SIGTERM, handler)
-        return self
 
-    def __exit__(self, kind, exc, tb):
+    def arm(self):
+        self.armed = True
+        if self.got:                 # it came while the handler was being installed
+            raise _Interrupted()
+
+    def disarm(self):
+        self.armed = False
         if self.previous is None:
-            return False
+            return
         signal.signal(signal.SIGTERM, self.previous)
         if self.got:
             signal.raise_signal(signal.SIGTERM)   # the previous handler's turn (default: exit)
             raise InterruptedError("save was interrupted by SIGTERM; the previous file (if "
                                    "any) is unchanged") from None
-        return False
 
 
 def _libc_linkat():
@@ -474,43 +480,45 @@ def _atomic_write(path, write):
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     with _active_lock:
         _active.add(tmp)
-    named = False
+    named, fd = False, None
+    guard = _SigtermGuard()
     try:
-        with _SigtermGuard():
+        guard.arm()
+        if _USE_O_TMPFILE:
             try:
-                fd = None
-                if _USE_O_TMPFILE:
-                    try:
-                        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
-                    except OSError:
-                        fd = None          # the file system has no O_TMPFILE
-                if fd is None:
-                    named = True     # set first: a signal may come between open and here
-                    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
-                                 0o666)
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                    f.flush()
-                    if mode is not None:
-                        os.fchmod(f.fileno(), mode)
-                    os.fsync(f.fileno())
-                    if not named:
-                        named = True
-                        if not _link_anonymous(f.fileno(), tmp):
-                            _copy_to_named(f.fileno(), tmp)
-                os.replace(tmp, path)
-                named = False
-                _fsync_folder(folder)
-            except BaseException:
-                if named:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-                raise
+                fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+            except OSError:
+                fd = None          # the file system has no O_TMPFILE
+        if fd is None:
+            named = True           # set first: a signal may come between open and here
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o666)
+        f, fd = os.fdopen(fd, "wb"), None       # f owns the descriptor now
+        with f:
+            write(f)
+            f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+            if not named:
+                named = True
+                if not _link_anonymous(f.fileno(), tmp):
+                    _copy_to_named(f.fileno(), tmp)
+        os.replace(tmp, path)
+        named = False
+        _fsync_folder(folder)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        if named:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
     finally:
         with _active_lock:
             _active.discard(tmp)
+        guard.disarm()
 
 
 def _copy_to_named(fd, dest):
