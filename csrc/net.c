@@ -105,19 +105,29 @@ static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p
     return FASTNN_OK;
 }
 
+/* Rows whose argmax is the label; a row holding a NaN never counts (its argmax is no class). */
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
                              int64_t cols) {
     int64_t ok = 0;
     for (int64_t r = 0; r < rows; r++) {
         int64_t best = 0;
+        int nan = 0;
         if (dt == FASTNN_F32) {
             const float *row = (const float *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            nan = row[0] != row[0];
+            for (int64_t c = 1; c < cols; c++) {
+                if (row[c] != row[c]) nan = 1;
+                else if (row[c] > row[best]) best = c;
+            }
         } else {
             const double *row = (const double *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            nan = row[0] != row[0];
+            for (int64_t c = 1; c < cols; c++) {
+                if (row[c] != row[c]) nan = 1;
+                else if (row[c] > row[best]) best = c;
+            }
         }
-        ok += best == labels[r];
+        ok += !nan && best == labels[r];
     }
     return ok;
 }

@@ -573,3 +573,18 @@ def test_nan_outputs_never_count_as_correct():
     model = fn.Sequential(fn.Linear(8, 1), seed=0)
     model[0].bias[...] = np.nan
     assert fn.evaluate(model, fn.BCEWithLogitsLoss(), X, np.zeros((64, 1)))["accuracy"] == 0.0
+
+
+def test_fused_step_never_counts_a_nan_row_as_correct():
+    """The training accuracy that the fused C step counts skips rows holding a NaN too."""
+    X, _ = small_data(64)
+    model = fn.Sequential(fn.Linear(8, 3), seed=0)
+    opt = fn.SGD(model.parameters(), lr=0.0)
+    labels = np.zeros(64, np.int64)
+    plan = fn._fused.training_plan(model, fn.CrossEntropyLoss(), opt, X, labels, 64,
+                                   ["accuracy"])
+    assert plan is not None
+    expected = int(np.sum(model.predict(X).argmax(axis=1) == 0))
+    assert plan.train(X, labels, np.arange(64), 64, 0)[1] == expected > 0
+    model[0].weight[0, 0] = np.nan     # column 0, the label, is NaN in every output row:
+    assert plan.train(X, labels, np.arange(64), 64, 0)[1] == 0    # no comparison wins it
