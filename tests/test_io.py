@@ -735,3 +735,21 @@ def test_saves_killed_by_sigterm_or_sigkill(tmp_path, o_tmpfile):
             np.testing.assert_array_equal(fn.load(path)[2].weight, expected[2].weight)
         fn.save(expected, path)
         assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_checkpoint_options_may_change_between_int_and_float(tmp_path):
+    """lr=1 given as an int, 0.5 after a scheduler step: the checkpoint loads into a fresh
+    optimizer made with lr=1 (numbers are numbers; a str or a bool is not)."""
+    def make():
+        model = fn.Sequential(fn.Linear(2, 2), seed=0)
+        opt = fn.SGD(model.parameters(), lr=1, momentum=0.5)
+        return model, opt, fn.StepLR(opt, step_size=1, gamma=0.5)
+
+    model, opt, sched = make()
+    fn.fit(model, fn.MSELoss(), opt, np.ones((4, 2), np.float32), np.ones((4, 2)), epochs=1,
+           batch_size=2, verbose=0, scheduler=sched, seed=0)
+    fn.save_checkpoint(tmp_path / "ck.safetensors", model, opt, sched, epoch=1)
+    m2, o2, s2 = make()
+    fn.load_checkpoint(tmp_path / "ck.safetensors", m2, o2, s2)
+    assert o2.param_groups[0]["lr"] == 0.5 and s2.get_last_lr() == [0.5]
+    np.testing.assert_array_equal(m2[0].weight, model[0].weight)

@@ -45,6 +45,7 @@ files left by a killed process (SIGKILL) are removed by the next save to the sam
 file gets the mode the umask gives (as ``open`` does); an existing file keeps its mode; a
 symbolic link keeps pointing where it did, and its target is replaced.
 """
+import functools
 import json
 import math
 import os
@@ -444,6 +445,7 @@ class _SigtermGuard:
                                    "any) is unchanged") from None
 
 
+@functools.lru_cache(maxsize=1)
 def _libc_linkat():
     try:
         import ctypes
@@ -631,9 +633,7 @@ def _same_kind(saved, current):
     """Whether a JSON value can stand for current (a scheduler's state entry)."""
     if isinstance(current, bool) or current is None or isinstance(current, str):
         return type(saved) is type(current)
-    if _is_int(current):
-        return _is_int(saved)
-    if isinstance(current, float):
+    if _is_int(current) or isinstance(current, float):   # lr=1 then 0.5: numbers alike
         return _is_int(saved) or isinstance(saved, float)
     if isinstance(current, (list, tuple)):
         return isinstance(saved, list) and len(saved) == len(current) and all(
@@ -655,7 +655,8 @@ def _generator_from(state, what):
         g = np.random.Generator(bits())
         g.bit_generator.state = state
         return g
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError,
+            NotImplementedError) as e:
         raise ValueError(f"{what} is not a valid generator state ({e})") from None
 
 
