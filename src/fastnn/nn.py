@@ -42,6 +42,7 @@ import numpy as np
 
 from . import init as _init
 from . import ops
+from ._arrays import native
 
 _ALIGN = 16  # parameters start on 16-element boundaries of the flat buffer (64 bytes in f32)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -311,7 +312,7 @@ class Module:
     def predict(self, X, batch_size=256):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
         X is converted to the model's dtype."""
-        X = np.asarray(X, dtype=param_dtype(self))
+        X = native(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
@@ -442,7 +443,7 @@ class Sequential(Module):
         if self._device != "cpu":
             from .cuda import train as _cuda_train
             return _cuda_train.predict(self, X, batch_size)
-        X = np.asarray(X, dtype=param_dtype(self))
+        X = native(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
@@ -478,7 +479,7 @@ def _parse_device(device):
 
 
 def _check_float(layer, x):
-    x = np.asarray(x)
+    x = np.ascontiguousarray(native(x))     # what every kernel reads without a copy
     if x.dtype not in _FLOATS:
         raise TypeError(f"{layer._where()}: expected a float32 or float64 array, got dtype "
                         f"{x.dtype}")
@@ -550,7 +551,7 @@ class Linear(Module):
         input_grad is False)."""
         self._check_host()
         x = _need(self, self._x)
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
             raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
                              f"shape {(x.shape[0], self.out_features)}, got {dout.dtype} "
@@ -587,7 +588,7 @@ class _Activation(Module):
         return self._f(self._x)
 
     def backward(self, dout):
-        return self._df(np.asarray(dout), _need(self, self._x))
+        return self._df(native(dout), _need(self, self._x))
 
     def get_config(self):
         return {}
@@ -672,7 +673,7 @@ class Softmax(Module):
         return self._y
 
     def backward(self, dout):
-        return ops.softmax_backward(np.asarray(dout), _need(self, self._y))
+        return ops.softmax_backward(native(dout), _need(self, self._y))
 
     def extra_repr(self):
         return "dim=-1"
@@ -689,7 +690,7 @@ class Flatten(Module):
         self._shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         if x.ndim < 1:
             raise ValueError(f"{self._where()}: expected an array with a batch axis, got a "
                              f"scalar")
@@ -697,7 +698,7 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        return np.asarray(dout).reshape(_need(self, self._shape))
+        return native(dout).reshape(_need(self, self._shape))
 
     def get_config(self):
         return {}
@@ -733,7 +734,7 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dout):
-        dout = np.asarray(dout)
+        dout = native(dout)
         return dout if self._mask is None else dout * self._mask
 
     def extra_repr(self):
