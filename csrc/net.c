@@ -420,6 +420,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
     if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    int64_t ext;   /* X [rows, in0] and T [rows, out] must have representable extents */
+    if (fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
     for (int64_t i = 0; i < n; i++)
         if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
@@ -455,7 +459,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
 fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows) {
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
-    if (rows < 0) return FASTNN_EINVAL;
+    int64_t ext;
+    if (rows < 0 || fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (rows > 0 && (!out || !X)) return FASTNN_ENULL;
     layout L;
     carve(net, net->arena, &L);

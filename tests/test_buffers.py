@@ -114,7 +114,8 @@ def _variants(a, tmp_path):
            ("memmap_r", _memmap(a, tmp_path, "r"), "same"),
            ("memmap_rw", _memmap(a, tmp_path, "r+"), "same")]
     if a.dtype.kind == "f":
-        out.append(("float16", (a / 1e3).astype(np.float16), "refuse"))
+        with np.errstate(over="ignore"):       # `out` arrays hold np.empty's garbage
+            out.append(("float16", a.astype(np.float16), "refuse"))
     if a.ndim >= 1 and len(a) > 1:
         out.append(("negative_strides", np.ascontiguousarray(a[::-1])[::-1], "same"))
         out.append(("zero_strides", np.broadcast_to(a[:1], a.shape), "same"))

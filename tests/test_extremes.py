@@ -293,3 +293,44 @@ def test_fused_hyper_validated(kw, word):
         (None, None, None)
     with pytest.raises(ValueError, match=word):
         FusedNet([(2, 2, 0, -1, "identity", 0.0)], P, G, states=states, max_batch=1, **kw)
+
+
+# ---- the C checks on their own (the Python front end refuses these first) -------------------
+
+from fastnn import _kernels as K  # noqa: E402
+
+BIGI = 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("units,nparams,max_batch", [
+    ([(1, 1, BIGI, -1)], 10, 1),                 # offset + in*out wraps around
+    ([(1, 1, 0, BIGI)], 10, 1),                  # bias offset + out wraps
+    ([(2 ** 32, 2 ** 32, 0, -1)], 10, 1),        # in*out overflows
+    ([(2 ** 40, 2 ** 40, 0, -1)], BIGI, 1),
+    ([(4, 4, 0, -1)], 16, 2 ** 62),              # arena: max_batch * width * 4 overflows
+    ([(2 ** 61, 1, 0, -1)], BIGI, 8),
+])
+def test_c_net_check_refuses_overflow(units, nparams, max_batch):
+    nbytes, status = K._c_net_check(units, nparams, max_batch)
+    assert status == "invalid argument"
+
+
+def test_c_net_check_accepts_valid():
+    nbytes, status = K._c_net_check([(4, 3, 0, 12), (3, 2, 15, -1)], 21, 8)
+    assert status == "ok" and nbytes > 0
+
+
+@pytest.mark.parametrize("args", [
+    (0, 0, 2 ** 40, 2 ** 40, 2 ** 40, 2 ** 40, 2 ** 40, 2 ** 40),   # extents overflow
+    (0, 0, 2, 2, 2, BIGI, 2, 2),                                    # (rows-1)*ld wraps
+    (1, 1, 2, 2, 2, 2, BIGI, 2),
+    (0, 0, 3, 2, 2, 2, 2, BIGI // 2),
+    (0, 0, -1, 2, 2, 2, 2, 2),
+])
+def test_c_gemm_refuses_overflow(args):
+    assert K._c_gemm_status(*args) == "invalid argument"
+
+
+@pytest.mark.parametrize("n", [-1, BIGI, BIGI // 4])
+def test_c_elementwise_refuses_huge(n):
+    assert K._c_elementwise_status(n) == "invalid argument"

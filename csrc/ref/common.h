@@ -16,7 +16,15 @@
  * the partition of a reduction never depends on the thread count. */
 #define FASTNN_SUM_BLOCK 1024
 
-#define FASTNN_CHECK_N(n) do { if ((n) < 0) return FASTNN_EINVAL; } while (0)
+/* A size: >= 0 and its extent in bytes (8 per element at most) representable. */
+#define FASTNN_CHECK_N(n) do { if ((n) < 0 || (n) > INT64_MAX / 8) return FASTNN_EINVAL; } while (0)
+/* A [rows, cols] matrix: both sizes valid and rows * cols * 8 bytes representable. */
+#define FASTNN_CHECK_2D(rows, cols) do {                                                  \
+        int64_t n2d_;                                                                     \
+        if ((rows) < 0 || (cols) < 0 || __builtin_mul_overflow((rows), (cols), &n2d_) ||  \
+            n2d_ > INT64_MAX / 8)                                                         \
+            return FASTNN_EINVAL;                                                         \
+    } while (0)
 
 /* Overflow-checked size arithmetic: 0 and *out set, or 1 when the true value does not fit.
  * Every size or offset computed from caller-given sizes goes through these, so a huge size

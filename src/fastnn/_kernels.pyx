@@ -1087,6 +1087,7 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
 # ---- fused training executor -----------------------------------------------------------------
 
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 cdef dict _NET_LOSSES = {"cross_entropy": FASTNN_NET_CROSS_ENTROPY, "mse": FASTNN_NET_MSE,
                          "l1": FASTNN_NET_L1, "huber": FASTNN_NET_HUBER,
@@ -1383,3 +1384,52 @@ cdef class FusedNet:
             st = fastnn_net_forward(&self.net, po, px, rows)
         _check(st, fn)
         return O
+
+
+# ---- test hooks: the C checks on their own, without the Python checks in front -------------
+
+def _c_net_check(units, int64_t nparams, int64_t max_batch, int loss=0):
+    """fastnn_net_arena_bytes and fastnn_net_check of a plan with these raw unit tuples
+    (in, out, w, b) over dummy buffers (never read): (arena bytes, status string). For tests
+    of the overflow checks that the Python front end would catch first."""
+    cdef fastnn_unit us[64]
+    cdef fastnn_net net
+    cdef char dummy[64]
+    cdef int i
+    if not 1 <= len(units) <= 64:
+        raise ValueError("1 to 64 units")
+    for i, (fin, fout, w, b) in enumerate(units):
+        us[i].in_ = fin
+        us[i].out = fout
+        us[i].w = w
+        us[i].b = b
+        us[i].act = FASTNN_ACT_IDENTITY
+        us[i].p = us[i].p2 = 0
+        us[i].drop = 0
+    memset(&net, 0, sizeof(net))
+    net.dt = FASTNN_F32
+    net.nunits = len(units)
+    net.units = us
+    net.nparams = nparams
+    net.params = net.grads = net.arena = dummy
+    net.loss = <fastnn_net_loss>loss
+    net.opt.kind = FASTNN_OPT_SGD
+    net.max_batch = max_batch
+    nbytes = fastnn_net_arena_bytes(&net)
+    return nbytes, fastnn_status_string(fastnn_net_check(&net)).decode()
+
+
+def _c_gemm_status(int transa, int transb, int64_t m, int64_t n, int64_t k, int64_t lda,
+                   int64_t ldb, int64_t ldc):
+    """fastnn_gemm's status for these sizes over a dummy buffer. Only for sizes that its
+    checks must refuse (the buffer is 64 bytes): tests of the overflow checks."""
+    cdef char dummy[64]
+    return fastnn_status_string(fastnn_gemm(FASTNN_F32, transa, transb, m, n, k, 1.0, dummy,
+                                            lda, dummy, ldb, 0.0, dummy, ldc)).decode()
+
+
+def _c_elementwise_status(int64_t n):
+    """fastnn_act_forward's status for n elements over a dummy buffer (refused sizes only)."""
+    cdef char dummy[64]
+    return fastnn_status_string(fastnn_act_forward(FASTNN_F32, FASTNN_ACT_RELU, 0, 0, dummy,
+                                                   dummy, n)).decode()

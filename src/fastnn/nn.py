@@ -64,7 +64,8 @@ class Parameter(np.ndarray):
     """A parameter: an ndarray whose ``grad`` attribute is its gradient (same shape and dtype).
 
     Arithmetic on a Parameter gives plain ndarrays. ``Parameter(data)`` copies data into a new
-    C-contiguous array with a zero gradient.
+    C-contiguous, aligned array in native byte order with a zero gradient: float64 stays
+    float64, every other dtype (float16, '>f4', integers) becomes float32.
     """
 
     grad = None
@@ -73,8 +74,8 @@ class Parameter(np.ndarray):
 
     def __new__(cls, data, grad=None):
         a = np.array(data, copy=True, order="C")
-        if a.dtype.kind != "f":
-            a = a.astype(np.float32)
+        a = a.astype(np.float64 if a.dtype.kind == "f" and a.dtype.itemsize == 8 else np.float32,
+                     copy=False)
         p = a.view(cls)
         p.grad = np.zeros(a.shape, a.dtype) if grad is None else grad
         return p
@@ -222,7 +223,7 @@ class Module:
             if v.shape != p.shape:
                 raise ValueError(f"load_state_dict: '{name}' has shape {v.shape}, the model "
                                  f"expects {p.shape}")
-            if v.dtype != p.dtype:
+            if v.dtype.newbyteorder("=") != p.dtype:     # byte order is converted on copy
                 raise TypeError(f"load_state_dict: '{name}' has dtype {v.dtype}, the model "
                                 f"expects {p.dtype}")
 

@@ -25,7 +25,7 @@ import numpy as np
 from . import _fused
 from ._kernels import NonFiniteLossError
 from . import init as _init
-from .callbacks import Callback, History, ProgressLogger
+from .callbacks import Callback, History, ProgressLogger, TerminateOnNaN
 from .loss import CrossEntropyLoss, Loss, _check_finite
 from .lr_scheduler import LRScheduler, ReduceLROnPlateau
 from .nn import Dropout, Module, Sequential, param_dtype
@@ -168,7 +168,7 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
 
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
-        scheduler=None, initial_epoch=0, error_if_nonfinite=True):
+        scheduler=None, initial_epoch=0, error_if_nonfinite=None):
     """Train model on (X, y) and return a History.
 
     validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
@@ -178,10 +178,11 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per epoch (ReduceLROnPlateau with val_loss, or loss without validation). initial_epoch:
     resume at this epoch (epochs is the index to stop at, as in Keras). verbose: 0 silent,
     1 progress bar on a terminal (else a line per epoch), 2 a line per epoch.
-    error_if_nonfinite: True (default) stops at the first batch whose loss is NaN or infinite,
-    before that batch's update, and raises FloatingPointError naming the epoch and batch; the
-    model keeps the weights of the last step with a finite loss. False trains on regardless
-    (as PyTorch and Keras do without TerminateOnNaN).
+    error_if_nonfinite: True stops at the first batch whose loss is NaN or infinite, before
+    that batch's update, and raises FloatingPointError naming the epoch and batch; the model
+    keeps the weights of the last step with a finite loss. False trains on regardless (as
+    PyTorch and Keras do). None (default): True, unless a TerminateOnNaN callback is given
+    (it then ends training quietly after that batch, as in Keras).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
@@ -189,6 +190,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0, epochs)
     verbose = _int_arg(verbose, "verbose", 0, 2)
     callbacks = _check_callbacks(callbacks)
+    if error_if_nonfinite is None:
+        error_if_nonfinite = not any(isinstance(c, TerminateOnNaN) for c in callbacks)
     names = _metric_names(metrics, loss) if isinstance(loss, Loss) else []
     if scheduler is not None and (not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
                                   or scheduler.optimizer is not optimizer):
