@@ -142,6 +142,7 @@ static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p
     return FASTNN_OK;
 }
 
+/* Rows whose argmax is the label; a row holding a NaN never counts (its argmax is no class). */
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
                              int64_t cols) {
     int64_t ok = 0;

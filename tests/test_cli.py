@@ -38,7 +38,7 @@ def check_training_output(out, epochs):
 def test_train_two_epochs_in_a_subprocess():
     res = run("train", "--epochs", "2")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("data: digits: 1259 train, 269 validation, 269 test samples, "
+    assert res.stdout.startswith("data: digits: 1257 train, 270 validation, 270 test samples, "
                                  "64 features, 10 classes\n")
     assert "model: 64 -> 256 -> 10 (relu), 19210 parameters; Adam(lr=0.001" in res.stdout
     assert check_training_output(res.stdout, 2) > 0.85

@@ -13,13 +13,61 @@ def _count(size, n, name):
     raise ValueError(f"{name} must be a fraction in [0, 1) or a count in [0, {n}), got {size!r}")
 
 
+def _approximate_mode(counts, draws, rng):
+    """How many of `draws` samples to take from each class of `counts` so that the shares are
+    as close as possible to the classes' shares, ties broken at random (scikit-learn's
+    _approximate_mode, as used by its stratified splits); the sum is exactly `draws`."""
+    continuous = counts * (draws / counts.sum())
+    taken = np.floor(continuous).astype(np.int64)
+    need = draws - int(taken.sum())
+    remainder = continuous - taken
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if need <= 0:
+            break
+        (inds,) = np.nonzero(remainder == value)
+        inds = rng.choice(inds, size=min(len(inds), need), replace=False)
+        taken[inds] += 1
+        need -= len(inds)
+    return taken
+
+
+def _class_labels(y):
+    """The class index of each label of a 1-D array of class labels (ValueError otherwise)."""
+    if y.ndim != 1:
+        raise ValueError(f"stratify=True needs y of 1-D class labels, got shape {y.shape} "
+                         f"(for one-hot rows pass y.argmax(axis=1))")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or np.any(y != np.round(y)):
+            bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]
+            raise ValueError(f"stratify=True needs y of class labels, got {y[bad].item()!r} at index "
+                             f"{bad} (continuous targets cannot be stratified)")
+    elif y.dtype.kind not in "iubUSO":
+        raise ValueError(f"stratify=True needs y of class labels, got dtype {y.dtype}")
+    try:
+        return np.unique(y, return_inverse=True)
+    except TypeError as e:
+        raise ValueError(f"stratify=True needs y of comparable class labels ({e})") from None
+
+
 def train_val_test_split(X, y, val_size=0.1, test_size=0.1, seed=None, stratify=False):
     """Shuffle and split into ((X_train, y_train), (X_val, y_val), (X_test, y_test)).
 
-    Sizes are fractions of the samples or counts. stratify=True keeps each class's share of
-    y in every split (y must hold class labels). seed: numpy seed (None: global generator).
+    X: an array of n samples (any shape (n, ...)); y: n targets. Sizes are fractions of the
+    samples in [0, 1) (rounded to the nearest count) or counts; the splits have exactly
+    those sizes, with or without stratify. stratify=True keeps each class's share of y in
+    every split as closely as the sizes allow: the test and then the validation samples are
+    allotted to the classes as scikit-learn's stratified splits allot them (the nearest
+    counts, ties at random), so a split with fewer samples than there are classes lacks some
+    classes. y must then be 1-D class labels (integers, strings, or floats without
+    fractions). seed: numpy seed (None: global generator).
+
+    Raises ValueError for lengths that differ, sizes out of range or leaving no training
+    sample, or (stratify=True) targets that are not 1-D class labels.
     """
     X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"X and y must be arrays of samples, got shapes {X.shape} and "
+                         f"{y.shape}")
     n = len(X)
     if len(y) != n:
         raise ValueError(f"X and y have different lengths: {n} and {len(y)}")
@@ -32,10 +80,14 @@ def train_val_test_split(X, y, val_size=0.1, test_size=0.1, seed=None, stratify=
         order = rng.permutation(n)
         parts = [order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]]
     else:
+        _, inverse = _class_labels(y)
+        counts = np.bincount(inverse)
+        test = _approximate_mode(counts, n_test, rng)
+        val = _approximate_mode(counts - test, n_val, rng)
         parts = [[], [], []]
-        for c in np.unique(y):
-            idx = rng.permutation(np.flatnonzero(y == c))
-            v, t = int(round(len(idx) * n_val / n)), int(round(len(idx) * n_test / n))
+        for c in range(len(counts)):
+            idx = rng.permutation(np.flatnonzero(inverse == c))
+            v, t = val[c], test[c]
             for part, chunk in zip(parts, (idx[v + t:], idx[:v], idx[v:v + t])):
                 part.append(chunk)
         parts = [rng.permutation(np.concatenate(p)) for p in parts]
@@ -44,8 +96,17 @@ def train_val_test_split(X, y, val_size=0.1, test_size=0.1, seed=None, stratify=
 
 class Standardizer:
     """Scale each feature to zero mean and unit variance: ``fit`` on the training split only,
-    then ``transform`` any split. Features with zero variance are only centred (they become
-    0). The output keeps the input's float dtype."""
+    then ``transform`` any split. The output keeps the input's float dtype (float32 for
+    integer input).
+
+    A feature that is constant up to rounding is only centred (scale 1), as scikit-learn's
+    StandardScaler does: its variance is at most the rounding error bound of the two-pass
+    variance, ``n*eps*var + (n*mean*eps)**2`` (eps of float64), so ``np.full((1000, 1),
+    14.62)`` becomes zeros and 14.63 then maps to 0.01, not to 2.8e12.
+
+    fit(X): X of shape (n, features), n >= 1, finite (ValueError otherwise). mean_ and
+    scale_ are float64 arrays of shape (features,).
+    """
 
     def __init__(self):
         self.mean_ = self.scale_ = None
@@ -55,9 +116,20 @@ class Standardizer:
         if X.ndim != 2 or len(X) == 0:
             raise ValueError(f"Standardizer.fit: expected a non-empty 2-D array, got shape "
                              f"{X.shape}")
-        self.mean_ = X.mean(axis=0, dtype=np.float64)
-        std = X.std(axis=0, dtype=np.float64)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        if X.dtype.kind not in "fiub":
+            raise TypeError(f"Standardizer.fit: expected a numeric array, got dtype {X.dtype}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = X.mean(axis=0, dtype=np.float64)
+            var = X.var(axis=0, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(mean) | ~np.isfinite(var))
+        if bad.size:
+            raise ValueError(f"Standardizer.fit: feature {bad[0]} contains NaN or Inf (or "
+                             f"overflows float64)")
+        eps, n = np.finfo(np.float64).eps, len(X)
+        constant = var <= n * eps * var + (n * mean * eps) ** 2
+        exact = np.all(X == X[:1], axis=0)       # truly constant: centre on the value itself
+        self.mean_ = np.where(exact, X[0].astype(np.float64), mean)
+        self.scale_ = np.where(constant, 1.0, np.sqrt(var))
         return self
 
     def _check(self, X):

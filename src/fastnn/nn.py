@@ -40,6 +40,7 @@ fastnn.load cannot rebuild it: pass ``model=`` to load its weights into one you 
 """
 import numpy as np
 
+from . import _guard
 from . import init as _init
 from . import ops
 from ._arrays import native
@@ -310,9 +311,11 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    @_guard.for_reading
     def predict(self, X, batch_size=256):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
-        X is converted to the model's dtype."""
+        X is converted to the model's dtype. Several threads may predict at once only on a
+        model in evaluation mode that no thread trains (else RuntimeError)."""
         X = native(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -436,9 +439,12 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
+    @_guard.for_reading
     def predict(self, X, batch_size=256):
         """Forward pass over X in batches in evaluation mode; a model of Linear layers and
-        activations runs it in one native call (fastnn._fused), with the same numbers."""
+        activations runs it in one native call (fastnn._fused), with the same numbers.
+        Several threads may predict at once only on a model in evaluation mode that no
+        thread trains (else RuntimeError)."""
         from . import _fused
 
         if self._device != "cpu":

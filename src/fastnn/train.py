@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import _fused
+from . import _fused, _guard
 from ._kernels import NonFiniteLossError
 from . import init as _init
 from .callbacks import Callback, History, ProgressLogger, TerminateOnNaN
@@ -40,9 +40,10 @@ def _metric_sums(names, output, target, loss):
     for name in names:
         if name == "accuracy" and isinstance(loss, CrossEntropyLoss):
             labels = target if target.ndim == 1 else target.argmax(axis=1)
-            sums[name] = float(np.sum(output.argmax(axis=1) == labels))
+            hits = (output.argmax(axis=1) == labels) & ~np.isnan(output).any(axis=1)
+            sums[name] = float(np.sum(hits))     # a row with a NaN is never right
         elif name == "accuracy":  # binary: logit > 0 against target > 0.5, per column
-            hits = (output > 0) == (target > 0.5)
+            hits = ((output > 0) == (target > 0.5)) & ~np.isnan(output)
             sums[name] = float(hits.reshape(len(hits), -1).mean(axis=1).sum())
         else:
             err = (output - target).reshape(len(output), -1)
@@ -109,9 +110,11 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     return X, y
 
 
+@_guard.for_reading
 def evaluate(model, loss, X, y, batch_size=256, metrics=None):
     """{"loss": value, "accuracy" (classifiers) or "mae" (regression): value} on (X, y), with
-    the model in evaluation mode (its mode is restored)."""
+    the model in evaluation mode (its mode is restored). An output row holding a NaN never
+    counts as correct. RuntimeError while another thread trains the model (see fit)."""
     names = _metric_names(metrics, loss)
     X, y = _prepare(model, loss, X, y, "X", "y")
     return _evaluate(model, loss, X, y, names, batch_size)
@@ -166,6 +169,7 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
     return seen, loss_sum, sums
 
 
+@_guard.for_training
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
         scheduler=None, initial_epoch=0, error_if_nonfinite=None):
@@ -183,6 +187,14 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     keeps the weights of the last step with a finite loss. False trains on regardless (as
     PyTorch and Keras do). None (default): True, unless a TerminateOnNaN callback is given
     (it then ends training quietly after that batch, as in Keras).
+
+    Callbacks are checked against the log entries this fit will produce before training
+    (ValueError, e.g. a ModelCheckpoint path with {val_loss} without validation data).
+    Threads: fit holds the model, its parameters and the optimizer while it runs; another
+    thread's fit, evaluate, predict or Optimizer.step on them raises RuntimeError at once and
+    the running fit goes on undisturbed. Train each model (with its optimizer) from one
+    thread at a time; several threads may predict or evaluate one model at once when it is
+    in evaluation mode (``model.eval()``) and no thread trains it.
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
@@ -228,6 +240,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + callbacks
     params = {"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
               "metrics": keys + ["lr", "epoch_time"]}
+    for c in cbs:
+        c._check_logs(params["metrics"])   # e.g. {val_loss} in a path without validation
     for c in cbs:
         c.set_model(model)
         c.set_params(params)

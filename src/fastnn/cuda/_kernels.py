@@ -106,6 +106,14 @@ def _build(ns, T, nbT):
     NEG_INF = T(-np.inf)
 
     @_inline
+    def sigmoid2(u):
+        """sigmoid(2u) without overflowing exp (the simulator's math.exp raises)."""
+        if u >= ZERO:
+            return ONE / (ONE + math.exp(-TWO * u))
+        e = math.exp(TWO * u)
+        return e / (ONE + e)
+
+    @_inline
     def act_f(code, x, p, p2):
         """f(x) for activation `code` (p, p2: negative slope, or softplus beta, threshold)."""
         if code == RELU:
@@ -119,7 +127,7 @@ def _build(ns, T, nbT):
         if code == GELU:
             return HALF * x * math.erfc(-x * SQRT1_2)       # keeps the negative tail
         if code == GELU_TANH:                               # 1 + tanh(u) = 2 sigmoid(2u)
-            return x / (ONE + math.exp(-TWO * GELU_K * (x + GELU_C * x * x * x)))
+            return x * sigmoid2(GELU_K * (x + GELU_C * x * x * x))
         if code == SILU:
             return x / (ONE + math.exp(-x))
         if code == SOFTPLUS:
@@ -146,7 +154,7 @@ def _build(ns, T, nbT):
             return dy * (cdf + x * pdf)
         if code == GELU_TANH:
             x2 = x * x
-            s = ONE / (ONE + math.exp(-TWO * GELU_K * (x + GELU_C * x2 * x)))
+            s = sigmoid2(GELU_K * (x + GELU_C * x2 * x))
             du = GELU_K * (ONE + GELU_C3 * x2)
             return dy * (s + TWO * x * s * (ONE - s) * du)
         if code == SILU:
