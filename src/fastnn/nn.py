@@ -43,6 +43,7 @@ import numpy as np
 from . import _guard
 from . import init as _init
 from . import ops
+from ._arrays import native
 
 _ALIGN = 16  # parameters start on 16-element boundaries of the flat buffer (64 bytes in f32)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -64,7 +65,8 @@ class Parameter(np.ndarray):
     """A parameter: an ndarray whose ``grad`` attribute is its gradient (same shape and dtype).
 
     Arithmetic on a Parameter gives plain ndarrays. ``Parameter(data)`` copies data into a new
-    C-contiguous array with a zero gradient.
+    C-contiguous, aligned array in native byte order with a zero gradient: float64 stays
+    float64, every other dtype (float16, '>f4', integers) becomes float32.
     """
 
     grad = None
@@ -73,8 +75,8 @@ class Parameter(np.ndarray):
 
     def __new__(cls, data, grad=None):
         a = np.array(data, copy=True, order="C")
-        if a.dtype.kind != "f":
-            a = a.astype(np.float32)
+        a = a.astype(np.float64 if a.dtype.kind == "f" and a.dtype.itemsize == 8 else np.float32,
+                     copy=False)
         p = a.view(cls)
         p.grad = np.zeros(a.shape, a.dtype) if grad is None else grad
         return p
@@ -222,7 +224,7 @@ class Module:
             if v.shape != p.shape:
                 raise ValueError(f"load_state_dict: '{name}' has shape {v.shape}, the model "
                                  f"expects {p.shape}")
-            if v.dtype != p.dtype:
+            if v.dtype.newbyteorder("=") != p.dtype:     # byte order is converted on copy
                 raise TypeError(f"load_state_dict: '{name}' has dtype {v.dtype}, the model "
                                 f"expects {p.dtype}")
 
@@ -314,7 +316,7 @@ class Module:
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
         X is converted to the model's dtype. Several threads may predict at once only on a
         model in evaluation mode that no thread trains (else RuntimeError)."""
-        X = np.asarray(X, dtype=param_dtype(self))
+        X = native(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
@@ -448,7 +450,7 @@ class Sequential(Module):
         if self._device != "cpu":
             from .cuda import train as _cuda_train
             return _cuda_train.predict(self, X, batch_size)
-        X = np.asarray(X, dtype=param_dtype(self))
+        X = native(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
@@ -484,7 +486,7 @@ def _parse_device(device):
 
 
 def _check_float(layer, x):
-    x = np.asarray(x)
+    x = np.ascontiguousarray(native(x))     # what every kernel reads without a copy
     if x.dtype not in _FLOATS:
         raise TypeError(f"{layer._where()}: expected a float32 or float64 array, got dtype "
                         f"{x.dtype}")
@@ -556,7 +558,7 @@ class Linear(Module):
         input_grad is False)."""
         self._check_host()
         x = _need(self, self._x)
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
             raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
                              f"shape {(x.shape[0], self.out_features)}, got {dout.dtype} "
@@ -593,7 +595,7 @@ class _Activation(Module):
         return self._f(self._x)
 
     def backward(self, dout):
-        return self._df(np.asarray(dout), _need(self, self._x))
+        return self._df(native(dout), _need(self, self._x))
 
     def get_config(self):
         return {}
@@ -678,7 +680,7 @@ class Softmax(Module):
         return self._y
 
     def backward(self, dout):
-        return ops.softmax_backward(np.asarray(dout), _need(self, self._y))
+        return ops.softmax_backward(native(dout), _need(self, self._y))
 
     def extra_repr(self):
         return "dim=-1"
@@ -695,7 +697,7 @@ class Flatten(Module):
         self._shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         if x.ndim < 1:
             raise ValueError(f"{self._where()}: expected an array with a batch axis, got a "
                              f"scalar")
@@ -703,7 +705,7 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        return np.asarray(dout).reshape(_need(self, self._shape))
+        return native(dout).reshape(_need(self, self._shape))
 
     def get_config(self):
         return {}
@@ -739,7 +741,7 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dout):
-        dout = np.asarray(dout)
+        dout = native(dout)
         return dout if self._mask is None else dout * self._mask
 
     def extra_repr(self):

@@ -93,10 +93,10 @@ class Optimizer:
             self._guards = _guard.guards_of(self._guard_keys)
 
     def _check(self, group):
-        for key in ("lr", "weight_decay", "eps", "momentum"):
-            if key in group and not group[key] >= 0.0:
+        for key in ("lr", "weight_decay", "eps", "momentum", "lr_decay", "alpha"):
+            if key in group and not 0.0 <= group[key] < float("inf"):
                 raise ValueError(f"{type(self).__name__}: invalid {key} {group[key]!r} "
-                                 f"(must be >= 0)")
+                                 f"(must be a finite number >= 0)")
 
     def zero_grad(self):
         """Set the gradients of all parameters to zero."""

@@ -23,8 +23,9 @@ import time
 import numpy as np
 
 from . import _fused, _guard
+from ._kernels import NonFiniteLossError
 from . import init as _init
-from .callbacks import Callback, History, ProgressLogger
+from .callbacks import Callback, History, ProgressLogger, TerminateOnNaN
 from .loss import CrossEntropyLoss, Loss, _check_finite
 from .lr_scheduler import LRScheduler, ReduceLROnPlateau
 from .nn import Dropout, Module, Sequential, param_dtype
@@ -81,7 +82,7 @@ def _as_X(X, name, dtype):
         raise ValueError(f"{name} must have shape (samples, features...), got {a.shape}")
     if len(a) == 0:
         raise ValueError(f"{name} is empty: it has no samples")
-    a = np.ascontiguousarray(a, dtype=dtype)
+    a = np.require(a, dtype, ["C", "A"])    # native, aligned, contiguous (copied if not)
     _check_finite(a, name)
     return a
 
@@ -135,6 +136,14 @@ def _check_callbacks(callbacks):
     return callbacks
 
 
+def _nonfinite(epoch, batch, steps):
+    return FloatingPointError(
+        f"fit: the training loss is not finite (NaN or infinity) at epoch {epoch + 1}, batch "
+        f"{batch + 1} of {steps}: training stopped before that batch's update, and the model "
+        f"keeps the weights of the last step with a finite loss. Lower the learning rate, "
+        f"scale the inputs, or pass error_if_nonfinite=False to train on regardless.")
+
+
 def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs):
     """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
     batch of each call with the mean loss of its batches."""
@@ -143,7 +152,11 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
     for b0 in range(0, steps, chunk):
         b1 = min(steps, b0 + chunk)
         idx = order[b0 * batch_size:b1 * batch_size]
-        part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        step0 = plan.chunk.step
+        try:
+            part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        except NonFiniteLossError as e:
+            raise _nonfinite(epoch, b0 + (e.step - step0), steps) from None
         seen += len(idx)
         loss_sum += part_loss
         correct += part_correct
@@ -159,7 +172,7 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
 @_guard.for_training
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
-        scheduler=None, initial_epoch=0):
+        scheduler=None, initial_epoch=0, error_if_nonfinite=None):
     """Train model on (X, y) and return a History.
 
     validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
@@ -169,6 +182,11 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per epoch (ReduceLROnPlateau with val_loss, or loss without validation). initial_epoch:
     resume at this epoch (epochs is the index to stop at, as in Keras). verbose: 0 silent,
     1 progress bar on a terminal (else a line per epoch), 2 a line per epoch.
+    error_if_nonfinite: True stops at the first batch whose loss is NaN or infinite, before
+    that batch's update, and raises FloatingPointError naming the epoch and batch; the model
+    keeps the weights of the last step with a finite loss. False trains on regardless (as
+    PyTorch and Keras do). None (default): True, unless a TerminateOnNaN callback is given
+    (it then ends training quietly after that batch, as in Keras).
 
     Callbacks are checked against the log entries this fit will produce before training
     (ValueError, e.g. a ModelCheckpoint path with {val_loss} without validation data).
@@ -184,6 +202,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0, epochs)
     verbose = _int_arg(verbose, "verbose", 0, 2)
     callbacks = _check_callbacks(callbacks)
+    if error_if_nonfinite is None:
+        error_if_nonfinite = not any(isinstance(c, TerminateOnNaN) for c in callbacks)
     names = _metric_names(metrics, loss) if isinstance(loss, Loss) else []
     if scheduler is not None and (not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
                                   or scheduler.optimizer is not optimizer):
@@ -237,6 +257,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
     chunk = 1 if per_batch else max(1, 8192 // batch_size)
+    if plan is not None:
+        plan.net.nonfinite_ok = not error_if_nonfinite
 
     for c in cbs:
         c.on_train_begin({})
@@ -254,6 +276,13 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         seen, loss_sum, sums = 0, 0.0, dict.fromkeys(names, 0.0)
         if gpu is not None:
             seen, loss_sum, sums = gpu.epoch(order, lr, cbs, per_batch)
+            if error_if_nonfinite and not np.isfinite(loss_sum):
+                # the GPU loop does not wait for each batch's loss: it is checked per epoch
+                raise FloatingPointError(
+                    f"fit: the training loss is not finite (NaN or infinity) in epoch "
+                    f"{epoch + 1} on the GPU (checked once per epoch there, so this epoch's "
+                    f"updates were made). Lower the learning rate or scale the inputs, or pass "
+                    f"error_if_nonfinite=False.")
         elif plan is not None:
             seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
                                                 chunk, names, seed, epoch, cbs)
@@ -262,6 +291,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             xb, yb = X[idx], y[idx]
             out = model.forward(xb)
             value = loss.forward(out, yb)
+            if error_if_nonfinite and not np.isfinite(value):
+                raise _nonfinite(epoch, b, steps)
             optimizer.zero_grad()
             if isinstance(model, Sequential):
                 model.backward(loss.backward(), input_grad=False)
