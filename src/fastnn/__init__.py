@@ -49,6 +49,18 @@ from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name):
+    """``fastnn.cuda`` is imported on first access (PEP 562): ``import fastnn`` never imports
+    numba, and ``fastnn.cuda`` works without a separate ``import fastnn.cuda``."""
+    if name == "cuda":
+        import importlib
+
+        return importlib.import_module(".cuda", __name__)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
 if _os.environ.get("FASTNN_ARCH"):
     try:
         set_arch(_os.environ["FASTNN_ARCH"])
