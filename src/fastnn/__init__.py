@@ -18,7 +18,7 @@ from ._kernels import (
     set_num_threads,
 )
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
-from .data import Standardizer, batches, one_hot, train_val_test_split
+from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
 from .io import load, load_checkpoint, save, save_checkpoint
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
@@ -81,5 +81,6 @@ __all__ = [
     # training, callbacks, data, persistence
     "fit", "evaluate", "History", "callbacks", "Callback", "EarlyStopping", "ModelCheckpoint",
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
+    "LabelEncoder", "Preprocess",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]

@@ -118,15 +118,33 @@ def _read(path, kind):
     return tensors, meta
 
 
-def save(model, path):
-    """Save the model's parameters and architecture to path (safetensors, atomic)."""
-    _write(path, model.state_dict(), {"format": _MODEL, "version": "1",
-                                      "architecture": json.dumps(architecture(model))})
+def save(model, path, preprocess=None):
+    """Save the model's parameters and architecture to path (safetensors, atomic).
+
+    preprocess: a fastnn.Preprocess (the standardizer's mean and scale, the class labels, the
+    task, the feature names), stored as JSON in the metadata key "preprocess" (the tensors
+    stay the state_dict); default: the model's own ``model.preprocess`` if it has one (a
+    model from fastnn.load keeps its preprocessing when saved again). TypeError if it is not
+    a Preprocess.
+    """
+    from .data import Preprocess
+
+    if preprocess is None:
+        preprocess = getattr(model, "preprocess", None)
+    if preprocess is not None and not isinstance(preprocess, Preprocess):
+        raise TypeError(f"save: preprocess must be a fastnn.Preprocess or None, got "
+                        f"{type(preprocess).__name__}")
+    meta = {"format": _MODEL, "version": "1", "architecture": json.dumps(architecture(model))}
+    if preprocess is not None:
+        meta["preprocess"] = json.dumps(preprocess.to_dict())
+    _write(path, model.state_dict(), meta)
 
 
 def load(path, model=None):
     """The model saved at path (a model file or a checkpoint). With model=, load the weights
-    into that model instead of rebuilding it (needed for user-defined layers)."""
+    into that model instead of rebuilding it (needed for user-defined layers). The
+    preprocessing saved with it (``save(..., preprocess=)``) comes back as
+    ``model.preprocess`` (a fastnn.Preprocess; None when the file has none)."""
     tensors, meta = _read(path, _MODEL)
     if meta["format"] == _CHECKPOINT:
         tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -137,7 +155,19 @@ def load(path, model=None):
             raise ValueError(f"{os.fspath(path)}: corrupt architecture metadata ({e!r})") from None
         model = _rebuild(arch)
     model.load_state_dict(tensors)
+    model.preprocess = _preprocess(meta, path)
     return model
+
+
+def _preprocess(meta, path):
+    from .data import Preprocess
+
+    if "preprocess" not in meta:
+        return None
+    try:
+        return Preprocess.from_dict(json.loads(meta["preprocess"]))
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}: {e}") from None
 
 
 # ---- checkpoints -----------------------------------------------------------------------------

@@ -100,7 +100,13 @@ class _FlatBuffer:
 
 
 class Module:
-    """Base class of layers and models (see the module docstring for writing one)."""
+    """Base class of layers and models (see the module docstring for writing one).
+
+    ``preprocess``: the fastnn.Preprocess saved with the model (set by fastnn.load; None
+    otherwise): ``model.preprocess.predict(model, X_raw)`` answers on raw data.
+    """
+
+    preprocess = None
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
