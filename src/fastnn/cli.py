@@ -342,7 +342,7 @@ def _read_for_model(args, model, need_target):
     if k is not None and table.X.shape[1] != k:
         extra = " and the target column" if need_target else " (or those and the target column)"
         raise UsageError(f"--data {args.data}: has {table.X.shape[1]} feature columns"
-                         f"{"" if table.target_name is None else " besides the target"}; the "
+                         f"{'' if table.target_name is None else ' besides the target'}; the "
                          f"model takes {k}{extra}")
     if pre is None:
         print(f"note: {args.model} holds no preprocessing (saved without preprocess=): the "
