@@ -191,8 +191,14 @@ def mlp_compare(workloads, libraries=LIBRARIES, repeats=5, n=60000, seed=0, log=
     libs = available(libraries)
     rows = []
     for hidden, batch in workloads:
-        runs = {lib: _BUILDERS[lib](X, y, hidden, batch, seed) for lib in libs}
-        for f in runs.values():   # warm-up: one epoch each (first-touch, JIT, caches)
+        runs = {}
+        for lib in libs:
+            if log:
+                log(f"H={hidden} B={batch} {lib}: building the model")
+            runs[lib] = _BUILDERS[lib](X, y, hidden, batch, seed)
+        for lib, f in runs.items():   # warm-up: one epoch each (first-touch, JIT, caches)
+            if log:
+                log(f"H={hidden} B={batch} {lib}: warm-up epoch")
             f()
         times = {lib: [] for lib in libs}
         for r in range(repeats):

@@ -532,7 +532,7 @@ def _bench_threads(args):
 
 
 _QUICK = {"hidden": "256", "batch": "128", "samples": 10000, "libs": "fastnn,torch,numpy",
-          "gemm": "512,128x784x256", "overhead_steps": 5000}
+          "gemm": "512,128x784x256", "overhead_steps": 2000}
 _FULL = {"hidden": "256,1024", "batch": "32,128,256", "samples": 60000,
          "libs": "fastnn,torch,numpy,sklearn", "gemm": "512,1024,32x784x256,128x784x256",
          "overhead_steps": 20000}
@@ -571,7 +571,7 @@ def _bench(args):
         f"{args.repeats} interleaved rounds, {args.threads} thread(s)")
     from . import _bench
 
-    log("importing the libraries to compare")
+    log(f"making the data ({args.samples} x 784 float32)")
     _bench_mlp.single_thread(args.threads)
     rows = _bench_mlp.mlp_compare(workloads, libs, repeats=args.repeats, n=args.samples,
                                   log=log)
