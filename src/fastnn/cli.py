@@ -178,7 +178,7 @@ def _load_training_data(args):
         counts = np.unique(table.y, return_counts=True)[1]
         if len(counts) < 2:
             raise UsageError(f"--data {path}: the target {name} holds a single class "
-                             f"({table.y[0]!r}); a classifier needs at least 2")
+                             f"({str(table.y[0])!r}); a classifier needs at least 2")
     split = fastnn.train_val_test_split(table.X, table.y, 0.15, 0.15, seed=args.seed,
                                         stratify=task == "classify")
     return path, task, reason, table, split
