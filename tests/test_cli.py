@@ -201,6 +201,12 @@ MISTAKES = {
                                        "not exist"),
     "predict: no --data": (["predict", "--model", "{model}"],
                            "the following arguments are required: --data"),
+    "predict: the model's columns are not in the header": (
+        ["predict", "--model", "{model}", "--data", "{text}"],
+        "the model's feature columns 'a', 'b' are not in the header (w, kind)"),
+    "evaluate: no target column": (["evaluate", "--model", "{model}", "--data", "{notlabel}"],
+                                   "no target column 'label' in the header (a, b); name it "
+                                   "with --target"),
     "evaluate: unknown label": (["evaluate", "--model", "{model}", "--data", "{label7}"],
                                 "line 3: label '7' is not one of the model's classes (0, 1)"),
 }
@@ -224,6 +230,7 @@ def mistake_files(tmp_path_factory):
              f"{i},{'cat' if i % 2 else 'dog'}\n" for i in range(30))),
          "oneclass": _write(d / "oneclass.csv", "w,kind\n" + "1,cat\n" * 30),
          "wide": _write(d / "wide.csv", "1,2,3,4\n5,6,7,8\n"),
+         "notlabel": _write(d / "notlabel.csv", "a,b\n0.1,0.2\n"),
          "label7": _write(d / "label7.csv", "a,b,label\n0.1,0.2,0\n0.3,0.4,7\n"),
          "model": str(d / "model.safetensors")}
     model = fn.Sequential(fn.Linear(2, 2), seed=0)
@@ -376,6 +383,14 @@ def test_regression_csv_from_the_cli(tmp_path):
     res = run("predict", "--model", str(model_path), "--data", str(tmp_path / "house.csv"))
     values = np.array([float(line.split(",")[-1]) for line in res.stdout.splitlines()[1:]])
     assert values.shape == (400,) and np.mean(np.abs(values - y)) < 0.2 * np.std(y)
+    # a header names the columns: they may come in another order, with others among them
+    evaluated = run("evaluate", "--model", str(model_path), "--data",
+                               str(tmp_path / "house.csv")).stdout.split("(")[0]
+    cols = np.column_stack([np.arange(400), y, X[:, 2], X[:, 0], X[:, 1]])
+    np.savetxt(tmp_path / "shuffled.csv", cols, delimiter=",", fmt="%.5f",
+               header="id,price,dist,rooms,age", comments="")
+    res = run("evaluate", "--model", str(model_path), "--data", str(tmp_path / "shuffled.csv"))
+    assert res.returncode == 0 and res.stdout.split("(")[0] == evaluated
 
 
 def test_task_override_and_integer_labels(tmp_path):

@@ -328,7 +328,15 @@ def _read_for_model(args, model, need_target):
             header=args.header, numeric=False)
         width = len(peek.names)
         target = getattr(args, "target", None)
-        if target is None and (need_target or (k is not None and width == k + 1)):
+        by_name = peek.header and pre is not None and pre.feature_names is not None
+        if by_name:   # the header names the columns: pick the model's by name
+            if target is None and need_target:
+                if not (isinstance(saved, str) and saved in peek.names):
+                    raise UsageError(f"--data {args.data}: no target column {saved!r} in the "
+                                     f"header ({', '.join(peek.names)}); name it with "
+                                     f"--target")
+                target = saved
+        elif target is None and (need_target or (k is not None and width == k + 1)):
             if isinstance(saved, str) and peek.header and saved in peek.names:
                 target = saved
             elif isinstance(saved, int) and saved < width and not peek.header:
@@ -336,7 +344,7 @@ def _read_for_model(args, model, need_target):
             else:
                 target = -1
         table = read_csv(args.data, target=target, delimiter=args.delimiter,
-                         header=args.header)
+                         header=peek.header, features=pre.feature_names if by_name else None)
     except DataError as e:
         raise UsageError(str(e)) from None
     if k is not None and table.X.shape[1] != k:
@@ -630,7 +638,7 @@ def _build_parser():
     both = argparse.ArgumentParser(add_help=False, parents=[common, threads])
     p = _Parser(prog="fastnn", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
     _add_train(sub, both)
     sub.add_parser("info", parents=[both], help="print build and CPU facts").set_defaults(
         run=_info)

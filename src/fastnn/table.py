@@ -164,13 +164,15 @@ def _numeric(path, strings, lines, name):
     return None, (lines[i], cell)
 
 
-def read_csv(path, target=-1, delimiter=None, header=None, numeric=True):
+def read_csv(path, target=-1, delimiter=None, header=None, numeric=True, features=None):
     """Read a CSV file into a :class:`Table` (see the module docstring).
 
     target: the target column, by name or index (default -1: the last); None: every column
     is a feature (prediction input). delimiter: one character (None: sniffed).
     header: True, False or None (detected). numeric=False: only the rows as text and the
-    column names (X and y are None). Raises DataError.
+    column names (X and y are None). features: the feature columns by name, in this order
+    (the file needs a header row; other columns are ignored); default: every column but the
+    target. Raises DataError.
     """
     path = os.fspath(path)
     if delimiter is not None and len(delimiter) != 1:
@@ -194,10 +196,24 @@ def read_csv(path, target=-1, delimiter=None, header=None, numeric=True):
         return Table(path, None, None, None, None, t, np.array(lines), header, delimiter, rows,
                      names)
     quoted = (lambda j: repr(names[j]) if header else names[j])
-    X = np.empty((len(rows), width - (t is not None)), np.float64)
+    if features is None:
+        use = [j for j in range(width) if j != t]
+    else:
+        missing = [f for f in features if f not in names]
+        if not header or missing:
+            raise DataError(f"{path}: the model's feature column"
+                            f"{'s' if len(missing) != 1 else ''} "
+                            f"{', '.join(repr(f) for f in missing or features)} "
+                            f"{'are' if len(missing) != 1 else 'is'} not in the header "
+                            f"({', '.join(names)}): rename the columns, or remove the header "
+                            f"row to match them by position")
+        use = [names.index(f) for f in features]
+        if t in use:
+            raise DataError(f"{path}: the target column {quoted(t)} is one of the model's "
+                            f"features")
+    X = np.empty((len(rows), len(use)), np.float64)
     y = None
-    k = 0
-    for j in range(width):
+    for j in ([t] if t is not None else []) + use:
         strings = [r[j] for r in rows]
         values, bad = _numeric(path, strings, lines, quoted(j))
         if j == t:
@@ -216,9 +232,8 @@ def read_csv(path, target=-1, delimiter=None, header=None, numeric=True):
                             f"{bad[1]!r}; features must be numbers (drop or encode that "
                             f"column{'' if t is None else ', or name the target with --target'}"
                             f")")
-        X[:, k] = values
-        k += 1
-    feature_names = [names[j] for j in range(width) if j != t]
+        X[:, use.index(j)] = values
+    feature_names = [names[j] for j in use]
     return Table(path, X, y, feature_names, None if t is None else names[t], t,
                  np.array(lines), header, delimiter, rows, names)
 
