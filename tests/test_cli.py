@@ -385,7 +385,7 @@ def test_regression_csv_from_the_cli(tmp_path):
     assert values.shape == (400,) and np.mean(np.abs(values - y)) < 0.2 * np.std(y)
     # a header names the columns: they may come in another order, with others among them
     evaluated = run("evaluate", "--model", str(model_path), "--data",
-                               str(tmp_path / "house.csv")).stdout.split("(")[0]
+                    str(tmp_path / "house.csv")).stdout.split("(")[0]
     cols = np.column_stack([np.arange(400), y, X[:, 2], X[:, 0], X[:, 1]])
     np.savetxt(tmp_path / "shuffled.csv", cols, delimiter=",", fmt="%.5f",
                header="id,price,dist,rooms,age", comments="")
