@@ -215,3 +215,21 @@ def test_infer_task():
     assert task == "regress" and "200 distinct integer values" in why
 
 
+
+
+def test_read_csv_fast_and_careful_paths_agree(tmp_path, monkeypatch):
+    """numpy's loadtxt reads clean numeric columns; the csv-module path (taken when a cell is
+    not a finite number) gives the same numbers."""
+    import fastnn.table as table
+
+    X = np.round(np.random.default_rng(0).normal(size=(30, 3)), 4)
+    lines = ["x, y, z, kind"] + [f'{a}, "{b}", {c}, {"ab"[i % 2]}' for i, (a, b, c) in
+                                 enumerate(X)]
+    lines.insert(5, "")
+    path = _csv(tmp_path, "\n".join(lines) + "\n")
+    fast = read_csv(path)
+    monkeypatch.setattr(table, "_fast_numeric", lambda *a: None)
+    careful = read_csv(path)
+    for t in (fast, careful):
+        np.testing.assert_array_equal(t.X, X)
+        assert list(t.y) == ["ab"[i % 2] for i in range(30)] and t.lines[4] == 6

@@ -88,9 +88,9 @@ def _read_rows(path, delimiter):
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
     rows, lines = [], []
     try:
-        for row in reader:
-            if row and any(c.strip() for c in row):
-                rows.append([c.strip() for c in row])
+        for row in reader:   # skipinitialspace strips the fields' leading blanks
+            if len(row) > 1 or (row and row[0].strip()):
+                rows.append(row)
                 lines.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: cannot parse the CSV ({e})") from None
@@ -102,7 +102,7 @@ def _read_rows(path, delimiter):
             raise DataError(f"{path}: line {line} has {len(row)} fields, expected {width} like "
                             f"line {lines[0]} (delimiter {_describe_delimiter(delimiter)}; "
                             f"pass --delimiter if the file uses another)")
-    return rows, lines, delimiter
+    return rows, lines, delimiter, text
 
 
 def _detect_header(rows):
@@ -113,7 +113,7 @@ def _detect_header(rows):
     for j, cell in enumerate(rows[0]):
         if _is_number(cell):
             continue
-        below = [r[j] for r in body if r[j].lower() not in MISSING]
+        below = [r[j] for r in body if r[j].strip().lower() not in MISSING]
         if below and all(_is_number(c) for c in below):
             return True
     # every column that is text in the first row is text below too: a header only when
@@ -154,7 +154,7 @@ def _numeric(path, strings, lines, name):
         i = int(bad[0])
     else:
         i = next(i for i, c in enumerate(strings) if not _is_number(c))
-    cell = strings[i]
+    cell = strings[i].strip()
     if cell.lower() in MISSING:
         raise DataError(f"{path}: missing value at line {lines[i]}, column {name} "
                         f"({cell!r}); fastnn does not fill missing values: fill or drop "
@@ -162,6 +162,19 @@ def _numeric(path, strings, lines, name):
     if _is_number(cell) or cell.lower().lstrip("+-") in ("inf", "infinity"):
         raise DataError(f"{path}: non-finite value {cell!r} at line {lines[i]}, column {name}")
     return None, (lines[i], cell)
+
+
+def _fast_numeric(text, delimiter, skip, n, use):
+    """The columns `use` of the data rows as float64, parsed by numpy's loadtxt, when every
+    one of their cells is a finite number and the rows are plain (one line each); None
+    otherwise (the caller then goes column by column through the csv module's rows, which
+    name the first bad cell)."""
+    try:
+        X = np.loadtxt(io.StringIO(text), delimiter=delimiter, skiprows=skip, usecols=use,
+                       dtype=np.float64, ndmin=2, comments=None, quotechar='"')
+    except (ValueError, IndexError):
+        return None
+    return X if X.shape == (n, len(use)) and np.isfinite(X).all() else None
 
 
 def read_csv(path, target=-1, delimiter=None, header=None, numeric=True, features=None):
@@ -177,12 +190,13 @@ def read_csv(path, target=-1, delimiter=None, header=None, numeric=True, feature
     path = os.fspath(path)
     if delimiter is not None and len(delimiter) != 1:
         raise DataError(f"--delimiter: expected one character, got {delimiter!r}")
-    rows, lines, delimiter = _read_rows(path, delimiter)
+    rows, lines, delimiter, text = _read_rows(path, delimiter)
     if header is None:
         header = _detect_header(rows)
+    skip = lines[0] if header else lines[0] - 1   # physical lines before the data
     width = len(rows[0])
     if header:
-        names, rows, lines = rows[0], rows[1:], lines[1:]
+        names, rows, lines = [c.strip() for c in rows[0]], rows[1:], lines[1:]
         if not rows:
             raise DataError(f"{path}: the file holds a header row but no data rows")
     else:
@@ -211,10 +225,13 @@ def read_csv(path, target=-1, delimiter=None, header=None, numeric=True, feature
         if t in use:
             raise DataError(f"{path}: the target column {quoted(t)} is one of the model's "
                             f"features")
-    X = np.empty((len(rows), len(use)), np.float64)
+    X = _fast_numeric(text, delimiter, skip, len(rows), use) if use else None
+    slow = X is None
+    if slow:
+        X = np.empty((len(rows), len(use)), np.float64)
     y = None
-    for j in ([t] if t is not None else []) + use:
-        strings = [r[j] for r in rows]
+    for j in ([t] if t is not None else []) + (use if slow else []):
+        strings = [r[j].strip() for r in rows]
         values, bad = _numeric(path, strings, lines, quoted(j))
         if j == t:
             if bad is not None:
