@@ -232,4 +232,4 @@ def test_read_csv_fast_and_careful_paths_agree(tmp_path, monkeypatch):
     careful = read_csv(path)
     for t in (fast, careful):
         np.testing.assert_array_equal(t.X, X)
-        assert list(t.y) == ["ab"[i % 2] for i in range(30)] and t.lines[4] == 6
+        assert list(t.y) == ["ab"[i % 2] for i in range(30)] and t.lines[3] == 5 and t.lines[4] == 7
