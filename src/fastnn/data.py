@@ -207,9 +207,10 @@ class Preprocess:
     target: the target column's name or index at training time (or None).
 
     ``transform(X)`` applies the standardizer (X: (n, features) or one sample (features,));
-    ``decode(output)`` turns model outputs into answers: class labels (the argmax of a
-    multi-column output, or ``output > 0`` for a single logit) or regression values in the
-    target's units. ``predict(model, X)`` does both.
+    ``decode(output)`` turns model outputs into answers: for a classifier, class labels (the
+    argmax of a multi-column output, or ``output > 0`` for a single logit); for a regression,
+    values in the target's units; with task None, a single column is taken as values and
+    several as class scores. ``predict(model, X)`` does both.
     """
 
     def __init__(self, standardizer=None, label_encoder=None, target_standardizer=None,
@@ -264,7 +265,7 @@ class Preprocess:
         out = np.asarray(output)
         one = out.ndim == 1
         out = out[None] if one else out
-        if self.task == "regress":
+        if self.task == "regress" or (self.task is None and out.shape[1] == 1):
             if self.target_standardizer is not None:
                 out = self.target_standardizer.inverse_transform(out.astype(np.float64))
             res = out[:, 0] if out.shape[1] == 1 else out
