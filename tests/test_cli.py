@@ -436,3 +436,18 @@ def test_bench_quick_defaults_and_progress_on_stderr(monkeypatch, capsys):
     assert cli.main(["bench", "--full", "--json", "-q"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and seen["n"] == 60000 and len(seen["workloads"]) == 6
+
+
+def test_predict_with_a_model_saved_without_preprocessing(tmp_path, capsys):
+    """A plain fn.save file: features used as they are (said on stderr), argmax class
+    indices; a tab-separated file given with --delimiter '\\t' and --no-header."""
+    model = fn.Sequential(fn.Linear(2, 3), seed=0)
+    fn.save(model, tmp_path / "plain.safetensors")
+    X = np.array([[0.5, -1.0], [2.0, 3.0]])
+    (tmp_path / "x.tsv").write_text("0.5\t-1\n2\t3\n")
+    assert cli.main(["predict", "--model", str(tmp_path / "plain.safetensors"), "--data",
+                     str(tmp_path / "x.tsv"), "--delimiter", "\\t", "--no-header"]) == 0
+    out, err = capsys.readouterr()
+    assert "holds no preprocessing" in err
+    expected = model.predict(X).argmax(axis=1)
+    assert out == f"0.5\t-1\t{expected[0]}\n2\t3\t{expected[1]}\n"
