@@ -753,3 +753,34 @@ def test_checkpoint_options_may_change_between_int_and_float(tmp_path):
     fn.load_checkpoint(tmp_path / "ck.safetensors", m2, o2, s2)
     assert o2.param_groups[0]["lr"] == 0.5 and s2.get_last_lr() == [0.5]
     np.testing.assert_array_equal(m2[0].weight, model[0].weight)
+
+
+@pytest.mark.parametrize("o_tmpfile", [True, False])
+def test_the_file_being_written_has_no_name_with_o_tmpfile(tmp_path, monkeypatch, o_tmpfile):
+    """With O_TMPFILE the data goes into an anonymous file (nothing to leave behind); without
+    it, into .NAME.PID.RANDOM.tmp beside the target."""
+    import re
+
+    if o_tmpfile and not hasattr(os, "O_TMPFILE"):
+        pytest.skip("this OS has no O_TMPFILE")
+    monkeypatch.setattr(fn.io, "_USE_O_TMPFILE", o_tmpfile)
+    seen = []
+    real_fdopen = os.fdopen
+
+    class Spy(FailingFile):
+        def write(self, data):
+            if not seen:
+                seen.append(sorted(os.listdir(tmp_path)))
+            return super().write(data)
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Spy(real_fdopen(fd, mode), 1 << 30))
+    fn.save(fn.Linear(3, 2, seed=0), tmp_path / "m.safetensors")
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    if o_tmpfile:
+        assert seen == [[]]
+    else:
+        (name,) = seen[0]
+        assert re.fullmatch(rf"\.m\.safetensors\.{os.getpid()}\.[0-9a-f]{{16}}\.tmp", name)
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+    np.testing.assert_array_equal(fn.load(tmp_path / "m.safetensors").weight,
+                                  fn.Linear(3, 2, seed=0).weight)

@@ -39,8 +39,8 @@ def _class_labels(y):
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or np.any(y != np.round(y)):
             bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]
-            raise ValueError(f"stratify=True needs y of class labels, got {y[bad].item()!r} at index "
-                             f"{bad} (continuous targets cannot be stratified)")
+            raise ValueError(f"stratify=True needs y of class labels, got {y[bad].item()!r} at "
+                             f"index {bad} (continuous targets cannot be stratified)")
     elif y.dtype.kind not in "iubUSO":
         raise ValueError(f"stratify=True needs y of class labels, got dtype {y.dtype}")
     try:
