@@ -136,7 +136,7 @@ def test_without_numba_is_available_is_false_and_require_says_pip_install():
              "try:\n    fc.require()\nexcept RuntimeError as e:\n    print(e)\n"
              "try:\n    fc.ops\nexcept RuntimeError as e:\n    print('ops:', e)\n")
     assert r.returncode == 0, r.stderr
-    assert "pip install fastnn[cuda]" in r.stdout and "ops:" in r.stdout, r.stdout
+    assert "pip install fastnn-core[cuda]" in r.stdout and "ops:" in r.stdout, r.stdout
 
 
 def test_without_gpu_is_available_is_false_and_require_names_the_gpu():

@@ -105,14 +105,19 @@ class _Monitor(Callback):
 
 class EarlyStopping(_Monitor):
     """Stop training when `monitor` has not improved by more than min_delta for `patience`
-    epochs; restore_best_weights sets the weights of the best epoch back at the end."""
+    epochs; restore_best_weights sets the weights of the best epoch back at the end.
+    verbose=1 prints a line when it stops training and when it restores weights (Keras's
+    messages, with the monitored values)."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
-                 restore_best_weights=False):
+                 restore_best_weights=False, verbose=0):
         super().__init__(monitor, mode, min_delta)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
         self.patience, self.restore_best_weights = int(patience), bool(restore_best_weights)
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"EarlyStopping: verbose must be 0 or 1, got {verbose!r}")
+        self.verbose = int(verbose)
 
     def _check_logs(self, keys):
         self._check_monitor(keys)
@@ -133,10 +138,19 @@ class EarlyStopping(_Monitor):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
+            if self.verbose:
+                best = "no finite value yet" if self.best_epoch is None else \
+                    f"best {self.best:.6g} at epoch {self.best_epoch + 1}"
+                print(f"Epoch {epoch + 1}: early stopping: {self.monitor} did not improve "
+                      f"for {self.wait} epoch{'s' if self.wait != 1 else ''} ({best})",
+                      flush=True)
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1} ({self.monitor} {self.best:.6g})", flush=True)
 
 
 class ModelCheckpoint(_Monitor):

@@ -188,3 +188,211 @@ def _batches(X, y, batch_size, order):
         idx = slice(start, start + batch_size) if order is None \
             else order[start:start + batch_size]
         yield X[idx] if y is None else (X[idx], y[idx])
+
+
+class LabelEncoder:
+    """Class labels (strings, integers or floats) <-> class indices 0 .. n_classes - 1, as
+    scikit-learn's LabelEncoder: ``fit(y)`` stores the sorted distinct labels in
+    ``classes_``; ``transform(y)`` gives each label's index (int64); ``inverse_transform(i)``
+    gives the labels back. A label not seen by fit raises ValueError naming it and its index.
+
+        enc = fn.LabelEncoder().fit(["cat", "dog", "cat"])   # classes_ ['cat' 'dog']
+        enc.transform(["dog"])                                # array([1])
+    """
+
+    def __init__(self):
+        self.classes_ = None
+
+    @staticmethod
+    def _labels(y, where):
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"LabelEncoder.{where}: expected a 1-D array of labels, got "
+                             f"shape {y.shape}")
+        if y.dtype.kind not in "iufUSOb":
+            raise TypeError(f"LabelEncoder.{where}: expected string or numeric labels, got "
+                            f"dtype {y.dtype}")
+        if y.dtype.kind == "O":
+            y = y.astype(str)
+        if y.dtype.kind == "f" and np.isnan(y).any():
+            raise ValueError(f"LabelEncoder.{where}: labels must not be NaN (index "
+                             f"{int(np.flatnonzero(np.isnan(y))[0])})")
+        return y
+
+    def fit(self, y):
+        y = self._labels(y, "fit")
+        if len(y) == 0:
+            raise ValueError("LabelEncoder.fit: expected at least one label, got none")
+        self.classes_ = np.unique(y)
+        return self
+
+    def _check_fitted(self):
+        if self.classes_ is None:
+            raise RuntimeError("LabelEncoder: call fit(y) first")
+
+    def transform(self, y):
+        self._check_fitted()
+        y = self._labels(y, "transform")
+        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
+            raise TypeError(f"LabelEncoder.transform: fitted on {self.classes_.dtype} labels, "
+                            f"got {y.dtype}")
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.minimum(idx, len(self.classes_) - 1)
+        bad = np.flatnonzero(self.classes_[idx] != y)
+        if bad.size:
+            raise ValueError(f"LabelEncoder.transform: label {y[bad[0]].item()!r} at index "
+                             f"{int(bad[0])} was not seen by fit (known: "
+                             f"{_short_list(self.classes_)})")
+        return idx.astype(np.int64)
+
+    def fit_transform(self, y):
+        return self.fit(y).transform(y)
+
+    def inverse_transform(self, indices):
+        self._check_fitted()
+        i = np.asarray(indices)
+        if i.dtype.kind not in "iu":
+            raise TypeError(f"LabelEncoder.inverse_transform: expected integer class indices, "
+                            f"got dtype {i.dtype}")
+        bad = np.flatnonzero((i < 0) | (i >= len(self.classes_)))
+        if bad.size:
+            raise ValueError(f"LabelEncoder.inverse_transform: class indices must be in "
+                             f"[0, {len(self.classes_)}), got {i.ravel()[bad[0]]}")
+        return self.classes_[i]
+
+
+def _short_list(values, n=8):
+    items = [str(v) for v in values[:n]]
+    return ", ".join(items) + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+class Preprocess:
+    """What a model needs around it to work on raw data, saved with it by
+    ``fastnn.save(model, path, preprocess=...)`` and restored by ``fastnn.load`` as
+    ``model.preprocess``:
+
+    standardizer: a fitted :class:`Standardizer` of the features (or None).
+    label_encoder: a fitted :class:`LabelEncoder` of the class labels (classifiers; or None).
+    target_standardizer: a fitted :class:`Standardizer` of a regression target, shape (n, 1)
+        or (n, outputs) (or None).
+    task: "classify", "regress" or None. feature_names: the input columns' names (or None).
+    target: the target column's name or index at training time (or None).
+
+    ``transform(X)`` applies the standardizer (X: (n, features) or one sample (features,));
+    ``decode(output)`` turns model outputs into answers: for a classifier, class labels (the
+    argmax of a multi-column output, or ``output > 0`` for a single logit); for a regression,
+    values in the target's units; with task None, a single column is taken as values and
+    several as class scores. ``predict(model, X)`` does both.
+    """
+
+    def __init__(self, standardizer=None, label_encoder=None, target_standardizer=None,
+                 task=None, feature_names=None, target=None):
+        for name, v, cls in (("standardizer", standardizer, Standardizer),
+                             ("label_encoder", label_encoder, LabelEncoder),
+                             ("target_standardizer", target_standardizer, Standardizer)):
+            if v is not None and not isinstance(v, cls):
+                raise TypeError(f"Preprocess: {name} must be a fastnn {cls.__name__} or None, "
+                                f"got {type(v).__name__}")
+            fitted = v is None or getattr(v, "mean_" if cls is Standardizer else "classes_",
+                                          None) is not None
+            if not fitted:
+                raise ValueError(f"Preprocess: {name} is not fitted (call fit first)")
+        if task not in (None, "classify", "regress"):
+            raise ValueError(f"Preprocess: task must be 'classify', 'regress' or None, got "
+                             f"{task!r}")
+        if task is None:
+            task = "classify" if label_encoder is not None else (
+                "regress" if target_standardizer is not None else None)
+        self.standardizer, self.label_encoder = standardizer, label_encoder
+        self.target_standardizer, self.task = target_standardizer, task
+        self.feature_names = None if feature_names is None else [str(f) for f in feature_names]
+        self.target = target
+        if self.feature_names is not None and standardizer is not None \
+                and len(self.feature_names) != len(standardizer.mean_):
+            raise ValueError(f"Preprocess: {len(self.feature_names)} feature_names for a "
+                             f"standardizer of {len(standardizer.mean_)} features")
+
+    @property
+    def n_features(self):
+        """The number of input features (None when unknown)."""
+        if self.standardizer is not None:
+            return len(self.standardizer.mean_)
+        return None if self.feature_names is None else len(self.feature_names)
+
+    @property
+    def classes_(self):
+        return None if self.label_encoder is None else self.label_encoder.classes_
+
+    def transform(self, X):
+        """Standardised features, float32 (or X's float dtype)."""
+        X = np.asarray(X)
+        one = X.ndim == 1
+        X = X[None] if one else X
+        if self.standardizer is not None:
+            X = self.standardizer.transform(X)
+        return X[0] if one else X
+
+    def decode(self, output):
+        """Model outputs (n, k) (or one row (k,)) -> (n,) answers: class labels or values."""
+        out = np.asarray(output)
+        one = out.ndim == 1
+        out = out[None] if one else out
+        if self.task == "regress" or (self.task is None and out.shape[1] == 1):
+            if self.target_standardizer is not None:
+                out = self.target_standardizer.inverse_transform(out.astype(np.float64))
+            res = out[:, 0] if out.shape[1] == 1 else out
+        else:
+            idx = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 \
+                else out.argmax(axis=1)
+            res = idx if self.label_encoder is None else self.label_encoder.inverse_transform(idx)
+        return res[0] if one else res
+
+    def predict(self, model, X):
+        """Answers for raw X: ``decode(model.predict(transform(X)))``."""
+        return self.decode(model.predict(self.transform(X)))
+
+    # ---- the file form (fastnn.save's "preprocess" metadata: JSON, floats exact) ----
+    def to_dict(self):
+        """A JSON-able dict (floats as Python floats: JSON keeps their exact value)."""
+        def scaler(s):
+            return None if s is None else {"mean": s.mean_.tolist(), "scale": s.scale_.tolist()}
+        enc = self.label_encoder
+        return {"version": 1, "task": self.task, "feature_names": self.feature_names,
+                "target": self.target, "standardizer": scaler(self.standardizer),
+                "target_standardizer": scaler(self.target_standardizer),
+                "classes": None if enc is None else enc.classes_.tolist(),
+                "classes_kind": None if enc is None else enc.classes_.dtype.kind}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of to_dict; ValueError when d is not one."""
+        def scaler(v):
+            if v is None:
+                return None
+            s = Standardizer()
+            s.mean_ = np.array(v["mean"], dtype=np.float64)
+            s.scale_ = np.array(v["scale"], dtype=np.float64)
+            if s.mean_.shape != s.scale_.shape or s.mean_.ndim != 1:
+                raise ValueError("mean and scale differ in shape")
+            return s
+        try:
+            enc = None
+            if d.get("classes") is not None:
+                enc = LabelEncoder()
+                kind = {"U": str, "S": str, "i": np.int64, "u": np.int64,
+                        "b": np.bool_}.get(d["classes_kind"], np.float64)
+                enc.classes_ = np.array(d["classes"], dtype=kind)
+            return cls(standardizer=scaler(d.get("standardizer")), label_encoder=enc,
+                       target_standardizer=scaler(d.get("target_standardizer")),
+                       task=d.get("task"), feature_names=d.get("feature_names"),
+                       target=d.get("target"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"corrupt preprocessing metadata ({e!r})") from None
+
+    def __repr__(self):
+        parts = [f"task={self.task!r}"]
+        if self.n_features is not None:
+            parts.append(f"features={self.n_features}")
+        if self.label_encoder is not None:
+            parts.append(f"classes=[{_short_list(self.label_encoder.classes_)}]")
+        return f"Preprocess({', '.join(parts)})"

@@ -556,11 +556,27 @@ def _fsync_folder(folder):
 
 # ---- models ----------------------------------------------------------------------------------
 
-def save(model, path):
+def save(model, path, preprocess=None):
     """Save the model's parameters and architecture to path (safetensors, atomic, with
-    checksums). path: a str or os.PathLike; a symbolic link's target is replaced."""
-    _write(path, model.state_dict(), {"format": _MODEL,
-                                      "architecture": json.dumps(architecture(model))})
+    checksums). path: a str or os.PathLike; a symbolic link's target is replaced.
+
+    preprocess: a fastnn.Preprocess (the standardizer's mean and scale, the class labels, the
+    task, the feature names), stored as JSON in the metadata key "preprocess" (the tensors
+    stay the state_dict); default: the model's own ``model.preprocess`` if it has one (a
+    model from fastnn.load keeps its preprocessing when saved again). TypeError if it is not
+    a Preprocess.
+    """
+    from .data import Preprocess
+
+    if preprocess is None:
+        preprocess = getattr(model, "preprocess", None)
+    if preprocess is not None and not isinstance(preprocess, Preprocess):
+        raise TypeError(f"save: preprocess must be a fastnn.Preprocess or None, got "
+                        f"{type(preprocess).__name__}")
+    meta = {"format": _MODEL, "architecture": json.dumps(architecture(model))}
+    if preprocess is not None:
+        meta["preprocess"] = json.dumps(preprocess.to_dict())
+    _write(path, model.state_dict(), meta)
 
 
 def load(path, model=None):
@@ -568,7 +584,9 @@ def load(path, model=None):
 
     With model=, load the weights into that model instead of rebuilding it (needed for
     user-defined layers); then any safetensors file whose tensors have the model's
-    state_dict names, shapes and dtypes loads (e.g. one written from PyTorch).
+    state_dict names, shapes and dtypes loads (e.g. one written from PyTorch). The
+    preprocessing saved with it (``save(..., preprocess=)``) comes back as
+    ``model.preprocess`` (a fastnn.Preprocess; None when the file has none).
 
     Raises ValueError for a corrupt, truncated or foreign file, a checksum mismatch, or
     tensors that do not match the architecture or model (checked before anything is built
@@ -581,6 +599,7 @@ def load(path, model=None):
                          f"(to read its tensors into a model you built: "
                          f"fastnn.load(path, model=model))")
     prefix = "model." if fmt == _CHECKPOINT else ""
+    preprocess = _preprocess(f.meta, f.path)   # checked before anything is built or read
     if model is None:
         arch = f.json("architecture", "architecture")
         try:
@@ -591,12 +610,25 @@ def load(path, model=None):
         model = _rebuild(arch)   # a new model: the data goes straight into its parameters
         f.read([prefix + k for k in specs],
                into={prefix + k: p for k, p in model.named_parameters()})
+        model.preprocess = preprocess
         return model
     specs = {k: (p.shape, p.dtype) for k, p in model.named_parameters()}
     f.check(specs, prefix, "the model")
     tensors = f.read([prefix + k for k in specs])   # all verified before the model changes
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
+    model.preprocess = preprocess
     return model
+
+
+def _preprocess(meta, path):
+    from .data import Preprocess
+
+    if "preprocess" not in meta:
+        return None
+    try:
+        return Preprocess.from_dict(json.loads(meta["preprocess"]))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ValueError(f"{os.fspath(path)}: corrupt preprocess metadata ({e!r})") from None
 
 
 # ---- checkpoints -----------------------------------------------------------------------------

@@ -105,6 +105,10 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     if y.ndim == 0 or len(y) != len(X):
         raise ValueError(f"{name_X} and {name_y} have different lengths: {len(X)} and "
                          f"{len(y) if y.ndim else 'a scalar'}")
+    first = model._input_layer()
+    if first is not None and (X.ndim != 2 or X.shape[1] != first.in_features):
+        raise ValueError(f"{first._where()}: expected input with {first.in_features} features, "
+                         f"got {X.shape[-1]} ({name_X} has shape {X.shape})")
     out = model.predict(X[:1])
     y = loss.check_target(y, (len(X),) + out.shape[1:], out.dtype, name_y)
     return X, y
