@@ -586,7 +586,6 @@ def test_fused_step_never_counts_a_nan_row_as_correct():
     assert plan is not None
     expected = int(np.sum(model.predict(X).argmax(axis=1) == 0))
     assert plan.train(X, labels, np.arange(64), 64, 0)[1] == expected > 0
-    plan.net.nonfinite_ok = True       # count on past the NaN loss (fit's opt-out)
     model[0].weight[0, 0] = np.nan     # column 0, the label, is NaN in every output row:
     plan.net.nonfinite_ok = True       # (the loss is NaN: train on to count the accuracy)
     assert plan.train(X, labels, np.arange(64), 64, 0)[1] == 0    # no comparison wins it
