@@ -616,7 +616,8 @@ def load(path, model=None):
     f.check(specs, prefix, "the model")
     tensors = f.read([prefix + k for k in specs])   # all verified before the model changes
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
-    model.preprocess = preprocess
+    if preprocess is not None or not hasattr(model, "preprocess"):
+        model.preprocess = preprocess      # a user's own preprocess stays when the file has none
     return model
 
 
