@@ -308,9 +308,13 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
-    def predict(self, X, batch_size=256):
+    def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
-        X is converted to the model's dtype."""
+        X is converted to the model's dtype. comm: split the rows between its ranks (see
+        fastnn.distributed.predict); every rank gets the whole output."""
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
         X = np.asarray(X, dtype=param_dtype(self))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -434,10 +438,15 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def predict(self, X, batch_size=256):
+    def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X in batches in evaluation mode; a model of Linear layers and
-        activations runs it in one native call (fastnn._fused), with the same numbers."""
+        activations runs it in one native call (fastnn._fused), with the same numbers.
+        comm: the rows split between its ranks (fastnn.distributed.predict)."""
         from . import _fused
+
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
 
         if self._device != "cpu":
             from .cuda import train as _cuda_train

@@ -108,16 +108,23 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     return X, y
 
 
-def evaluate(model, loss, X, y, batch_size=256, metrics=None):
+def evaluate(model, loss, X, y, batch_size=256, metrics=None, comm=None):
     """{"loss": value, "accuracy" (classifiers) or "mae" (regression): value} on (X, y), with
-    the model in evaluation mode (its mode is restored)."""
+    the model in evaluation mode (its mode is restored). comm (an mpi4py communicator or a
+    fastnn.distributed.Communicator): the rows are split between the ranks and every rank
+    gets the result for all of (X, y)."""
     names = _metric_names(metrics, loss)
     X, y = _prepare(model, loss, X, y, "X", "y")
-    return _evaluate(model, loss, X, y, names, batch_size)
+    dist = None
+    if comm is not None:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, False)
+    return _evaluate(model, loss, X, y, names, batch_size, dist)
 
 
-def _evaluate(model, loss, X, y, names, batch_size=256):
-    out = model.predict(X, batch_size=batch_size)
+def _evaluate(model, loss, X, y, names, batch_size=256, dist=None):
+    out = (model.predict(X, batch_size=batch_size) if dist is None
+           else dist.predict(model, X, batch_size))
     logs = {"loss": loss.forward(out, y)}
     logs.update({k: v / len(X) for k, v in _metric_sums(names, out, y, loss).items()})
     return logs
@@ -132,7 +139,8 @@ def _check_callbacks(callbacks):
     return callbacks
 
 
-def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs):
+def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs,
+                 dist=None):
     """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
     batch of each call with the mean loss of its batches."""
     seen, loss_sum, correct = 0, 0.0, 0
@@ -140,7 +148,11 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
     for b0 in range(0, steps, chunk):
         b1 = min(steps, b0 + chunk)
         idx = order[b0 * batch_size:b1 * batch_size]
-        part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        if dist is None:
+            part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        else:
+            part_loss, part_correct = plan.train(X, y, idx, batch_size, key, dist, model)
+            dist.check(plan.net_params, plan.chunk.step)
         seen += len(idx)
         loss_sum += part_loss
         correct += part_correct
@@ -155,7 +167,7 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
 
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
-        scheduler=None, initial_epoch=0):
+        scheduler=None, initial_epoch=0, comm=None, deterministic=False):
     """Train model on (X, y) and return a History.
 
     validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
@@ -165,6 +177,11 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per epoch (ReduceLROnPlateau with val_loss, or loss without validation). initial_epoch:
     resume at this epoch (epochs is the index to stop at, as in Keras). verbose: 0 silent,
     1 progress bar on a terminal (else a line per epoch), 2 a line per epoch.
+
+    comm: data-parallel training over the ranks of an mpi4py communicator (or a
+    fastnn.distributed.Communicator); every rank passes the same arguments and batch_size is
+    the global batch. deterministic=True (or a shard count): the exact mode, whose weights
+    are the same bits for any number of ranks. See fastnn.distributed.
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
@@ -184,6 +201,13 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     if validation_split and validation_data is not None:
         raise ValueError("pass validation_data or validation_split, not both")
 
+    dist = None
+    if comm is not None or deterministic:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, deterministic)
+        if dist.rank != 0:
+            verbose = 0          # progress and checkpoints from rank 0 only
+            callbacks = [c for c in callbacks if not _dist.rank0_only(c)]
     X, y = _prepare(model, loss, X, y, "X", "y")
     val = None
     if validation_split:
@@ -201,6 +225,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     batch_size = _int_arg(batch_size, "batch_size", 1, n)
     if seed is None:
         seed = int(_init.default_generator().integers(2 ** 63))
+    if dist is not None:
+        seed = dist.seed(seed)
 
     keys = ["loss", *names] + (["val_loss", *("val_" + m for m in names)] if val else [])
     steps = -(-n // batch_size)
@@ -223,6 +249,10 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
     chunk = 1 if per_batch else max(1, 8192 // batch_size)
+    if dist is not None:
+        dist.start(plan, model, loss, optimizer, X, y, val, batch_size=batch_size, epochs=epochs,
+                   initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, chunk=chunk,
+                   metrics=names, scheduler=type(scheduler).__name__)
 
     for c in cbs:
         c.on_train_begin({})
@@ -242,7 +272,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             seen, loss_sum, sums = gpu.epoch(order, lr, cbs, per_batch)
         elif plan is not None:
             seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
-                                                chunk, names, seed, epoch, cbs)
+                                                chunk, names, seed, epoch, cbs, dist)
         for b in range(steps if plan is None and gpu is None else 0):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = X[idx], y[idx]
@@ -265,7 +295,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         logs = {"loss": loss_sum / seen, **{k: v / seen for k, v in sums.items()}}
         if val:
             logs.update({"val_" + k: v for k, v in
-                         _evaluate(model, loss, *val, names).items()})
+                         _evaluate(model, loss, *val, names, dist=dist).items()})
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - t0
         if isinstance(scheduler, ReduceLROnPlateau):
@@ -276,6 +306,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             c.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
+    if dist is not None and plan is not None:
+        dist.check(plan.net_params, plan.chunk.step, force=True)
     for c in cbs:
         c.on_train_end({})
     return history
