@@ -101,6 +101,7 @@ def _train(args):
     if any(h < 1 for h in hidden):
         raise SystemExit(f"fastnn train: --hidden must be comma-separated layer widths, "
                          f"got {args.hidden!r}")
+    comm = fastnn.distributed.launch_cli() if args.distributed else None
     name, ((X, y), (Xv, yv), (Xt, yt)) = _load_data(args.data, args.seed)
     scaler = fastnn.Standardizer().fit(X)
     X, Xv, Xt = (scaler.transform(a).astype(np.float32) for a in (X, Xv, Xt))
@@ -119,10 +120,11 @@ def _train(args):
           f"{sum(p.size for p in model.parameters())} parameters; {opt}")
     callbacks = [_TableLogger(args.verbose)] if args.verbose else []
     fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
-               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0)
-    result = fastnn.evaluate(model, loss, Xt, yt)
+               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0,
+               comm=comm)
+    result = fastnn.evaluate(model, loss, Xt, yt, comm=comm)
     print(f"test accuracy: {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
-    if args.save:
+    if args.save and (comm is None or comm.rank == 0):
         fastnn.save(model, args.save)
         print(f"saved the model to {args.save}")
     return 0
@@ -142,6 +144,9 @@ def _add_train(sub):
     t.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
     t.add_argument("--seed", type=int, default=0, help="default %(default)s")
     t.add_argument("--save", metavar="PATH", help="save the trained model (safetensors)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of `mpiexec -n P fastnn train "
+                        "--distributed` (needs fastnn[mpi]); --batch-size is the global batch")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: results only; 1: per-epoch table, progress bar on a terminal; "
                         "2: table only (default %(default)s)")
