@@ -1,0 +1,227 @@
+"""Data-parallel training (fastnn.distributed): mpiexec launched from the tests, one thread
+per rank, on this machine only. P=2 (and P=4) against P=1 at the same global batch, a failing
+rank, mismatched arguments, diverged parameters, checkpoints across rank counts, the CLI;
+and the one-rank communicator in this process."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn import distributed as dist
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "mpi_worker.py"
+sys.path.insert(0, str(HERE))
+import mpi_worker_data as wd  # noqa: E402  (the worker's data and models, without mpi4py)
+
+try:
+    import mpi4py  # noqa: F401
+    MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or \
+        shutil.which("mpiexec")
+    WHY = None if MPIEXEC else "no mpiexec on PATH (pip install \"fastnn[mpi]\" brings one)"
+except ImportError:
+    MPIEXEC, WHY = None, "mpi4py is not installed (pip install \"fastnn[mpi]\")"
+
+needs_mpi = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+
+def mpirun(n, job, out, timeout=120, args=None):
+    """Run the worker (or args) on n ranks; (returncode, output, seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_NUM_THREADS="1",
+               MPIR_CVAR_CH4_NETMOD="", HYDRA_LAUNCHER="fork")
+    cmd = [MPIEXEC, "-n", str(n), "-host", "localhost"] + (
+        args or [sys.executable, "-m", "mpi4py", str(WORKER), job, str(out)])
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                       cwd=str(HERE))
+    return p.returncode, p.stdout + p.stderr, time.perf_counter() - t0
+
+
+def run_ok(n, job, out):
+    rc, text, _ = mpirun(n, job, out)
+    assert rc == 0, text
+    return dict(np.load(out))
+
+
+@pytest.fixture(scope="module")
+def compare(tmp_path_factory):
+    """The 'compare' job on 1, 2 and 4 ranks."""
+    if WHY is not None:
+        pytest.skip(WHY)
+    d = tmp_path_factory.mktemp("mpi")
+    return {p: run_ok(p, "compare", d / f"p{p}.npz") for p in (1, 2, 4)}
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["sgd-exact", "adam-exact", "adam-exact-dropout"])
+def test_exact_mode_same_bits_for_1_2_4_ranks(compare, case):
+    w1 = compare[1][case]
+    assert np.isfinite(w1).all() and not np.array_equal(w1, wd.initial())
+    np.testing.assert_array_equal(compare[2][case], w1)
+    np.testing.assert_array_equal(compare[4][case], w1)
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["sgd-default", "adam-default"])
+def test_default_mode_agrees_to_rounding(compare, case):
+    w1, w2 = compare[1][case], compare[2][case]
+    assert not np.array_equal(w1, wd.initial())
+    # 20 steps of a float sum in another order: 1e-6 relative to the weights' scale
+    assert np.max(np.abs(w2 - w1)) <= 1e-6 * np.max(np.abs(w1))
+    np.testing.assert_allclose(compare[4][case], w1, rtol=0, atol=1e-6 * np.max(np.abs(w1)))
+
+
+@needs_mpi
+def test_default_mode_one_rank_is_plain_fit(compare):
+    """P=1 under mpiexec takes the whole batch: the same bits as fit without comm."""
+    for name, opt, det, drop in wd.CASES:
+        if not det:
+            np.testing.assert_array_equal(compare[1][name], wd.train(opt, False, drop))
+
+
+@needs_mpi
+def test_evaluate_and_predict_split_over_ranks(compare):
+    model = wd.mlp()
+    X, y = wd.data()
+    ref = fn.evaluate(model, fn.CrossEntropyLoss(), X, y)
+    for p in (1, 2, 4):
+        np.testing.assert_allclose(compare[p]["evaluate"], list(ref.values()), rtol=1e-12)
+        np.testing.assert_allclose(compare[p]["predict"], model.predict(X), rtol=1e-6,
+                                   atol=1e-6)
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
+    rc, text, seconds = mpirun(2, "fail", tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "rank 1 failed on purpose at batch 3" in text
+    print(f"failing job ended after {seconds:.1f} s")
+
+
+@needs_mpi
+def test_mismatched_hyper_parameters_fail_at_the_start(tmp_path):
+    rc, text, _ = mpirun(2, "mismatch", tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "the ranks disagree" in text and "optimizer hyper-parameters" in text
+    assert "rank 1 has" in text
+
+
+@needs_mpi
+def test_diverged_parameters_are_detected(tmp_path):
+    rc, text, _ = mpirun(2, "diverge", tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "parameters diverged" in text
+
+
+@needs_mpi
+def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    full = run_ok(2, f"write:{ck}", tmp_path / "w.npz")["final"]
+    assert ck.exists()
+    # resume here, without MPI: the one-rank communicator's exact mode
+    np.testing.assert_array_equal(wd.resume(ck), full)
+
+
+@needs_mpi
+def test_checkpoint_from_one_process_resumes_on_two_ranks(tmp_path):
+    ck = tmp_path / "ck.safetensors"
+    full = wd.write(ck)                     # here: 2 epochs, the checkpoint after epoch 1
+    resumed = run_ok(2, f"resume:{ck}", tmp_path / "r.npz")["final"]
+    np.testing.assert_array_equal(resumed, full)
+
+
+@needs_mpi
+def test_cli_train_distributed(tmp_path):
+    exe = shutil.which("fastnn", path=str(Path(sys.executable).parent)) or "fastnn"
+    rc, text, _ = mpirun(2, None, None, args=[exe, "train", "--distributed", "--epochs", "2",
+                                              "--hidden", "32", "--save",
+                                              str(tmp_path / "m.safetensors")])
+    assert rc == 0, text
+    assert text.count("test accuracy:") == 1          # printed by rank 0 only
+    assert (tmp_path / "m.safetensors").exists()
+
+
+# ---- in this process: the one-rank communicator (no MPI needed) ------------------------------
+
+def test_self_communicator_default_mode_is_plain_fit():
+    for opt in ("sgd", "adam"):
+        np.testing.assert_array_equal(wd.train(opt, False, 0.0, comm=dist.SelfCommunicator()),
+                                      wd.train(opt, False, 0.0))
+
+
+def test_exact_mode_differs_from_plain_fit_only_by_rounding():
+    exact = wd.train("sgd", True, 0.0, comm=dist.SelfCommunicator())
+    plain = wd.train("sgd", False, 0.0)
+    assert not np.array_equal(exact, wd.initial())
+    np.testing.assert_allclose(exact, plain, rtol=0, atol=1e-5 * np.max(np.abs(plain)))
+
+
+def test_bad_arguments_raise_clear_errors():
+    X, y = wd.data()
+    model = wd.mlp()
+    opt = fn.SGD(model.parameters(), lr=0.1)
+    loss = fn.CrossEntropyLoss()
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fn.fit(model, loss, opt, X, y, comm=object(), verbose=0)
+    with pytest.raises(ValueError, match="deterministic must be True, False or a shard count"):
+        fn.fit(model, loss, opt, X, y, comm=dist.SelfCommunicator(), deterministic=-2,
+               verbose=0)
+
+    class Two(dist.SelfCommunicator):
+        size = 2
+        rank = 0
+
+        def allgather(self, obj):
+            return [obj, obj]
+
+    with pytest.raises(ValueError, match="power of two that divides the shard count 3"):
+        fn.fit(model, loss, opt, X, y, comm=Two(), deterministic=3, verbose=0)
+    # a model the fused step cannot run
+    per_op = fn.Sequential(fn.Linear(20, 5), fn.Softmax(), seed=0)
+    with pytest.raises(ValueError, match="runs the fused C step"):
+        fn.fit(per_op, fn.MSELoss(), fn.SGD(per_op.parameters(), lr=0.1), X,
+               np.eye(5, dtype=np.float32)[y], comm=dist.SelfCommunicator(), verbose=0)
+
+
+def test_train_dist_checks_its_arguments():
+    model = wd.mlp()
+    from fastnn import _fused
+    X, y = wd.data()
+    plan = _fused.training_plan(model, fn.CrossEntropyLoss(),
+                                fn.SGD(model.parameters(), lr=0.1), X, y, 32, ["accuracy"])
+    idx = np.arange(64)
+    with pytest.raises(ValueError, match="rank"):
+        plan.net.train_dist(X, y, idx, 32, rank=2, size=2, reduce=lambda g, s: None)
+    with pytest.raises(ValueError, match="shards"):
+        plan.net.train_dist(X, y, idx, 32, rank=0, size=2, shards=3, reduce=lambda g, s: None)
+    with pytest.raises(ValueError, match="reduce"):
+        plan.net.train_dist(X, y, idx, 32, rank=0, size=2)
+
+    def boom(g, step):
+        raise KeyError("reduce failed")
+
+    before = model[0].weight.copy()
+    with pytest.raises(KeyError, match="reduce failed"):
+        plan.net.train_dist(X, y, idx, 32, rank=0, size=2, reduce=boom)
+    np.testing.assert_array_equal(model[0].weight, before)   # no update after a failed reduce
+
+
+def test_reduce_sees_each_ranks_part_of_the_batch_gradient():
+    """Two ranks simulated in one process: the parts add up to the one-rank gradient."""
+    X, y = wd.data()
+    idx = np.arange(32)
+    grads = {}
+    for rank, size in ((0, 1), (0, 2), (1, 2)):
+        model = wd.mlp()
+        from fastnn import _fused
+        plan = _fused.training_plan(model, fn.CrossEntropyLoss(),
+                                    fn.SGD(model.parameters(), lr=0.0), X, y, 32, ["accuracy"])
+        plan.net.train_dist(X, y, idx, 32, rank=rank, size=size,
+                            reduce=lambda g, s: grads.__setitem__((rank, size), g.copy()))
+    np.testing.assert_allclose(grads[0, 2] + grads[1, 2], grads[0, 1], rtol=1e-5, atol=1e-7)
