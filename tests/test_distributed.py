@@ -33,8 +33,8 @@ needs_mpi = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 def mpirun(n, job, out, timeout=120, args=None):
     """Run the worker (or args) on n ranks; (returncode, output, seconds)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_NUM_THREADS="1",
-               MPIR_CVAR_CH4_NETMOD="", HYDRA_LAUNCHER="fork")
+    # one thread per rank; processes started here (fork) and talking through shared memory
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_LAUNCHER="fork")
     cmd = [MPIEXEC, "-n", str(n), "-host", "localhost"] + (
         args or [sys.executable, "-m", "mpi4py", str(WORKER), job, str(out)])
     t0 = time.perf_counter()
@@ -225,3 +225,39 @@ def test_reduce_sees_each_ranks_part_of_the_batch_gradient():
         plan.net.train_dist(X, y, idx, 32, rank=rank, size=size,
                             reduce=lambda g, s: grads.__setitem__((rank, size), g.copy()))
     np.testing.assert_allclose(grads[0, 2] + grads[1, 2], grads[0, 1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not fn.openmp_enabled(), reason="a build without OpenMP has no team")
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_distributed_step_same_bits_with_a_team_of_threads(deterministic):
+    """The data-parallel loop inside one parallel region (a team) gives the bits of one
+    thread, the reduce callback running on thread 0."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 512)
+    seen = []
+
+    class Count(dist.SelfCommunicator):
+        def allreduce(self, buf):
+            seen.append(buf.size)
+
+    out = {}
+    old = fn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fn.set_num_threads(threads)
+            model = fn.Sequential(fn.Linear(64, 512), fn.ReLU(), fn.Linear(512, 512), fn.ReLU(),
+                                  fn.Linear(512, 10), seed=0)
+            opt = fn.Adam(model.parameters(), lr=1e-3)
+            if threads == 2:
+                from fastnn import _fused
+                plan = _fused.training_plan(model, fn.CrossEntropyLoss(), opt, X, y, 256,
+                                            ["accuracy"])
+                assert plan.net.threads(32) == 2      # a shard of 32 rows gets the team
+            fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=256, seed=0,
+                   verbose=0, comm=Count(), deterministic=deterministic)
+            out[threads] = np.concatenate([p.ravel() for p in model.parameters()])
+    finally:
+        fn.set_num_threads(old)
+    np.testing.assert_array_equal(out[1], out[2])
+    assert seen          # the per-chunk sums went through the communicator
