@@ -35,12 +35,14 @@ def model_and_opt(hidden, seed=0):
     return model, fastnn.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
-def epoch_seconds(X, y, hidden, batch, comm=None, deterministic=False):
+def epoch_seconds(X, y, hidden, batch, comm=None, deterministic=False, cpu=False):
+    """Wall seconds of one fit epoch (and, with cpu, this process's CPU seconds too)."""
     model, opt = model_and_opt(hidden)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fastnn.fit(model, fastnn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=batch, seed=0,
                verbose=0, comm=comm, deterministic=deterministic)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return (wall, time.process_time() - c0) if cpu else wall
 
 
 def worker(args):
@@ -78,10 +80,12 @@ def main():
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--batch1", type=int, default=256, help="global batch of part 1")
     p.add_argument("--batch2", type=int, default=512, help="global batch of part 2")
-    p.add_argument("--samples", type=int, default=16384, help="samples per epoch")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--samples", type=int, default=8192, help="samples per epoch")
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--mpiexec", default=shutil.which("mpiexec", path=str(Path(sys.executable).parent))
                    or shutil.which("mpiexec"))
+    p.add_argument("--parts", default="1,2", help="1: one rank against fit; 2: two ranks "
+                   "against one process, and the cost model (default %(default)s)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--comm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -97,22 +101,41 @@ def main():
     nparams = 784 * h + h + h * h + h + h * 10 + 10
     X, y = _bench_mlp.make_data(args.samples)
 
-    # 1. overhead at P=1
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        t1_step_256 = part1(args, X, y, MPI)
+    if "2" in parts:
+        part2(args, nparams, t1_step_256 if "1" in parts else None)
+
+
+def part1(args, X, y, MPI):
+    h = args.hidden
     print(f"\n1. one rank, 784-{h}-{h}-10, global batch {args.batch1}, {args.samples} samples, "
-          f"1 thread, {args.repeats} interleaved runs (median epoch seconds)")
+          f"1 thread, {args.repeats} interleaved runs: median epoch seconds, wall and CPU "
+          f"(the process's CPU time: less sensitive to other programs on the machine)")
     variants = {"fit": {}, "fit(comm), 1 rank": {"comm": MPI.COMM_WORLD},
-                "fit(comm, deterministic)": {"comm": MPI.COMM_WORLD, "deterministic": True}}
+                "fit(comm, deterministic=4)": {"comm": MPI.COMM_WORLD, "deterministic": 4},
+                "fit(comm, deterministic=True)": {"comm": MPI.COMM_WORLD, "deterministic": True}}
     times = {k: [] for k in variants}
     epoch_seconds(X, y, h, args.batch1)      # warm-up
     for _ in range(args.repeats):
         for k, kw in variants.items():
-            times[k].append(epoch_seconds(X, y, h, args.batch1, **kw))
-    base = statistics.median(times["fit"])
+            times[k].append(epoch_seconds(X, y, h, args.batch1, cpu=True, **kw))
+    base = [statistics.median(t[i] for t in times["fit"]) for i in (0, 1)]
     for k, t in times.items():
-        m = statistics.median(t)
-        print(f"   {k:<26} {m:8.3f} s   ratio to fit {m / base:6.3f}")
-    t1_step_256 = base / -(-args.samples // args.batch1)
+        m = [statistics.median(x[i] for x in t) for i in (0, 1)]
+        print(f"   {k:<30} wall {m[0]:7.3f} s (ratio {m[0] / base[0]:5.3f})   CPU {m[1]:7.3f} s "
+              f"(ratio {m[1] / base[1]:5.3f})")
+    steps = -(-args.samples // args.batch1)
+    for k in list(times)[1:2]:
+        extra = [c[1] - f[1] for c, f in zip(times[k], times["fit"])]
+        print(f"   {k}: {statistics.median(extra) / steps * 1e6:.0f} us of CPU per step more "
+              f"than fit (median of the paired differences)")
+    return base[1] / steps
 
+
+def part2(args, nparams, t1_step_256):
+    h = args.hidden
     # 2. two ranks
     env = dict(os.environ, OMP_NUM_THREADS="1")
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--hidden", str(h),
@@ -149,11 +172,12 @@ def main():
     print(f"   check at P=2 (this machine, shared memory): T1 = {t1 * 1e3:.1f} ms, measured "
           f"Allreduce {ar2 * 1e3:.2f} ms -> predicted {pred2 * 1e3:.1f} ms/step, measured "
           f"{t_two / steps2 * 1e3:.1f} ms/step")
-    print(f"   P=1 at batch {args.batch1}: {t1_step_256 * 1e3:.1f} ms/step")
+    if t1_step_256:
+        print(f"   P=1 at batch {args.batch1}: {t1_step_256 * 1e3:.1f} ms/step (CPU time)")
     a = 20e-6
     print(f"   predicted ms/step at global batch {args.batch2} (a = 20 us):")
     ps = [1, 2, 4, 8, 16, 32, 64]
-    print("   " + f"{'bandwidth':>14}" + "".join(f"{'P=' + str(q):>9}" for q in ps)
+    print("   " + f"{'bandwidth':>16}" + "".join(f"{'P=' + str(q):>9}" for q in ps)
           + "   comm > compute from")
     for name, bw in (("1 GB/s (10GbE)", 1.25e9), ("12.5 GB/s (100G)", 12.5e9),
                      ("50 GB/s (IB NDR)", 50e9)):
@@ -163,9 +187,8 @@ def main():
             cells.append(t1 / q + comm_t)
             if dom is None and comm_t > t1 / q:
                 dom = q
-        print("   " + f"{name:>14}" + "".join(f"{c * 1e3:9.1f}" for c in cells)
-              + f"   P={dom}" if dom else "   " + f"{name:>14}"
-              + "".join(f"{c * 1e3:9.1f}" for c in cells) + "   beyond 64")
+        print("   " + f"{name:>16}" + "".join(f"{c * 1e3:9.1f}" for c in cells)
+              + (f"   P={dom}" if dom else "   beyond 64"))
 
 
 if __name__ == "__main__":

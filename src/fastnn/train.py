@@ -207,7 +207,6 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         dist = _dist.Session(comm, deterministic)
         if dist.rank != 0:
             verbose = 0          # progress and checkpoints from rank 0 only
-            callbacks = [c for c in callbacks if not _dist.rank0_only(c)]
     X, y = _prepare(model, loss, X, y, "X", "y")
     val = None
     if validation_split:
@@ -231,7 +230,9 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     keys = ["loss", *names] + (["val_loss", *("val_" + m for m in names)] if val else [])
     steps = -(-n // batch_size)
     history = History()
-    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + callbacks
+    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + (
+        callbacks if dist is None or dist.rank == 0 else
+        [c for c in callbacks if not _dist.rank0_only(c)])
     params = {"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
               "metrics": keys + ["lr", "epoch_time"]}
     for c in cbs:
