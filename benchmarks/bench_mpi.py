@@ -190,7 +190,10 @@ def part2(args, nparams, t1_step_256):
     if t1_step_256:
         print(f"   P=1 at batch {args.batch1}: {t1_step_256 * 1e3:.1f} ms/step (CPU time)")
     a = 20e-6
-    print(f"   predicted ms/step at global batch {args.batch2} (a = 20 us):")
+    if t1_step_256:   # the projection: compute as on a core of its own (part 1's CPU time)
+        t1 = t1_step_256 * args.batch2 / args.batch1
+    print(f"   predicted ms/step at global batch {args.batch2} (a = 20 us, T1 = {t1 * 1e3:.1f} ms"
+          f"{': part 1 CPU time, as on a core of its own' if t1_step_256 else ''}):")
     ps = [1, 2, 4, 8, 16, 32, 64]
     print("   " + f"{'bandwidth':>16}" + "".join(f"{'P=' + str(q):>9}" for q in ps)
           + "   comm > compute from")

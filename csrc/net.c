@@ -175,18 +175,16 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
         const int64_t *lab = (const int64_t *)L->t;
         double scale = 1.0;
         if (net->mean && L->denom > 0) {
-            wsum = L->denom;
-            scale = 1.0 / wsum;
+            scale = 1.0 / L->denom;
         } else if (net->mean) {
             st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
                                       net->label_smoothing, B, u->out);
             if (st != FASTNN_OK) return st;
             scale = 1.0 / wsum;
         }
-        double denom = L->denom > 0 ? L->denom : 0;
         st = fastnn_cross_entropy(dt, &total, &wsum, NULL, g, scale, y, lab, net->loss_weight,
                                   net->label_smoothing, B, u->out);
-        *value = net->mean ? total / (denom > 0 ? denom : wsum) : total;
+        *value = net->mean ? total / (L->denom > 0 ? L->denom : wsum) : total;
         return st;
     }
     case FASTNN_NET_BCE_LOGITS:
