@@ -19,6 +19,12 @@ class Fail(fn.Callback):
             raise RuntimeError("rank 1 failed on purpose at batch 3")
 
 
+class StopOnRank1(fn.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if rank == 1 and batch == 5:
+            self.model.stop_training = True
+
+
 class Perturb(fn.Callback):
     def on_batch_end(self, batch, logs=None):
         if rank == 1 and batch == 2:
@@ -43,6 +49,14 @@ def main(job, out):
         c = fn.distributed.MPICommunicator(comm, check_every=4) if job == "diverge" else comm
         fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=lr, momentum=0.9),
                X, y, epochs=2, batch_size=32, seed=1, verbose=0, callbacks=cbs, comm=c)
+    elif job == "stop":                  # rank 1 alone asks to stop: every rank stops there
+        X, y = data()
+        model = mlp()
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        history = fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=3, batch_size=32,
+                         seed=1, verbose=0, callbacks=[StopOnRank1()], comm=comm)
+        results["steps"] = np.array(comm.allgather(opt.state_dict()["state"][0]["step"]))
+        results["epochs"] = np.array(len(history.history["loss"]))
     elif job.startswith("write:"):
         results["final"] = write(job[len("write:"):], comm, rank)
     elif job.startswith("resume:"):

@@ -120,6 +120,12 @@ def test_diverged_parameters_are_detected(tmp_path):
 
 
 @needs_mpi
+def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    r = run_ok(2, "stop", tmp_path / "s.npz")
+    assert list(r["steps"]) == [6, 6] and r["epochs"] == 1
+
+
+@needs_mpi
 def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
     ck = tmp_path / "ck.safetensors"
     full = run_ok(2, f"write:{ck}", tmp_path / "w.npz")["final"]

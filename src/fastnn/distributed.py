@@ -274,12 +274,18 @@ class Session:
         """One chunk of global batches; (loss sum, correct) over all ranks."""
         loss_sum, correct = net.train_dist(X, y, idx, batch_size, seed, reduce=self.reduce,
                                            rank=self.rank, size=self.size, shards=self.shards)
-        sums = np.array([loss_sum, correct, float(bool(model.stop_training))])
+        sums = np.array([loss_sum, correct], dtype=np.float64)
         self.comm.allreduce(sums)
-        if sums[2]:
-            model.stop_training = True      # a rank's callback stopped: all ranks stop
         self.since_check += -(-len(idx) // batch_size)
         return float(sums[0]), int(round(sums[1]))
+
+    def stop(self, model):
+        """After the callbacks: if any rank's model.stop_training is set, every rank's is (the
+        ranks must leave the loop together)."""
+        flag = np.array([float(bool(model.stop_training))])
+        self.comm.allreduce(flag)
+        model.stop_training = bool(flag[0])
+        return model.stop_training
 
     def check(self, buffer, step, force=False):
         """Compare the parameter hash over the ranks every check_every steps (or now)."""

@@ -159,7 +159,7 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
         for c in cbs:
             c.on_batch_end(b1 - 1, {"batch": b1 - 1, "size": len(idx),
                                     "loss": part_loss / len(idx)})
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
     sums = {"accuracy": float(correct)} if names else {}
     return seen, loss_sum, sums
@@ -305,7 +305,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             scheduler.step()
         for c in cbs:
             c.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
     if dist is not None and plan is not None:
         dist.check(plan.net_params, plan.chunk.step, force=True)
