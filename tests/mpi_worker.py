@@ -34,8 +34,8 @@ class Perturb(fn.Callback):
 def main(job, out):
     results = {}
     if job == "compare":
-        for name, opt, det, drop in CASES:
-            results[name] = train(opt, det, drop, comm)
+        for name, opt, det, drop, dtype in CASES:
+            results[name] = train(opt, det, drop, dtype, comm)
         X, y = data()
         model = mlp()
         results["evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,

@@ -12,33 +12,36 @@ def data(n=640, d=20, classes=5, seed=0):
     return X, y.astype(np.int64)
 
 
-def mlp(dropout=0.0):
+def mlp(dropout=0.0, dtype=np.float32):
     layers = [fn.Linear(20, 32), fn.ReLU(), fn.Linear(32, 16), fn.ReLU()]
     layers += [fn.Dropout(dropout)] if dropout else []
-    return fn.Sequential(*layers, fn.Linear(16, 5), seed=0)
+    return fn.Sequential(*layers, fn.Linear(16, 5), dtype=dtype, seed=0)
 
 
 OPTS = {"sgd": lambda p: fn.SGD(p, lr=0.05, momentum=0.9),
         "adam": lambda p: fn.Adam(p, lr=1e-2)}
 
-# (name, optimizer, deterministic, dropout): 640 samples, global batch 32 -> 20 steps
-CASES = [("sgd-default", "sgd", False, 0.0), ("adam-default", "adam", False, 0.0),
-         ("sgd-exact", "sgd", True, 0.0), ("adam-exact", "adam", True, 0.0),
-         ("adam-exact-dropout", "adam", True, 0.3)]
+# (name, optimizer, deterministic, dropout, dtype): 640 samples, global batch 32 -> 20 steps
+CASES = [("sgd-default", "sgd", False, 0.0, "float32"),
+         ("adam-default", "adam", False, 0.0, "float32"),
+         ("sgd-exact", "sgd", True, 0.0, "float32"), ("adam-exact", "adam", True, 0.0, "float32"),
+         ("adam-exact-dropout", "adam", True, 0.3, "float32"),
+         ("sgd-exact-float64", "sgd", True, 0.0, "float64"),
+         ("adam-default-float64", "adam", False, 0.0, "float64")]
 
 
 def flat(model):
     return np.concatenate([p.ravel() for p in model.parameters()]).copy()
 
 
-def initial():
-    return flat(mlp())
+def initial(dtype="float32"):
+    return flat(mlp(dtype=dtype))
 
 
-def train(opt, det, drop, comm=None):
+def train(opt, det, drop, dtype="float32", comm=None):
     """20 steps (one epoch) of a case; the flat weights."""
     X, y = data()
-    model = mlp(drop)
+    model = mlp(drop, dtype)
     fn.fit(model, fn.CrossEntropyLoss(), OPTS[opt](model.parameters()), X, y, epochs=1,
            batch_size=32, seed=1, verbose=0, comm=comm, deterministic=det)
     return flat(model)

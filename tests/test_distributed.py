@@ -59,19 +59,20 @@ def compare(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("case", ["sgd-exact", "adam-exact", "adam-exact-dropout"])
+@pytest.mark.parametrize("case", ["sgd-exact", "adam-exact", "adam-exact-dropout",
+                                  "sgd-exact-float64"])
 def test_exact_mode_same_bits_for_1_2_4_ranks(compare, case):
     w1 = compare[1][case]
-    assert np.isfinite(w1).all() and not np.array_equal(w1, wd.initial())
+    assert np.isfinite(w1).all() and not np.array_equal(w1, wd.initial(str(w1.dtype)))
     np.testing.assert_array_equal(compare[2][case], w1)
     np.testing.assert_array_equal(compare[4][case], w1)
 
 
 @needs_mpi
-@pytest.mark.parametrize("case", ["sgd-default", "adam-default"])
+@pytest.mark.parametrize("case", ["sgd-default", "adam-default", "adam-default-float64"])
 def test_default_mode_agrees_to_rounding(compare, case):
     w1, w2 = compare[1][case], compare[2][case]
-    assert not np.array_equal(w1, wd.initial())
+    assert not np.array_equal(w1, wd.initial(str(w1.dtype)))
     # 20 steps of a float sum in another order: 1e-6 relative to the weights' scale
     assert np.max(np.abs(w2 - w1)) <= 1e-6 * np.max(np.abs(w1))
     np.testing.assert_allclose(compare[4][case], w1, rtol=0, atol=1e-6 * np.max(np.abs(w1)))
@@ -80,9 +81,9 @@ def test_default_mode_agrees_to_rounding(compare, case):
 @needs_mpi
 def test_default_mode_one_rank_is_plain_fit(compare):
     """P=1 under mpiexec takes the whole batch: the same bits as fit without comm."""
-    for name, opt, det, drop in wd.CASES:
+    for name, opt, det, drop, dtype in wd.CASES:
         if not det:
-            np.testing.assert_array_equal(compare[1][name], wd.train(opt, False, drop))
+            np.testing.assert_array_equal(compare[1][name], wd.train(opt, False, drop, dtype))
 
 
 @needs_mpi
@@ -218,19 +219,39 @@ def test_train_dist_checks_its_arguments():
     np.testing.assert_array_equal(model[0].weight, before)   # no update after a failed reduce
 
 
-def test_reduce_sees_each_ranks_part_of_the_batch_gradient():
-    """Two ranks simulated in one process: the parts add up to the one-rank gradient."""
+LOSSES = {"ce": lambda: fn.CrossEntropyLoss(),
+          "ce-weighted-smoothed": lambda: fn.CrossEntropyLoss(
+              weight=np.array([1.0, 2.0, 0.5, 1.5, 3.0], dtype=np.float32), label_smoothing=0.1),
+          "ce-sum": lambda: fn.CrossEntropyLoss(reduction="sum"),
+          "mse": lambda: fn.MSELoss()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_reduce_sees_each_ranks_part_of_the_batch_gradient(loss_name, dtype):
+    """Two and three ranks simulated in one process: the parts, each normalised over the
+    global batch, add up to the one-rank gradient (and the loss shares to its loss)."""
+    from fastnn import _fused
     X, y = wd.data()
-    idx = np.arange(32)
-    grads = {}
-    for rank, size in ((0, 1), (0, 2), (1, 2)):
-        model = wd.mlp()
-        from fastnn import _fused
-        plan = _fused.training_plan(model, fn.CrossEntropyLoss(),
-                                    fn.SGD(model.parameters(), lr=0.0), X, y, 32, ["accuracy"])
-        plan.net.train_dist(X, y, idx, 32, rank=rank, size=size,
-                            reduce=lambda g, s: grads.__setitem__((rank, size), g.copy()))
-    np.testing.assert_allclose(grads[0, 2] + grads[1, 2], grads[0, 1], rtol=1e-5, atol=1e-7)
+    X = X.astype(dtype)
+    if loss_name == "mse":
+        y = np.eye(5, dtype=dtype)[y]
+    idx = np.arange(37, 37 + 45)          # one global batch of 45 rows
+    grads, losses = {}, {}
+    for rank, size in ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)):
+        model = fn.Sequential(fn.Linear(20, 32), fn.ReLU(), fn.Linear(32, 5), dtype=dtype,
+                              seed=0)
+        plan = _fused.training_plan(model, LOSSES[loss_name](),
+                                    fn.SGD(model.parameters(), lr=0.0), X, y, 45, [])
+        losses[rank, size] = plan.net.train_dist(
+            X, y, idx, 45, rank=rank, size=size,
+            reduce=lambda g, s: grads.__setitem__((rank, size), g.copy()))[0]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for size in (2, 3):
+        parts = sum(grads[r, size] for r in range(size))
+        np.testing.assert_allclose(parts, grads[0, 1], rtol=tol, atol=tol * np.abs(grads[0, 1]).max())
+        assert sum(losses[r, size] for r in range(size)) == pytest.approx(losses[0, 1], rel=1e-9)
+        assert not np.array_equal(grads[0, size], grads[0, 1])   # a real split
 
 
 @pytest.mark.skipif(not fn.openmp_enabled(), reason="a build without OpenMP has no team")
