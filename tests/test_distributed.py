@@ -288,3 +288,20 @@ def test_distributed_step_same_bits_with_a_team_of_threads(deterministic):
         fn.set_num_threads(old)
     np.testing.assert_array_equal(out[1], out[2])
     assert seen          # the per-chunk sums went through the communicator
+
+
+def test_memory_mapped_data(tmp_path):
+    """X and y as read-only memory-maps (what every rank of a big job would open)."""
+    X, y = wd.data()
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    ym = np.load(tmp_path / "y.npy", mmap_mode="r")
+    weights = []
+    for XX, yy in ((X, y), (Xm, ym)):
+        model = wd.mlp()
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), XX, yy,
+               epochs=1, batch_size=32, seed=1, verbose=0, comm=dist.SelfCommunicator(),
+               deterministic=True)
+        weights.append(wd.flat(model))
+    np.testing.assert_array_equal(weights[0], weights[1])
