@@ -6,6 +6,7 @@
  * [B, widest]. A unit with ReLU or no activation and no dropout keeps only y: its forward is
  * one GEMM with bias and ReLU in the micro-kernel's registers, and relu'(z) = relu'(y).
  */
+#include <math.h>
 #include <string.h>
 #include "fastnn/net.h"
 #include "ref/common.h"
@@ -22,6 +23,8 @@ static int fused(const fastnn_unit *u) {
 typedef struct {
     char *x, *t, *d[2];
     char *y[64], *z[64];
+    int64_t row0;   /* data-parallel: the arena's first row is this row of the global batch */
+    double denom;   /* data-parallel: > 0, the mean's denominator over the global batch */
 } layout;
 
 #define FASTNN_NET_MAX_UNITS 64
@@ -50,6 +53,7 @@ static size_t carve(const fastnn_net *net, char *base, layout *L) {
     TAKE(L->d[0], B, widest, es);
     TAKE(L->d[1], B, widest, es);
 #undef TAKE
+    if (base) L->row0 = 0, L->denom = 0;
     return off > (size_t)INT64_MAX ? 0 : off;
 }
 
@@ -131,10 +135,12 @@ static uint64_t mix64(uint64_t x) {
 }
 
 /* v[i] *= keep(i) / (1 - p), keep(i) = uniform(key, i) >= p. */
-static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key) {
+/* i0: the element number of v[0] in the whole batch (data-parallel slices start past 0). */
+static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,
+                                   int64_t i0) {
     double scale = 1.0 / (1.0 - p);
     for (int64_t i = 0; i < n; i++) {
-        double u = (double)(mix64(key ^ mix64((uint64_t)i)) >> 11) * 0x1.0p-53;
+        double u = (double)(mix64(key ^ mix64((uint64_t)(i0 + i))) >> 11) * 0x1.0p-53;
         double m = u >= p ? scale : 0.0;
         if (dt == FASTNN_F32) ((float *)v)[i] *= (float)m;
         else ((double *)v)[i] *= m;
@@ -193,7 +199,7 @@ static fastnn_status forward(const fastnn_net *net, const layout *L, const char 
                 st = fastnn_act_forward(dt, u->act, u->p, u->p2, L->y[i], L->z[i], B * u->out);
             if (st == FASTNN_OK && train && u->drop > 0)
                 FASTNN_ON_THREAD0(team, st, dropout_apply(dt, L->y[i], B * u->out, u->drop,
-                                                   mix64(key ^ (uint64_t)i)));
+                                                   mix64(key ^ (uint64_t)i), L->row0 * u->out));
         }
         if (st != FASTNN_OK) return st;
         h = L->y[i];
@@ -208,13 +214,15 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
     const fastnn_unit *u = &net->units[net->nunits - 1];
     const char *y = L->y[net->nunits - 1];
     int64_t n = B * u->out;
-    double total = 0, wsum = 0;
+    double total = 0, wsum = 0, nd = L->denom > 0 ? L->denom : (double)n;
     fastnn_status st;
     switch (net->loss) {
     case FASTNN_NET_CROSS_ENTROPY: {
         const int64_t *lab = (const int64_t *)L->t;
         double scale = 1.0;
-        if (net->mean) {
+        if (net->mean && L->denom > 0) {
+            scale = 1.0 / L->denom;
+        } else if (net->mean) {
             st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
                                       net->label_smoothing, B, u->out);
             if (st != FASTNN_OK) return st;
@@ -222,21 +230,21 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
         }
         st = fastnn_cross_entropy(dt, &total, &wsum, NULL, g, scale, y, lab, net->loss_weight,
                                   net->label_smoothing, B, u->out);
-        *value = net->mean ? total / wsum : total;
+        *value = net->mean ? total / (L->denom > 0 ? L->denom : wsum) : total;
         return st;
     }
     case FASTNN_NET_BCE_LOGITS:
-        st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / (double)n : 1.0, y, L->t,
+        st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / nd : 1.0, y, L->t,
                                net->loss_weight, B, u->out);
         break;
     default: {
         fastnn_loss kind = net->loss == FASTNN_NET_MSE ? FASTNN_LOSS_MSE
                            : net->loss == FASTNN_NET_L1 ? FASTNN_LOSS_L1 : FASTNN_LOSS_HUBER;
         st = fastnn_regression_loss(dt, kind, net->delta, &total, NULL, g,
-                                    net->mean ? 1.0 / (double)n : 1.0, y, L->t, n);
+                                    net->mean ? 1.0 / nd : 1.0, y, L->t, n);
     }
     }
-    *value = net->mean ? total / (double)n : total;
+    *value = net->mean ? total / nd : total;
     return st;
 }
 
@@ -253,7 +261,8 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         /* d y -> d z, unless the GEMM that produced g already applied act' (see below) */
         if (i == net->nunits - 1 || !fused(u)) {
             if (u->drop > 0)
-                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i)));
+                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i),
+                                                         L->row0 * u->out));
             if (st == FASTNN_OK && u->act != FASTNN_ACT_IDENTITY)
                 st = fastnn_act_backward(dt, u->act, u->p, u->p2, g, g, fused(u) ? L->y[i] : L->z[i],
                                          n);
@@ -476,4 +485,217 @@ fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int6
         memcpy((char *)out + (size_t)(s * outw) * es, L.y[net->nunits - 1], (size_t)(B * outw) * es);
     }
     return FASTNN_OK;
+}
+
+/* ---- data-parallel steps (fastnn.distributed) ------------------------------------------- *
+ * Every rank holds all of X and Y and the same index; the batch index[s : s + B] is the global
+ * batch. This rank computes the gradient of its rows of it (the mean's denominator taken over
+ * the whole global batch, so the ranks' gradients add up to the batch gradient), d->reduce
+ * combines the ranks' gradients in place, and the optimizer update runs here in C. */
+
+/* The denominator of the mean loss over the global batch idx[0:B], as loss_and_grad computes it
+ * for the whole batch in one process (cross-entropy: the label weights summed in blocks of
+ * FASTNN_SUM_BLOCK / 16 rows, as fastnn_cross_entropy does). 0 for reduction 'sum'. */
+static fastnn_status global_denom(const fastnn_net *net, const void *Y, const int64_t *idx,
+                                  int64_t B, double *denom) {
+    int64_t out = net->units[net->nunits - 1].out;
+    *denom = 0;
+    if (!net->mean) return FASTNN_OK;
+    if (net->loss != FASTNN_NET_CROSS_ENTROPY) {
+        *denom = (double)(B * out);
+        return FASTNN_OK;
+    }
+    const int64_t *lab = (const int64_t *)Y;
+    for (int64_t r = 0; r < B; r++)
+        if (lab[idx[r]] < 0 || lab[idx[r]] >= out) return FASTNN_ELABEL;
+    if (!net->loss_weight) {
+        *denom = (double)B;
+        return FASTNN_OK;
+    }
+    enum { RB = FASTNN_SUM_BLOCK / 16 };
+    double wsum = 0;
+    for (int64_t b0 = 0; b0 < B; b0 += RB) {
+        double ws = 0;
+        for (int64_t r = b0; r < fastnn_min64(B, b0 + RB); r++)
+            ws += net->dt == FASTNN_F32 ? (double)((const float *)net->loss_weight)[lab[idx[r]]]
+                                        : ((const double *)net->loss_weight)[lab[idx[r]]];
+        wsum += ws;
+    }
+    *denom = wsum;
+    return FASTNN_OK;
+}
+
+static void fill_zero(const fastnn_net *net, void *g) {
+    size_t es = esize(net->dt);
+    FASTNN_PARALLEL_RANGE(net->nparams, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
+                          memset((char *)g + lo_ * es, 0, (size_t)(hi_ - lo_) * es));
+}
+
+/* dst += src, element by element (the same bits whoever computes it). */
+static void add_into(const fastnn_net *net, void *dst, const void *src) {
+    FASTNN_PARALLEL_RANGE(net->nparams, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
+    if (net->dt == FASTNN_F32) {
+        float *d = (float *)dst; const float *s = (const float *)src;
+        for (int64_t i = lo_; i < hi_; i++) d[i] += s[i];
+    } else {
+        double *d = (double *)dst; const double *s = (const double *)src;
+        for (int64_t i = lo_; i < hi_; i++) d[i] += s[i];
+    });
+}
+
+/* The gradient of rows [r0, r1) of the global batch idx[0:B] into g (written, not added). */
+static fastnn_status rows_grad(const fastnn_net *net, const layout *L, const void *X,
+                               const void *Y, const int64_t *idx, int64_t B, int64_t r0,
+                               int64_t r1, double denom, uint64_t key, void *g,
+                               double *loss_sum, int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    fastnn_status st = FASTNN_OK;
+    if (r1 <= r0) {
+        fill_zero(net, g);
+        return FASTNN_OK;
+    }
+    layout Ls = *L;          /* per thread: the slice's place in the batch */
+    fastnn_net ns = *net;    /* per thread: where this slice's gradient goes */
+    Ls.row0 = r0;
+    Ls.denom = denom;
+    ns.grads = g;
+    int64_t n = r1 - r0;
+    gather(&ns, &Ls, X, Y, idx + r0, n);
+    if ((st = forward(&ns, &Ls, Ls.x, n, 1, key)) != FASTNN_OK) return st;
+    double value = 0;
+    FASTNN_ON_THREAD0(team, st, loss_and_grad(&ns, &Ls, n, Ls.d[0], &value));
+    if (st != FASTNN_OK) return st;
+    if (!team || fastnn_thread_id() == 0) {
+        /* value: this slice's share of the batch loss, weighted by the batch as one_step does */
+        if (loss_sum) *loss_sum += value * (double)B;
+        if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
+            *correct += count_correct(net->dt, Ls.y[net->nunits - 1], (const int64_t *)Ls.t, n,
+                                      net->units[net->nunits - 1].out);
+    }
+    return backward(&ns, &Ls, Ls.x, n, key);
+}
+
+/* Exact mode: the sum over shards [lo, hi) of the fixed pairwise tree over the batch's
+ * `shards` shards (shard j: rows [B j / K, B (j+1) / K)), into dst; scratch holds one
+ * buffer of nparams elements per further level. */
+static fastnn_status shard_tree(const fastnn_net *net, const layout *L, const void *X,
+                                const void *Y, const int64_t *idx, int64_t B, int64_t K,
+                                int64_t lo, int64_t hi, double denom, uint64_t key, char *dst,
+                                char *scratch, double *loss_sum, int64_t *correct) {
+    if (hi - lo == 1)
+        return rows_grad(net, L, X, Y, idx, B, B * lo / K, B * (lo + 1) / K, denom, key, dst,
+                         loss_sum, correct);
+    int64_t mid = lo + (hi - lo) / 2;
+    size_t bytes = (size_t)net->nparams * esize(net->dt);
+    fastnn_status st = shard_tree(net, L, X, Y, idx, B, K, lo, mid, denom, key, dst, scratch,
+                                  loss_sum, correct);
+    if (st == FASTNN_OK)
+        st = shard_tree(net, L, X, Y, idx, B, K, mid, hi, denom, key, scratch, scratch + bytes,
+                        loss_sum, correct);
+    if (st == FASTNN_OK) add_into(net, dst, scratch);
+    return st;
+}
+
+int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d) {
+    if (!net || !d || d->shards <= 0 || d->size < 1) return 0;
+    int64_t m = d->shards / d->size, depth = 0;
+    while (((int64_t)1 << depth) < m) depth++;
+    return depth * net->nparams;
+}
+
+static fastnn_status dist_steps(fastnn_net *net, const fastnn_net_dist *d, const layout *L,
+                                const void *X, const void *Y, const int64_t *index, int64_t n,
+                                int64_t batch_size, uint64_t seed, double *loss_sum,
+                                int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    int64_t step = net->opt.step;   /* read by every thread before thread 0 first writes it */
+    fastnn_status st = FASTNN_OK;
+    for (int64_t s = 0; s < n; s += batch_size, step++) {
+        int64_t B = fastnn_min64(batch_size, n - s);
+        const int64_t *idx = index + s;
+        uint64_t key = mix64(seed ^ mix64((uint64_t)step));
+        double denom, part = 0;   /* part: this rank's share of the step's loss (thread 0) */
+        if ((st = global_denom(net, Y, idx, B, &denom)) != FASTNN_OK) return st;
+        if (d->shards > 0) {
+            int64_t m = d->shards / d->size;
+            st = shard_tree(net, L, X, Y, idx, B, d->shards, m * d->rank, m * (d->rank + 1),
+                            denom, key, net->grads, d->scratch, &part, correct);
+        } else {
+            st = rows_grad(net, L, X, Y, idx, B, B * d->rank / d->size,
+                           B * (d->rank + 1) / d->size, denom, key, net->grads, &part,
+                           correct);
+        }
+        if (st != FASTNN_OK) return st;
+        /* A non-finite loss on any rank stops every rank at this step, before its update: the
+         * rank marks its gradient's first element NaN, and the reduction carries the mark to
+         * all ranks, which all see the same reduced buffer and so take the same branch. */
+        if (!team || fastnn_thread_id() == 0) {
+            if (!net->nonfinite_ok && !(part - part == 0)) {
+                if (net->dt == FASTNN_F32) ((float *)net->grads)[0] = NAN;
+                else ((double *)net->grads)[0] = NAN;
+            }
+            if (loss_sum) *loss_sum += part;
+        }
+        if (d->reduce)
+            FASTNN_ON_THREAD0(team, st, d->reduce(d->ctx, net->grads, net->nparams, step + 1));
+        else if (team)
+            fastnn_team_barrier(team);
+        if (st != FASTNN_OK) return st;
+        if (!net->nonfinite_ok) {
+            double g0 = net->dt == FASTNN_F32 ? (double)((const float *)net->grads)[0]
+                                              : ((const double *)net->grads)[0];
+            if (g0 != g0) return FASTNN_ENONFINITE;
+        }
+        if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+        if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
+    }
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, const void *X,
+                                    const void *Y, int64_t rows, const int64_t *index,
+                                    int64_t n, int64_t batch_size, uint64_t seed,
+                                    double *loss_sum, int64_t *correct) {
+    fastnn_status st = fastnn_net_check(net);
+    if (st != FASTNN_OK) return st;
+    if (!d) return FASTNN_ENULL;
+    if (d->size < 1 || d->rank < 0 || d->rank >= d->size || d->shards < 0) return FASTNN_EINVAL;
+    if (d->shards > 0) {
+        if (d->shards % d->size != 0)
+            return FASTNN_EINVAL;   /* each rank: a block of whole shards */
+        if (fastnn_net_dist_scratch(net, d) > 0 && !d->scratch) return FASTNN_ENULL;
+    }
+    if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
+    for (int64_t i = 0; i < n; i++)
+        if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
+    layout L;
+    carve(net, net->arena, &L);
+    /* rows one rank computes at once: its slice, or one shard */
+    int64_t local = d->shards > 0 ? (batch_size + d->shards - 1) / d->shards
+                                  : (batch_size + d->size - 1) / d->size;
+    int nt = fastnn_net_threads(net, fastnn_min64(local, n));
+    if (nt <= 1 || fastnn_cur_team)
+        return dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+    fastnn_team team;
+    fastnn_team_init(&team, nt);
+    st = FASTNN_OK;
+    #pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int full = omp_get_num_threads() == nt;
+#else
+        int full = 0;
+#endif
+        if (full) {
+            fastnn_cur_team = &team;
+            fastnn_status s = dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum,
+                                         correct);
+            fastnn_cur_team = NULL;
+            if (fastnn_thread_id() == 0) st = s;
+        } else if (fastnn_thread_id() == 0) {
+            st = dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+        }
+    }
+    return st;
 }

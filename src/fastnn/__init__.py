@@ -7,7 +7,7 @@ import os as _os
 # explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import callbacks, data, datasets, init, lr_scheduler, ops  # noqa: E402
+from . import callbacks, data, datasets, distributed, init, lr_scheduler, ops  # noqa: E402
 from ._kernels import (
     arch,
     available_archs,

@@ -127,13 +127,18 @@ def _optim_args(opt, buffer):
 class FusedTraining:
     """A FusedNet for fit, tied to the optimizer's chunk so step counts stay in sync."""
 
-    def __init__(self, net, chunk, group):
+    def __init__(self, net, chunk, group, buffer=None, states=()):
         self.net, self.chunk, self.group = net, chunk, group
+        self.net_params = None if buffer is None else buffer.data
+        self.states = [s for s in states if s is not None]
 
-    def train(self, X, y, index, batch_size, seed):
+    def train(self, X, y, index, batch_size, seed, dist=None, model=None):
+        """dist (a fastnn.distributed.Session): a data-parallel call (global batches)."""
         self.net.lr = self.group["lr"]          # schedulers change it between epochs
         self.net.step = self.chunk.step
         try:
+            if dist is not None:
+                return dist.train(self.net, X, y, index, batch_size, seed, model)
             return self.net.train(X, y, index, batch_size, seed)
         finally:
             self.chunk.step = self.net.step
@@ -158,7 +163,7 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
     name, hyper, states, step, chunk = oargs
     net = FusedNet(units, buffer.data, buffer.grad, optim=name, hyper=hyper, states=states,
                    step=step, max_batch=batch_size, **largs)
-    return FusedTraining(net, chunk, optimizer.param_groups[0])
+    return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
 
 
 def inference_net(model, max_batch=256):

@@ -122,3 +122,16 @@ cdef extern from "fastnn/net.h" nogil:
                                    const int64_t *index, int64_t n, int64_t batch_size,
                                    uint64_t seed, double *loss_sum, int64_t *correct)
     fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows)
+    ctypedef fastnn_status (*fastnn_net_reduce_fn)(void *ctx, void *grads, int64_t n,
+                                                   int64_t step) noexcept nogil
+    ctypedef struct fastnn_net_dist:
+        int rank, size
+        int64_t shards
+        void *scratch
+        fastnn_net_reduce_fn reduce
+        void *ctx
+    int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d)
+    fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d,
+                                        const void *X, const void *Y, int64_t rows,
+                                        const int64_t *index, int64_t n, int64_t batch_size,
+                                        uint64_t seed, double *loss_sum, int64_t *correct)

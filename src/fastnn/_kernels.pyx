@@ -1129,6 +1129,17 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, message, step=None):
         super().__init__(message)
         self.step = step
+cdef fastnn_status _reduce_grads(void *ctx, void *grads, int64_t n, int64_t step) noexcept nogil:
+    """fastnn_net_dist's reduce: calls the Python reduce(grads_array, step) kept in ctx;
+    an exception is kept for train_dist to raise and stops the loop."""
+    with gil:
+        holder = <list>ctx
+        try:
+            holder[0](holder[1], step)
+        except BaseException as e:
+            holder[2] = e
+            return FASTNN_EINVAL
+    return FASTNN_OK
 
 
 cdef class FusedNet:
@@ -1146,6 +1157,7 @@ cdef class FusedNet:
     cdef fastnn_net net
     cdef fastnn_unit *units
     cdef object keep
+    cdef object dist_scratch
     cdef readonly object dtype
     cdef readonly int64_t in_features, out_features, max_batch
 
@@ -1364,6 +1376,87 @@ cdef class FusedNet:
             raise NonFiniteLossError(f"{fn}: the loss of the batch after optimizer step "
                                      f"{self.net.opt.step} is not finite; that batch made no "
                                      f"update", self.net.opt.step)
+        _check(st, fn)
+        return loss_sum, correct
+
+    def _train_args(self, fn, X, Y, index, int64_t batch_size):
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
+        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
+            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
+                             f"got {_shp(Xa)}")
+        rows = Xa.shape[0]
+        if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
+            Ya = _labels(Y, fn, rows)
+        else:
+            Ya = _input(Y, fn, "Y", self.dtype)
+            if Ya.ndim != 2 or Ya.shape[0] != rows or Ya.shape[1] != self.out_features:
+                raise ValueError(f"{_sig(fn, 'Y')} must have shape ({rows}, {self.out_features}), "
+                                 f"got {_shp(Ya)}")
+        I = np.ascontiguousarray(index, dtype=np.int64)
+        if I.ndim != 1:
+            raise ValueError(f"{_sig(fn, 'index')} must be 1-D, got shape {_shp(I)}")
+        if I.size and (I.min() < 0 or I.max() >= rows):
+            raise ValueError(f"{_sig(fn, 'index')} must hold row numbers in [0, {rows})")
+        if batch_size < 1 or batch_size > self.max_batch:
+            raise ValueError(f"{_sig(fn, 'batch_size')} must be in [1, {self.max_batch}], "
+                             f"got {batch_size}")
+        return Xa, Ya, I
+
+    def train_dist(self, X, Y, index, int64_t batch_size, seed=0, *, reduce=None, int rank=0,
+                   int size=1, int64_t shards=0):
+        """Data-parallel train(): index[0:bs], index[bs:2bs], ... are global batches; this rank
+        computes the gradient of its part of each (rows [B rank / size, B (rank+1) / size),
+        or with shards > 0 its block of shards summed over a fixed tree: see
+        fastnn_net_train_dist), then calls reduce(grads, step) with the flat gradient array,
+        which must leave the gradient of the whole batch in it (in place), and updates the
+        parameters. reduce's exception is raised here. Returns this rank's shares
+        (loss sum, correct rows): sum them over the ranks."""
+        fn = "FusedNet.train_dist"
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"{_sig(fn, 'rank')} must be in [0, size={size}), got {rank}")
+        if shards < 0 or (shards and shards % size):
+            raise ValueError(f"{_sig(fn, 'shards')} must be 0 or a multiple of size ({size}), "
+                             f"got {shards}")
+        if reduce is None and size > 1:
+            raise ValueError(f"{_sig(fn, 'reduce')} is required with size > 1")
+        Xa, Ya, I = self._train_args(fn, X, Y, index, batch_size)
+        cdef fastnn_net_dist d
+        d.rank = rank
+        d.size = size
+        d.shards = shards
+        d.scratch = NULL
+        d.reduce = NULL
+        d.ctx = NULL
+        holder = [reduce, self.keep[1], None]
+        if reduce is not None:
+            d.reduce = _reduce_grads
+            d.ctx = <void *>holder
+        cdef int64_t nscratch = fastnn_net_dist_scratch(&self.net, &d)
+        cdef cnp.ndarray S
+        if nscratch > 0:
+            # zeros: the kernels never write the buffer's padding, which the tree adds up
+            if self.dist_scratch is None or self.dist_scratch.size < nscratch:
+                self.dist_scratch = np.zeros(nscratch, dtype=self.dtype)
+            S = self.dist_scratch
+            d.scratch = cnp.PyArray_DATA(S)
+        cdef double loss_sum = 0
+        cdef int64_t correct = 0, n = I.size, rows = Xa.shape[0]
+        cdef uint64_t s = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        cdef void *px = _ptr(Xa)
+        cdef void *py = _ptr(Ya)
+        cdef int64_t *pi = <int64_t *>_ptr(I)
+        cdef fastnn_status st
+        with nogil:
+            st = fastnn_net_train_dist(&self.net, &d, px, py, rows, pi, n, batch_size, s,
+                                       &loss_sum, &correct)
+        if holder[2] is not None:
+            raise holder[2]
+        if st == FASTNN_ELABEL:
+            raise ValueError(f"{_sig(fn, 'Y')} must be class indices in [0, {self.out_features})")
+        if st == FASTNN_ENONFINITE:
+            raise NonFiniteLossError(f"{fn}: the loss of the global batch after optimizer "
+                                     f"step {self.net.opt.step} is not finite (on some rank); "
+                                     f"no rank made that update", self.net.opt.step)
         _check(st, fn)
         return loss_sum, correct
 

@@ -227,6 +227,7 @@ def _check_train_args(args):
 def _train(args):
     hidden = _check_train_args(args)
     _set_threads(args)
+    comm = fastnn.distributed.launch_cli() if args.distributed else None
     try:
         name, task, reason, table, ((X, y), (Xv, yv), (Xt, yt)) = _load_training_data(args)
     except DataError as e:
@@ -273,8 +274,9 @@ def _train(args):
         print("(loss and mae during training are on the standardized target)")
     callbacks = [_TableLogger(args.verbose, cols)] if args.verbose else []
     fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
-               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0)
-    result = fastnn.evaluate(model, loss, Xt, yt)
+               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0,
+               comm=comm)
+    result = fastnn.evaluate(model, loss, Xt, yt, comm=comm)
     if task == "classify":
         print(f"test accuracy: {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
     else:
@@ -282,7 +284,7 @@ def _train(args):
         s = _regression_scores(pred, yt_raw)
         print(f"test MAE: {s['mae']:.4g}, RMSE: {s['rmse']:.4g}, R^2: {s['r2']:.4f} "
               f"(in the target's units; test loss {result['loss']:.4f})")
-    if args.save:
+    if args.save and (comm is None or comm.rank == 0):
         target = None if table is None else (table.target_name if table.header
                                               else table.target_index)
         pre = fastnn.Preprocess(scaler, encoder, target_scaler, task=task,
@@ -473,6 +475,9 @@ def _add_train(sub, common):
     t.add_argument("--save", metavar="PATH",
                    help="save the trained model with its preprocessing (safetensors); the "
                         "path is checked before training")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of `mpiexec -n P fastnn train "
+                        "--distributed` (needs fastnn[mpi]); --batch-size is the global batch")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: results only; 1: per-epoch table, progress bar on a terminal; "
                         "2: table only (default %(default)s)")

@@ -318,11 +318,15 @@ class Module:
         return self.forward(x)
 
     @_guard.for_reading
-    def predict(self, X, batch_size=256):
+    def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
         X is converted to the model's dtype; a 1-D X is one sample and gives one row.
         Several threads may predict at once only on a model in evaluation mode that no
-        thread trains (else RuntimeError)."""
+        thread trains (else RuntimeError). comm: split the rows between its ranks (see
+        fastnn.distributed.predict); every rank gets the whole output."""
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
         X, one = self._predict_input(X, batch_size)
         if one:
             return self.predict(X, batch_size)[0]
@@ -544,14 +548,19 @@ class Sequential(Module):
         return x
 
     @_guard.for_reading
-    def predict(self, X, batch_size=256):
+    def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X (n, features) in batches in evaluation mode -> (n, outputs); one
         sample of shape (features,) gives one row (outputs,). A model of Linear layers and
         activations runs it in one native call (fastnn._fused), with the same numbers.
         ValueError naming X's shape when it does not fit the first Linear layer. Several
         threads may predict at once only on a model in evaluation mode that no thread trains
-        (else RuntimeError)."""
+        (else RuntimeError). comm: the rows split between its ranks
+        (fastnn.distributed.predict)."""
         from . import _fused
+
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
 
         if self._device != "cpu":
             from .cuda import train as _cuda_train

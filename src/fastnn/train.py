@@ -115,17 +115,24 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
 
 
 @_guard.for_reading
-def evaluate(model, loss, X, y, batch_size=256, metrics=None):
+def evaluate(model, loss, X, y, batch_size=256, metrics=None, comm=None):
     """{"loss": value, "accuracy" (classifiers) or "mae" (regression): value} on (X, y), with
     the model in evaluation mode (its mode is restored). An output row holding a NaN never
-    counts as correct. RuntimeError while another thread trains the model (see fit)."""
+    counts as correct. RuntimeError while another thread trains the model (see fit).
+    comm (an mpi4py communicator or a fastnn.distributed.Communicator): the rows are split
+    between the ranks and every rank gets the result for all of (X, y)."""
     names = _metric_names(metrics, loss)
     X, y = _prepare(model, loss, X, y, "X", "y")
-    return _evaluate(model, loss, X, y, names, batch_size)
+    dist = None
+    if comm is not None:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, False)
+    return _evaluate(model, loss, X, y, names, batch_size, dist)
 
 
-def _evaluate(model, loss, X, y, names, batch_size=256):
-    out = model.predict(X, batch_size=batch_size)
+def _evaluate(model, loss, X, y, names, batch_size=256, dist=None):
+    out = (model.predict(X, batch_size=batch_size) if dist is None
+           else dist.predict(model, X, batch_size))
     logs = {"loss": loss.forward(out, y)}
     logs.update({k: v / len(X) for k, v in _metric_sums(names, out, y, loss).items()})
     return logs
@@ -148,7 +155,8 @@ def _nonfinite(epoch, batch, steps):
         f"scale the inputs, or pass error_if_nonfinite=False to train on regardless.")
 
 
-def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs):
+def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs,
+                 dist=None):
     """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
     batch of each call with the mean loss of its batches."""
     seen, loss_sum, correct = 0, 0.0, 0
@@ -158,16 +166,21 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
         idx = order[b0 * batch_size:b1 * batch_size]
         step0 = plan.chunk.step
         try:
-            part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+            if dist is None:
+                part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+            else:
+                part_loss, part_correct = plan.train(X, y, idx, batch_size, key, dist, model)
         except NonFiniteLossError as e:
             raise _nonfinite(epoch, b0 + (e.step - step0), steps) from None
+        if dist is not None:
+            dist.check(plan.net_params, plan.chunk.step)
         seen += len(idx)
         loss_sum += part_loss
         correct += part_correct
         for c in cbs:
             c.on_batch_end(b1 - 1, {"batch": b1 - 1, "size": len(idx),
                                     "loss": part_loss / len(idx)})
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
     sums = {"accuracy": float(correct)} if names else {}
     return seen, loss_sum, sums
@@ -176,7 +189,8 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
 @_guard.for_training
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
-        scheduler=None, initial_epoch=0, error_if_nonfinite=None):
+        scheduler=None, initial_epoch=0, error_if_nonfinite=None, comm=None,
+        deterministic=False):
     """Train model on (X, y) and return a History.
 
     validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
@@ -199,6 +213,11 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     the running fit goes on undisturbed. Train each model (with its optimizer) from one
     thread at a time; several threads may predict or evaluate one model at once when it is
     in evaluation mode (``model.eval()``) and no thread trains it.
+
+    comm: data-parallel training over the ranks of an mpi4py communicator (or a
+    fastnn.distributed.Communicator); every rank passes the same arguments and batch_size is
+    the global batch. deterministic=True (or a shard count): the exact mode, whose weights
+    are the same bits for any number of ranks. See fastnn.distributed.
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
@@ -220,6 +239,12 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     if validation_split and validation_data is not None:
         raise ValueError("pass validation_data or validation_split, not both")
 
+    dist = None
+    if comm is not None or deterministic:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, deterministic)
+        if dist.rank != 0:
+            verbose = 0          # progress and checkpoints from rank 0 only
     X, y = _prepare(model, loss, X, y, "X", "y")
     val = None
     if validation_split:
@@ -237,11 +262,15 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     batch_size = _int_arg(batch_size, "batch_size", 1, n)
     if seed is None:
         seed = int(_init.default_generator().integers(2 ** 63))
+    if dist is not None:
+        seed = dist.seed(seed)
 
     keys = ["loss", *names] + (["val_loss", *("val_" + m for m in names)] if val else [])
     steps = -(-n // batch_size)
     history = History()
-    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + callbacks
+    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + (
+        callbacks if dist is None or dist.rank == 0 else
+        [c for c in callbacks if not _dist.rank0_only(c)])
     params = {"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
               "metrics": keys + ["lr", "epoch_time"]}
     for c in cbs:
@@ -263,6 +292,10 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     chunk = 1 if per_batch else max(1, 8192 // batch_size)
     if plan is not None:
         plan.net.nonfinite_ok = not error_if_nonfinite
+    if dist is not None:
+        dist.start(plan, model, loss, optimizer, X, y, val, batch_size=batch_size, epochs=epochs,
+                   initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, chunk=chunk,
+                   metrics=names, scheduler=type(scheduler).__name__)
 
     for c in cbs:
         c.on_train_begin({})
@@ -289,7 +322,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
                     f"error_if_nonfinite=False.")
         elif plan is not None:
             seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
-                                                chunk, names, seed, epoch, cbs)
+                                                chunk, names, seed, epoch, cbs, dist)
         for b in range(steps if plan is None and gpu is None else 0):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = X[idx], y[idx]
@@ -314,7 +347,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         logs = {"loss": loss_sum / seen, **{k: v / seen for k, v in sums.items()}}
         if val:
             logs.update({"val_" + k: v for k, v in
-                         _evaluate(model, loss, *val, names).items()})
+                         _evaluate(model, loss, *val, names, dist=dist).items()})
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - t0
         if isinstance(scheduler, ReduceLROnPlateau):
@@ -323,8 +356,10 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             scheduler.step()
         for c in cbs:
             c.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
+    if dist is not None and plan is not None:
+        dist.check(plan.net_params, plan.chunk.step, force=True)
     for c in cbs:
         c.on_train_end({})
     return history

@@ -95,6 +95,38 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
                                const int64_t *index, int64_t n, int64_t batch_size, uint64_t seed,
                                double *loss_sum, int64_t *correct);
 
+/* Data-parallel training (fastnn.distributed). Every rank passes the same X, Y and index;
+ * index[s : s + batch_size] is the global batch. Default mode (shards == 0): rank r computes
+ * the gradient of rows [B r / size, B (r+1) / size) of each global batch of B rows. Exact mode
+ * (shards > 0): the batch is cut into `shards` shards (shard j: rows [B j / K, B (j+1) / K)),
+ * each shard's gradient is computed alone and the shards are summed over a fixed pairwise
+ * tree (sum(lo, hi) = sum(lo, mid) + sum(mid, hi), mid = lo + (hi - lo) / 2); rank r computes
+ * the subtree of shards [m r, m (r+1)), m = shards / size; with size a power of two these
+ * blocks are nodes of the tree, so the result does not depend on size when reduce adds the
+ * tree's top levels (fastnn.distributed: recursive doubling). In both
+ * modes the loss is normalised by the whole global batch (the ranks' gradients add up to the
+ * batch gradient). After each backward pass thread 0 calls reduce(ctx, grads, nparams, step)
+ * (step: the update about to run, from 1), which must leave in grads the gradient of the
+ * whole batch; then the optimizer update runs. Dropout masks are keyed by the row's place in
+ * the global batch. *loss_sum and *correct get this rank's share (sum them over ranks). */
+typedef fastnn_status (*fastnn_net_reduce_fn)(void *ctx, void *grads, int64_t n, int64_t step);
+
+typedef struct {
+    int rank, size;                /* this process among size ranks */
+    int64_t shards;                /* 0: default mode; > 0: exact mode with this many shards */
+    void *scratch;                 /* exact mode: fastnn_net_dist_scratch(net, d) elements */
+    fastnn_net_reduce_fn reduce;   /* may be NULL with size 1 */
+    void *ctx;
+} fastnn_net_dist;
+
+/* Elements of scratch the exact mode needs (0 in the default mode). */
+int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d);
+
+fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, const void *X,
+                                    const void *Y, int64_t rows, const int64_t *index,
+                                    int64_t n, int64_t batch_size, uint64_t seed,
+                                    double *loss_sum, int64_t *correct);
+
 /* Inference: out [rows, out_last] = the network on X [rows, in0], no dropout, in batches of
  * at most max_batch rows. */
 fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows);
