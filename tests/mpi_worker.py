@@ -57,6 +57,25 @@ def main(job, out):
                          seed=1, verbose=0, callbacks=[StopOnRank1()], comm=comm)
         results["steps"] = np.array(comm.allgather(opt.state_dict()["state"][0]["step"]))
         results["epochs"] = np.array(len(history.history["loss"]))
+    elif job == "nonfinite":           # a huge row reaches rank 1 alone, in the 4th batch
+        X, y = data()
+        X = X.copy()
+        X[3 * 32 + 20] = 1e38            # finite, but its logits overflow: rank 1's loss is inf
+        model = mlp()
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        try:
+            fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=32,
+                   shuffle=False, seed=1, verbose=0, comm=comm)
+            message = ""
+        except FloatingPointError as e:
+            message = str(e)
+        results["steps"] = np.array(comm.allgather(opt.state_dict()["state"][0]["step"]))
+        results["stopped"] = np.array(comm.allgather(message.split(":")[1] if message
+                                                     else ""))
+        weights = flat(model)
+        results["same"] = np.array(all(np.array_equal(w, weights)
+                                       for w in comm.allgather(weights)))
+        results["finite"] = np.array(np.isfinite(weights).all())
     elif job.startswith("write:"):
         results["final"] = write(job[len("write:"):], comm, rank)
     elif job.startswith("resume:"):

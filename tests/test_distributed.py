@@ -127,6 +127,18 @@ def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 
 
 @needs_mpi
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank_before_the_update(tmp_path):
+    """Only rank 1's rows overflow: both ranks raise at the same batch, with the same finite
+    weights (the step before), as one process would."""
+    r = run_ok(2, "nonfinite", tmp_path / "n.npz")
+    s0, s1 = r["steps"]
+    m0, m1 = r["stopped"]
+    assert s0 == s1 >= 3 and m0 == m1 and m0.startswith(" the training loss is not finite")
+    assert f"epoch 1, batch {s0 + 1} of 20" in m0      # the batch after the last update
+    assert r["same"] and r["finite"]
+
+
+@needs_mpi
 def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
     ck = tmp_path / "ck.safetensors"
     full = run_ok(2, f"write:{ck}", tmp_path / "w.npz")["final"]
