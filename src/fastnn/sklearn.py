@@ -66,7 +66,8 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer, LabelEncoder
     from sklearn.utils import check_random_state, gen_batches, shuffle as _sk_shuffle
-    from sklearn.utils.class_weight import compute_sample_weight
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
     from sklearn.utils.multiclass import (
         _check_partial_fit_first_call,
         check_classification_targets,
@@ -468,6 +469,8 @@ class _BaseMLP(BaseEstimator):
             else:
                 labels = y.astype(int)
             cw_sample = compute_sample_weight(cw, labels).astype(dt)
+            if lb.y_type_ == "multiclass":   # per-class weights for the fused cross-entropy
+                self._class_weights = compute_class_weight(cw, classes=self.classes_, y=labels)
         n_samples, n_features = X.shape
         self.n_outputs_ = y.shape[1]
         layer_units = [n_features] + hidden + [self.n_outputs_]
@@ -630,7 +633,7 @@ class _BaseMLP(BaseEstimator):
         if kind == "log_loss":          # softmax + cross-entropy on labels: the same objective
             cw = None
             if getattr(self, "class_weight", None) is not None:
-                cw = compute_sample_weight(self.class_weight, self.classes_).astype(dt)
+                cw = np.asarray(self._class_weights, dtype=dt)
             loss, scale, report = _loss.CrossEntropyLoss(weight=cw), 1.0, 1.0
             target = np.ascontiguousarray(y_train.argmax(axis=1), dtype=np.int64)
         elif kind == "binary_log_loss":  # mean over n*k elements: gradient 1/k of sklearn's
@@ -1004,10 +1007,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y = probs.ravel() if self.n_outputs_ == 1 else probs
         return self._label_binarizer.inverse_transform(y)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y). classes: every label, required on the first call (not for
         multi-label indicator targets). Returns self."""
-        self._check_solver()
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -1107,9 +1110,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         return X, y
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y). Returns self."""
-        self._check_solver()
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
@@ -1267,7 +1270,8 @@ class NeuralNetClassifier(ClassifierMixin, _BaseNeuralNet):
 
     def predict(self, X):
         """Labels (n_samples,) of the largest logit."""
-        return self.classes_[np.argmax(self._outputs(X), axis=1)]
+        z = self._outputs(X)
+        return self.classes_[np.argmax(z, axis=1)]
 
 
 class NeuralNetRegressor(RegressorMixin, _BaseNeuralNet):
@@ -1308,3 +1312,8 @@ class NeuralNetRegressor(RegressorMixin, _BaseNeuralNet):
         """Predictions (n_samples,) or (n_samples, n_outputs) of ``dtype``."""
         z = self._outputs(X)
         return z.ravel() if self._single else z
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
