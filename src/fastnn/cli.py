@@ -118,13 +118,17 @@ def _train(args):
     print(f"model: {' -> '.join(str(w) for w in widths + [classes])} ({args.activation}), "
           f"{sum(p.size for p in model.parameters())} parameters; {opt}")
     callbacks = [_TableLogger(args.verbose)] if args.verbose else []
-    fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
-               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0)
+    history = fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
+                         validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0)
     result = fastnn.evaluate(model, loss, Xt, yt)
     print(f"test accuracy: {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
     if args.save:
         fastnn.save(model, args.save)
         print(f"saved the model to {args.save}")
+    if args.plot:
+        from . import plot
+        plot.history(history, args.plot, title=f"fastnn train: {name}")
+        print(f"saved the training curves to {args.plot}")
     return 0
 
 
@@ -142,6 +146,8 @@ def _add_train(sub):
     t.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
     t.add_argument("--seed", type=int, default=0, help="default %(default)s")
     t.add_argument("--save", metavar="PATH", help="save the trained model (safetensors)")
+    t.add_argument("--plot", metavar="PATH", help="save the training curves as a picture, e.g. "
+                   "curves.png (needs the extra fastnn[plot])")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: results only; 1: per-epoch table, progress bar on a terminal; "
                         "2: table only (default %(default)s)")
