@@ -245,7 +245,7 @@ def test_partial_fit_continues_training():
     for _ in range(5):
         est.partial_fit(X, y)
     assert est.loss_ < first and len(est.loss_curve_) == 6 and est.t_ == 6 * len(X)
-    with pytest.raises(AttributeError, match="not stochastic"):
+    with pytest.raises(AttributeError, match="partial_fit"):
         MLPClassifier(solver="lbfgs").partial_fit(X, y, classes=np.arange(10))
 
 

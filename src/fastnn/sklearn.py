@@ -60,12 +60,12 @@ try:
     import scipy.optimize
     import scipy.sparse
     from scipy.special import expit, xlogy
-    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer, LabelEncoder
-    from sklearn.utils import check_random_state, gen_batches, shuffle as _sk_shuffle
+    from sklearn.utils import check_random_state, gen_batches
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
     from sklearn.utils.multiclass import (
@@ -113,6 +113,14 @@ class _threads:
             set_num_threads(self.old)
 
 
+def _shuffled(a, rs):
+    """sklearn.utils.shuffle(a, random_state=rs) for a 1-D array: the same draws, the same
+    order, without its input validation (called once per epoch)."""
+    ind = np.arange(len(a))
+    rs.shuffle(ind)
+    return a[ind]
+
+
 def _dense(X):
     """Sparse input is densified (the fused step reads dense rows)."""
     return X.toarray() if scipy.sparse.issparse(X) else X
@@ -156,8 +164,13 @@ def _backward_act(name, z_pre, a, delta):
     return delta
 
 
-def _out_act(name, z):
+def _out_act(name, z, exact=False):
+    """The output activation of z (in place where it can). exact: scikit-learn's numpy
+    formulas (the numpy back end); else fastnn's kernels."""
     if name == "softmax":
+        if not exact and z.flags.c_contiguous:
+            from . import ops
+            return ops.softmax(z)
         z = z - z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
@@ -430,16 +443,43 @@ class _BaseMLP(BaseEstimator):
         self.intercepts_ = [np.array(lin.bias) for lin in lins]
 
     def _forward(self, X):
-        """Output-layer activations (n_samples, n_outputs_) from the fused forward pass."""
+        """Output-layer activations (n_samples, n_outputs_) from the fused forward pass. The
+        fastnn model is built once and gets coefs_/intercepts_ copied in at each call, so
+        changes to them are always seen."""
         hidden, acts, drops, dt = self._check_params()
-        model = self._model(acts, drops, dt)
+        cache = self.__dict__.get("_predict_cache")
+        if cache is None or cache[0] != self._cache_key(acts, dt):
+            cache = self._predict_model(acts, dt)   # not stored: predict changes no attribute
+        _, model, lins = cache
+        for lin, c, b in zip(lins, self.coefs_, self.intercepts_):
+            lin.weight[...] = c.T
+            lin.bias[...] = b
         X = np.ascontiguousarray(_dense(X), dtype=dt)
         with _threads(self.n_threads):
             z = model.predict(X, batch_size=min(max(len(X), 1), 1024))
-        return _out_act(self.out_activation_, z)
+            return _out_act(self.out_activation_, z)
+
+    def _cache_key(self, acts, dt):
+        return (dt, tuple(acts), tuple(np.shape(c) for c in self.coefs_))
+
+    def _predict_model(self, acts, dt):
+        model = self._model(acts, [0.0] * len(acts), dt)
+        return (self._cache_key(acts, dt), model,
+                [m for m in model if isinstance(m, _nn.Linear)])
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_predict_cache", None)
+        state.pop("_live", None)
+        return state
+
+    def _predict_input(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
+                             dtype=self._check_params()[3])
 
     def _loss_kind(self):
-        if not is_classifier(self):
+        if not self._is_classifier:
             return self.loss
         return "binary_log_loss" if self.out_activation_ == "logistic" else "log_loss"
 
@@ -451,6 +491,7 @@ class _BaseMLP(BaseEstimator):
                         and hasattr(self, "coefs_") and hasattr(self, "intercepts_"))
         first_pass = not hasattr(self, "coefs_") or user_weights or (
             not self.warm_start and not incremental)
+        self._fit_dtype = dt
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         X = np.ascontiguousarray(_dense(X), dtype=dt)
         if sample_weight is not None:
@@ -510,10 +551,11 @@ class _BaseMLP(BaseEstimator):
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
+        self._predict_cache = self._predict_model(acts, dt)   # the structure predict reuses
         return self
 
     def _choose_backend(self, sample_weight, drops, y):
-        multiclass = is_classifier(self) and self.out_activation_ == "softmax"
+        multiclass = self._is_classifier and self.out_activation_ == "softmax"
         cw = getattr(self, "class_weight", None)
         fused_ok = (self.solver != "lbfgs" and sample_weight is None and self.device == "cpu"
                     and self._loss_kind() != "poisson" and (cw is None or multiclass))
@@ -539,7 +581,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if not self.early_stopping:
             return X, y, sample_weight, None, None, None
-        stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+        stratify = y if self._is_classifier and self.n_outputs_ == 1 else None
         if sample_weight is None:
             X_train, X_val, y_train, y_val = train_test_split(
                 X, y, random_state=self._random_state, test_size=self.validation_fraction,
@@ -603,7 +645,7 @@ class _BaseMLP(BaseEstimator):
     def _val_score(self, probs, y_val, sw_val):
         if not np.isfinite(probs).all():
             return np.nan
-        if is_classifier(self):
+        if self._is_classifier:
             return accuracy_score(y_val, self._decode(probs), sample_weight=sw_val)
         pred = probs.ravel() if probs.shape[1] == 1 else probs
         return r2_score(y_val, pred, sample_weight=sw_val)
@@ -623,7 +665,7 @@ class _BaseMLP(BaseEstimator):
     def _fit_fused(self, X, y, incremental, acts, drops, dt):
         X_train, y_train, _, X_val, y_val, _ = self._early_split(X, y, None, incremental)
         yb_val = y_val
-        if y_val is not None and is_classifier(self):
+        if y_val is not None and self._is_classifier:
             y_val = self._label_binarizer.inverse_transform(y_val.ravel() if y_val.shape[1] == 1
                                                             else y_val)
         n = self._n_train = X_train.shape[0]
@@ -679,7 +721,7 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    order = _sk_shuffle(order, random_state=self._random_state)
+                    order = _shuffled(order, self._random_state)
                 key = int(self._random_state.randint(2 ** 31)) if any(drops) else 0
                 if plan is not None:
                     model.train()
@@ -742,7 +784,7 @@ class _BaseMLP(BaseEstimator):
                 a = _forward_act(acts[i], z)
             else:
                 pre = None
-                a = _out_act(self.out_activation_, z)
+                a = _out_act(self.out_activation_, z, exact=True)
             pres.append(pre)
             outs.append(a)
         return pres, outs
@@ -786,7 +828,7 @@ class _BaseMLP(BaseEstimator):
         X_train, y_train, sw_train, X_val, y_val, sw_val = self._early_split(
             X, y, sample_weight, incremental)
         yb_val = y_val
-        if y_val is not None and is_classifier(self):
+        if y_val is not None and self._is_classifier:
             y_val = self._label_binarizer.inverse_transform(y_val.ravel() if y_val.shape[1] == 1
                                                             else y_val)
         n = self._n_train = X_train.shape[0]
@@ -796,7 +838,7 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    idx = _sk_shuffle(idx, random_state=self._random_state)
+                    idx = _shuffled(idx, self._random_state)
                 acc = 0.0
                 for sl in gen_batches(n, bs):
                     bi = idx[sl] if self.shuffle else sl
@@ -975,13 +1017,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.backend = backend
 
     loss = "log_loss"
+    _is_classifier = True
 
     def _out_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+                             dtype=self._fit_dtype, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -1022,16 +1065,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict(self, X):
         """Class labels for X (n_samples, n_features): shape (n_samples,), or the indicator
         matrix (n_samples, n_classes) for multi-label."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        return self._decode(self._forward(X))
+        return self._decode(self._forward(self._predict_input(X)))
 
     def predict_proba(self, X):
         """Class probabilities for X (n_samples, n_features): (n_samples, n_classes) of
         ``dtype``, columns in the order of classes_."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        p = self._forward(X)
+        p = self._forward(self._predict_input(X))
         if self.n_outputs_ == 1:
             p = p.ravel()
             return np.vstack([1 - p, p]).T
@@ -1100,12 +1139,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              f"'poisson'; got {self.loss!r}.")
         return super()._check_params()
 
+    _is_classifier = False
+
     def _out_activation(self):
         return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
+                             y_numeric=True, dtype=self._fit_dtype, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -1118,9 +1159,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         """Predictions for X (n_samples, n_features): (n_samples,) for one target, else
         (n_samples, n_outputs), of ``dtype``."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        p = self._forward(X)
+        p = self._forward(self._predict_input(X))
         return p.ravel() if p.shape[1] == 1 else p
 
 
