@@ -724,20 +724,18 @@ class _BaseMLP(BaseEstimator):
                     order = _shuffled(order, self._random_state)
                 key = int(self._random_state.randint(2 ** 31)) if any(drops) else 0
                 if plan is not None:
-                    model.train()
                     loss_sum, _ = plan.train(X_train, target, order, bs, key)
                     data_loss = loss_sum / n * report
                 else:
                     hist = _fn_fit(model, loss, opt, X_train[order], target[order], epochs=1,
                                    batch_size=bs, shuffle=False, seed=key, verbose=0)
-                    data_loss = hist.history["loss"][-1] * report
+                    data_loss = float(hist.history["loss"][-1]) * report
                     model._sync_to_host()
                 reg = sum(float(np.dot(lin.weight.ravel(), lin.weight.ravel())) for lin in lins)
                 self.loss_ = float(data_loss + 0.5 * self.alpha * reg * (-(-n // bs)) / n)
                 self.n_iter_ += 1
                 probs = None
                 if X_val is not None:
-                    model.eval()
                     probs = _out_act(self.out_activation_, model.predict(X_val))
                     self.validation_loss_curve_.append(self._val_loss(probs, yb_val, None))
                 if self._epoch_end(sched, X_val, y_val, None, probs):
