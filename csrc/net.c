@@ -27,45 +27,81 @@ typedef struct {
 
 #define FASTNN_NET_MAX_UNITS 64
 
-/* Carve the arena (or, with base NULL, only count its bytes). */
+/* Carve the arena (or, with base NULL, only count its bytes). Returns 0 when a size
+ * overflows (every product is checked: sizes come from the caller). */
 static size_t carve(const fastnn_net *net, char *base, layout *L) {
-    size_t es = esize(net->dt), off = 0, B = (size_t)net->max_batch, widest = 1;
+    size_t es = esize(net->dt), off = 0, bytes;
+    int64_t B = net->max_batch, widest = 1;
     const fastnn_unit *u = net->units;
     int last = net->nunits - 1;
-#define TAKE(ptr, bytes) do { if (base) (ptr) = base + off; off += align64(bytes); } while (0)
-    TAKE(L->x, B * (size_t)u[0].in * es);
-    if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B * sizeof(int64_t));
-    else TAKE(L->t, B * (size_t)u[last].out * es);
+#define TAKE(ptr, rows, cols, size) do {                                                       \
+        if (fastnn_bytes3(&bytes, rows, cols, size) || __builtin_add_overflow(off, bytes, &off)) \
+            return 0;                                                                          \
+        if (base) (ptr) = base + off - bytes;                                                  \
+    } while (0)
+    TAKE(L->x, B, u[0].in, es);
+    if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B, 1, sizeof(int64_t));
+    else TAKE(L->t, B, u[last].out, es);
     for (int i = 0; i < net->nunits; i++) {
-        TAKE(L->y[i], B * (size_t)u[i].out * es);
-        if (!fused(&u[i])) TAKE(L->z[i], B * (size_t)u[i].out * es);
+        TAKE(L->y[i], B, u[i].out, es);
+        if (!fused(&u[i])) TAKE(L->z[i], B, u[i].out, es);
         else if (base) L->z[i] = NULL;
-        if ((size_t)u[i].out > widest) widest = (size_t)u[i].out;
+        if (u[i].out > widest) widest = u[i].out;
     }
-    TAKE(L->d[0], B * widest * es);
-    TAKE(L->d[1], B * widest * es);
+    TAKE(L->d[0], B, widest, es);
+    TAKE(L->d[1], B, widest, es);
 #undef TAKE
-    return off;
+    return off > (size_t)INT64_MAX ? 0 : off;
+}
+
+static int units_valid(const fastnn_net *net) {
+    if (!net || !net->units || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS ||
+        net->max_batch < 1)
+        return 0;
+    for (int i = 0; i < net->nunits; i++)
+        if (net->units[i].in < 1 || net->units[i].out < 1) return 0;
+    return 1;
 }
 
 int64_t fastnn_net_arena_bytes(const fastnn_net *net) {
     layout L;
-    if (!net || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+    if (!units_valid(net)) return 0;
+    return (int64_t)carve(net, NULL, &L);   /* 0: too large */
+}
+
+static int finite_ge0(double v) { return v >= 0 && v <= 1.7976931348623157e308; }
+
+/* The optimizer's and the loss's scalars, as the Python optimizers and losses check them. */
+static int hyper_valid(const fastnn_net *net) {
+    const fastnn_optim *o = &net->opt;
+    if (!finite_ge0(o->lr) || !finite_ge0(o->weight_decay) || !finite_ge0(o->eps) ||
+        !finite_ge0(o->momentum) || !finite_ge0(o->lr_decay) || !finite_ge0(o->alpha) ||
+        !(o->dampening >= -1.7976931348623157e308 && o->dampening <= 1.7976931348623157e308))
         return 0;
-    return (int64_t)carve(net, NULL, &L);
+    if (o->kind == FASTNN_OPT_ADAM && !(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1))
+        return 0;
+    if (o->kind == FASTNN_OPT_SGD && o->nesterov && (o->momentum <= 0 || o->dampening != 0))
+        return 0;
+    if (!(net->label_smoothing >= 0 && net->label_smoothing <= 1)) return 0;
+    if (net->loss == FASTNN_NET_HUBER && !(net->delta > 0 && net->delta <= 1.7976931348623157e308))
+        return 0;
+    return 1;
 }
 
 fastnn_status fastnn_net_check(const fastnn_net *net) {
     if (!net || !net->units || !net->params || !net->grads || !net->arena) return FASTNN_ENULL;
     if (net->dt != FASTNN_F32 && net->dt != FASTNN_F64) return FASTNN_EINVAL;
-    if (net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+    if (!units_valid(net) || net->nparams < 1 || carve(net, NULL, &(layout){0}) == 0)
         return FASTNN_EINVAL;
     for (int i = 0; i < net->nunits; i++) {
         const fastnn_unit *u = &net->units[i];
-        if (u->in < 1 || u->out < 1) return FASTNN_EINVAL;
+        int64_t end;
         if (i > 0 && u->in != net->units[i - 1].out) return FASTNN_EINVAL;
-        if (u->w < 0 || u->w + u->in * u->out > net->nparams) return FASTNN_EINVAL;
-        if (u->b >= 0 && u->b + u->out > net->nparams) return FASTNN_EINVAL;
+        /* [w, w + in*out) and [b, b + out) inside the buffer, with no wrap-around */
+        if (u->w < 0 || fastnn_madd_i64(&end, u->in, u->out, u->w) || end > net->nparams)
+            return FASTNN_EINVAL;
+        if (u->b >= 0 && (__builtin_add_overflow(u->b, u->out, &end) || end > net->nparams))
+            return FASTNN_EINVAL;
         if (u->act < FASTNN_ACT_IDENTITY || u->act > FASTNN_ACT_SOFTPLUS) return FASTNN_EINVAL;
         if (!(u->drop >= 0 && u->drop < 1)) return FASTNN_EINVAL;
     }
@@ -75,6 +111,7 @@ fastnn_status fastnn_net_check(const fastnn_net *net) {
     const fastnn_optim *o = &net->opt;
     if (o->kind < FASTNN_OPT_SGD || o->kind > FASTNN_OPT_ADAGRAD || o->step < 0)
         return FASTNN_EINVAL;
+    if (!hyper_valid(net)) return FASTNN_EINVAL;
     if (o->kind == FASTNN_OPT_SGD && o->momentum != 0 && !o->s1) return FASTNN_ENULL;
     if (o->kind == FASTNN_OPT_ADAM && (!o->s1 || !o->s2 || (o->amsgrad && !o->s3)))
         return FASTNN_ENULL;
@@ -107,19 +144,27 @@ static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p
     return FASTNN_OK;
 }
 
+/* Rows whose argmax is the label; a row holding a NaN never counts (its argmax is no class). */
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
                              int64_t cols) {
     int64_t ok = 0;
     for (int64_t r = 0; r < rows; r++) {
         int64_t best = 0;
+        int nan = 0;   /* a row with a NaN output is never counted as correct */
         if (dt == FASTNN_F32) {
             const float *row = (const float *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            for (int64_t c = 0; c < cols; c++) {
+                nan |= row[c] != row[c];
+                if (row[c] > row[best]) best = c;
+            }
         } else {
             const double *row = (const double *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            for (int64_t c = 0; c < cols; c++) {
+                nan |= row[c] != row[c];
+                if (row[c] > row[best]) best = c;
+            }
         }
-        ok += best == labels[r];
+        ok += !nan && best == labels[r];
     }
     return ok;
 }
@@ -305,6 +350,8 @@ static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B
     double value = 0;
     fastnn_status st = loss_and_grad(net, L, B, L->d[0], &value);
     if (st != FASTNN_OK) return st;
+    if (!net->nonfinite_ok && !(value - value == 0))
+        return FASTNN_ENONFINITE;   /* NaN or +-inf: no update */
     if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
         *correct += count_correct(net->dt, L->y[net->nunits - 1], (const int64_t *)L->t, B,
                                   net->units[net->nunits - 1].out);
@@ -398,6 +445,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
     if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    int64_t ext;   /* X [rows, in0] and T [rows, out] must have representable extents */
+    if (fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
     for (int64_t i = 0; i < n; i++)
         if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
@@ -433,7 +484,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
 fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows) {
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
-    if (rows < 0) return FASTNN_EINVAL;
+    int64_t ext;
+    if (rows < 0 || fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (rows > 0 && (!out || !X)) return FASTNN_ENULL;
     layout L;
     carve(net, net->arena, &L);

@@ -18,7 +18,7 @@ from ._kernels import (
     set_num_threads,
 )
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
-from .data import Standardizer, batches, one_hot, train_val_test_split
+from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
 from .io import load, load_checkpoint, save, save_checkpoint
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
@@ -49,6 +49,18 @@ from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name):
+    """``fastnn.cuda`` is imported on first access (PEP 562): ``import fastnn`` never imports
+    numba, and ``fastnn.cuda`` works without a separate ``import fastnn.cuda``."""
+    if name == "cuda":
+        import importlib
+
+        return importlib.import_module(".cuda", __name__)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
 if _os.environ.get("FASTNN_ARCH"):
     try:
         set_arch(_os.environ["FASTNN_ARCH"])
@@ -69,5 +81,6 @@ __all__ = [
     # training, callbacks, data, persistence
     "fit", "evaluate", "History", "callbacks", "Callback", "EarlyStopping", "ModelCheckpoint",
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
+    "LabelEncoder", "Preprocess",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]

@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint64_t
 cdef extern from "fastnn/fastnn.h" nogil:
     ctypedef enum fastnn_status:
         FASTNN_OK, FASTNN_EINVAL, FASTNN_ENULL, FASTNN_ENOMEM, FASTNN_ELABEL, FASTNN_EARCH
+        FASTNN_ENONFINITE
     ctypedef enum fastnn_dtype:
         FASTNN_F32, FASTNN_F64
     ctypedef enum fastnn_act:
@@ -111,6 +112,7 @@ cdef extern from "fastnn/net.h" nogil:
         double delta, label_smoothing
         const void *loss_weight
         fastnn_optim opt
+        int nonfinite_ok
         int64_t max_batch
         void *arena
         double l2

@@ -62,6 +62,7 @@ typedef struct {
     double delta, label_smoothing;  /* huber; cross-entropy */
     const void *loss_weight;        /* cross-entropy class weights or BCE pos_weight; may be NULL */
     fastnn_optim opt;
+    int nonfinite_ok;               /* 1: a NaN/inf loss does not stop training (0: it does) */
     int64_t max_batch;              /* the arena holds batches up to this size */
     void *arena;                    /* fastnn_net_arena_bytes(net) bytes, 64-byte aligned */
     double l2;                      /* >= 0: adds l2 * W / batch rows to each weight gradient,
@@ -73,7 +74,10 @@ typedef struct {
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
 int64_t fastnn_net_arena_bytes(const fastnn_net *net);
 
-/* Check the plan: sizes chain, offsets inside the parameter buffer, parameters valid. */
+/* Check the plan: sizes chain, offsets inside the parameter buffer (all size arithmetic
+ * overflow-checked), the optimizer's and loss's scalars in range (lr, weight_decay, eps,
+ * momentum, alpha, lr_decay finite and >= 0; Adam's betas in [0, 1); label_smoothing in
+ * [0, 1]; Huber delta > 0), the state buffers given. */
 fastnn_status fastnn_net_check(const fastnn_net *net);
 
 /* Train on the mini-batches index[0:bs], index[bs:2bs], ... of index[0:n] (the last one may
@@ -83,7 +87,9 @@ fastnn_status fastnn_net_check(const fastnn_net *net);
  * a counter-based generator keyed by (seed, opt.step, element): the same for any thread count.
  * Adds to *loss_sum the sum over batches of (batch loss * batch rows), to *correct the rows
  * whose argmax matches the label (cross-entropy only). Returns FASTNN_ELABEL, before any
- * change, if a label of a batch is out of range (earlier batches stay applied). */
+ * change, if a label of a batch is out of range (earlier batches stay applied), and
+ * FASTNN_ENONFINITE when a batch's loss is NaN or infinite: that batch makes no update, so
+ * opt.step counts the updates made and the parameters are those of the last finite step. */
 /* Threads one training call uses for batches of batch_size rows: 1, or a team that runs all
  * of the call's steps in one parallel region (by the step's size, capped by
  * fastnn_set_num_threads). Every thread count gives bit-identical results. */
