@@ -48,7 +48,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    with pytest.raises(ImportError, match=r"fastnn\[plot\]"):
+    with pytest.raises(ImportError, match=r"fastnn-core\[plot\]"):
         plot.history({"loss": [1.0]})
 
 

@@ -281,7 +281,7 @@ def test_import_error_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake)
     monkeypatch.delitem(sys.modules, "fastnn.sklearn", raising=False)
-    with pytest.raises(ImportError, match=r"fastnn\[sklearn\]"):
+    with pytest.raises(ImportError, match=r"fastnn-core\[sklearn\]"):
         importlib.import_module("fastnn.sklearn")
     monkeypatch.setattr(builtins, "__import__", real_import)
     monkeypatch.delitem(sys.modules, "fastnn.sklearn", raising=False)

@@ -478,7 +478,7 @@ def _add_train(sub, common):
                    help="save the trained model with its preprocessing (safetensors); the "
                         "path is checked before training")
     t.add_argument("--plot", metavar="PATH", help="save the training curves as a picture, e.g. "
-                   "curves.png (needs the extra fastnn[plot])")
+                   "curves.png (needs the extra fastnn-core[plot])")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: results only; 1: per-epoch table, progress bar on a terminal; "
                         "2: table only (default %(default)s)")

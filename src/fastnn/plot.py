@@ -1,4 +1,5 @@
-"""Training curves as pictures (optional extra: ``pip install 'fastnn[plot]'``, matplotlib).
+"""Training curves as pictures (optional extra: ``pip install 'fastnn-core[plot]'``,
+matplotlib).
 
     import fastnn.plot
     history = fn.fit(model, loss, opt, X, y, epochs=20, validation_split=0.1)
@@ -13,7 +14,7 @@ def _matplotlib():
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(f"fastnn.plot needs matplotlib ({e}); install the extra: "
-                          f"pip install 'fastnn[plot]'") from e
+                          f"pip install 'fastnn-core[plot]'") from e
     return Figure, FigureCanvasAgg
 
 

@@ -1,4 +1,5 @@
-"""scikit-learn estimators backed by fastnn (optional extra: ``pip install 'fastnn[sklearn]'``).
+"""scikit-learn estimators backed by fastnn (optional extra:
+``pip install 'fastnn-core[sklearn]'``).
 
 ``MLPClassifier`` and ``MLPRegressor`` take the constructor parameters, defaults and meanings
 of scikit-learn 1.9's estimators of the same names, expose the same methods and fitted
@@ -83,7 +84,7 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"fastnn.sklearn needs scikit-learn >= 1.6 and scipy ({_e}); install the extra: "
-        f"pip install 'fastnn[sklearn]'") from _e
+        f"pip install 'fastnn-core[sklearn]'") from _e
 
 from . import _fused, loss as _loss, nn as _nn, optim as _optim
 from ._kernels import get_num_threads, set_num_threads
@@ -127,8 +128,8 @@ def _dense(X):
 
 
 def _act_layer(name):
-    return {"relu": _nn.ReLU, "logistic": _nn.Sigmoid, "tanh": _nn.Tanh, "leaky_relu": _nn.LeakyReLU,
-            "gelu": _nn.GELU, "silu": _nn.SiLU}.get(name)
+    return {"relu": _nn.ReLU, "logistic": _nn.Sigmoid, "tanh": _nn.Tanh,
+            "leaky_relu": _nn.LeakyReLU, "gelu": _nn.GELU, "silu": _nn.SiLU}.get(name)
 
 
 def _forward_act(name, z):
@@ -336,9 +337,9 @@ class _BaseMLP(BaseEstimator):
         real("beta_2", 0.0, 1.0, high_open=True)
         integer("max_iter", 1)
         integer("max_fun", 1)
-        if not (self.n_iter_no_change == np.inf or (isinstance(self.n_iter_no_change, numbers.Integral)
-                                                     and not isinstance(self.n_iter_no_change, bool)
-                                                     and self.n_iter_no_change >= 1)):
+        nic = self.n_iter_no_change
+        if not (nic == np.inf or (isinstance(nic, numbers.Integral)
+                                  and not isinstance(nic, bool) and nic >= 1)):
             raise ValueError(f"The 'n_iter_no_change' parameter of {name} must be an int >= 1 "
                              f"or numpy.inf; got {self.n_iter_no_change!r}.")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
@@ -401,7 +402,8 @@ class _BaseMLP(BaseEstimator):
             self.coefs_, self.intercepts_ = [], []
             for i in range(self.n_layers_ - 1):
                 # scikit-learn's factor follows the (single) hidden activation
-                act = self.activation if isinstance(self.activation, str) else acts[min(i, len(acts) - 1)]
+                act = (self.activation if isinstance(self.activation, str)
+                       else acts[min(i, len(acts) - 1)])
                 c, b = self._init_coef(layer_units[i], layer_units[i + 1], dtype, act)
                 self.coefs_.append(c)
                 self.intercepts_.append(b)
@@ -515,10 +517,11 @@ class _BaseMLP(BaseEstimator):
         n_samples, n_features = X.shape
         self.n_outputs_ = y.shape[1]
         layer_units = [n_features] + hidden + [self.n_outputs_]
-        if not first_pass and [c.shape for c in self.coefs_] != list(zip(layer_units, layer_units[1:])):
+        wanted = list(zip(layer_units, layer_units[1:]))
+        if not first_pass and [c.shape for c in self.coefs_] != wanted:
             raise ValueError(f"warm_start/partial_fit: the network has layers "
                              f"{[c.shape for c in self.coefs_]}, the data and "
-                             f"hidden_layer_sizes ask for {list(zip(layer_units, layer_units[1:]))}")
+                             f"hidden_layer_sizes ask for {wanted}")
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._user_weights = user_weights
@@ -920,7 +923,7 @@ class _BaseMLP(BaseEstimator):
     def plot_loss_curve(self, path=None, **kwargs):
         """Draw loss_curve_ (and validation_loss_curve_ and validation_scores_ with early
         stopping) per epoch with fastnn.plot.history; returns the matplotlib Figure and saves
-        it to path when given. Needs the extra fastnn[plot]. Raises NotFittedError before fit
+        it to path when given. Needs the extra fastnn-core[plot]. Raises NotFittedError before fit
         and ValueError for solver='lbfgs' (no curve)."""
         check_is_fitted(self)
         if getattr(self, "loss_curve_", None) is None:
@@ -955,7 +958,7 @@ _COMMON_DOC = """
     n_threads : int or None, default=None
         fastnn threads during fit and predict (None: fastnn's current setting).
     device : {{'cpu', 'cuda'}}, default='cpu'
-        'cuda' trains through fastnn.cuda (needs the extra fastnn[cuda] and a GPU).
+        'cuda' trains through fastnn.cuda (needs the extra fastnn-core[cuda] and a GPU).
     backend : {{'fused', 'numpy'}}, default='fused'
         'fused': fastnn's native training step (PyTorch's update formulas, see the module
         docstring); 'numpy': scikit-learn's formulas verbatim, one Python step per batch.
@@ -1290,7 +1293,8 @@ class NeuralNetClassifier(ClassifierMixin, _BaseNeuralNet):
     def fit(self, X, y):
         """Train on X (n_samples, n_features) and labels y (n_samples,). Returns self."""
         dt = self._check()
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32))
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"],
+                             dtype=(np.float64, np.float32))
         check_classification_targets(y)
         X = np.ascontiguousarray(_dense(X), dtype=dt)
         enc = LabelEncoder().fit(y)
