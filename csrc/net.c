@@ -108,6 +108,7 @@ fastnn_status fastnn_net_check(const fastnn_net *net) {
         if (u->act < FASTNN_ACT_IDENTITY || u->act > FASTNN_ACT_SOFTPLUS) return FASTNN_EINVAL;
         if (!(u->drop >= 0 && u->drop < 1)) return FASTNN_EINVAL;
     }
+    if (!finite_ge0(net->l2)) return FASTNN_EINVAL;
     if (net->loss < FASTNN_NET_CROSS_ENTROPY || net->loss > FASTNN_NET_BCE_LOGITS)
         return FASTNN_EINVAL;
     const fastnn_optim *o = &net->opt;
@@ -248,6 +249,20 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
     return st;
 }
 
+/* dW += c * W over n elements (the weights-only L2 term, net->l2). */
+static fastnn_status add_l2(fastnn_dtype dt, void *dw, const void *w, int64_t n, double c) {
+    if (dt == FASTNN_F32) {
+        float *g = dw, cf = (float)c;
+        const float *p = w;
+        for (int64_t k = 0; k < n; k++) g[k] += cf * p[k];
+    } else {
+        double *g = dw;
+        const double *p = w;
+        for (int64_t k = 0; k < n; k++) g[k] += c * p[k];
+    }
+    return FASTNN_OK;
+}
+
 static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
                               uint64_t key) {
     fastnn_dtype dt = net->dt;
@@ -272,6 +287,10 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         /* dW = dZ^T h, db = column sums of dZ */
         st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0,
                          at(net, net->grads, u->w), u->in);
+        if (st == FASTNN_OK && net->l2 != 0)
+            FASTNN_ON_THREAD0(team, st, add_l2(dt, at(net, net->grads, u->w),
+                                               at(net, net->params, u->w), u->in * u->out,
+                                               net->l2 / (double)B));
         if (st == FASTNN_OK && u->b >= 0)
             st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
         if (st != FASTNN_OK || i == 0) return st;
@@ -301,8 +320,12 @@ static fastnn_status update(const fastnn_net *net, int64_t step) {
         return fastnn_sgd(dt, net->params, o->s1, net->grads, n, o->lr, o->momentum, o->dampening,
                           o->weight_decay, o->nesterov, o->maximize, step == 1);
     case FASTNN_OPT_ADAM:
+        /* (sqrt(v) + eps) / sqrt(bc2) = sqrt(v) / sqrt(bc2) + eps / sqrt(bc2) */
         return fastnn_adam(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->beta1,
-                           o->beta2, o->eps, o->weight_decay, o->decoupled, o->amsgrad,
+                           o->beta2,
+                           net->adam_eps_uncorrected
+                               ? o->eps / sqrt(1.0 - pow(o->beta2, (double)step)) : o->eps,
+                           o->weight_decay, o->decoupled, o->amsgrad,
                            o->maximize, step);
     case FASTNN_OPT_RMSPROP:
         return fastnn_rmsprop(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr,
@@ -660,6 +683,7 @@ fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, c
     if (st != FASTNN_OK) return st;
     if (!d) return FASTNN_ENULL;
     if (d->size < 1 || d->rank < 0 || d->rank >= d->size || d->shards < 0) return FASTNN_EINVAL;
+    if (net->l2 != 0) return FASTNN_EINVAL;   /* l2 * W / rows: per-rank rows would scale it */
     if (d->shards > 0) {
         if (d->shards % d->size != 0)
             return FASTNN_EINVAL;   /* each rank: a block of whole shards */

@@ -144,8 +144,10 @@ class FusedTraining:
             self.chunk.step = self.net.step
 
 
-def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
-    """A FusedTraining for fit, or None (then fit uses the per-op path)."""
+def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
+                  adam_eps_uncorrected=False):
+    """A FusedTraining for fit, or None (then fit uses the per-op path). l2 and
+    adam_eps_uncorrected: as FusedNet's (scikit-learn's formulas, for fastnn.sklearn)."""
     found = _units(model)
     if found is None or X.ndim != 2:
         return None
@@ -162,7 +164,8 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
         return None      # regression metrics are computed per-op
     name, hyper, states, step, chunk = oargs
     net = FusedNet(units, buffer.data, buffer.grad, optim=name, hyper=hyper, states=states,
-                   step=step, max_batch=batch_size, **largs)
+                   step=step, max_batch=batch_size, l2=l2,
+                   adam_eps_uncorrected=adam_eps_uncorrected, **largs)
     return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
 
 

@@ -115,6 +115,8 @@ cdef extern from "fastnn/net.h" nogil:
         int nonfinite_ok
         int64_t max_batch
         void *arena
+        double l2
+        int adam_eps_uncorrected
     int64_t fastnn_net_arena_bytes(const fastnn_net *net)
     fastnn_status fastnn_net_check(const fastnn_net *net)
     int fastnn_net_threads(const fastnn_net *net, int64_t batch_size)

@@ -1152,7 +1152,10 @@ cdef class FusedNet:
     pos_weight), delta. optim: a name of _NET_OPTIMS, its hyperparameters (torch names:
     lr, momentum, ..., betas as beta1/beta2, decoupled for AdamW), its state buffers
     (s1, s2, s3: arrays like params, or None) and step (updates done so far). The arrays are
-    used in place, never copied: the model and the optimizer see every update.
+    used in place, never copied: the model and the optimizer see every update. l2 (>= 0):
+    adds l2 * W / batch rows to every weight gradient, biases untouched (scikit-learn's
+    alpha; not part of the returned loss). adam_eps_uncorrected: Adam adds eps to the
+    uncorrected root of the second moment, as scikit-learn does (default: PyTorch's form).
     """
     cdef fastnn_net net
     cdef fastnn_unit *units
@@ -1170,7 +1173,8 @@ cdef class FusedNet:
 
     def __init__(self, units, params, grads, *, loss="cross_entropy", reduction="mean",
                  label_smoothing=0.0, weight=None, delta=1.0, optim="sgd", hyper=None,
-                 states=(None, None, None), step=0, max_batch=256):
+                 states=(None, None, None), step=0, max_batch=256, l2=0.0,
+                 adam_eps_uncorrected=False):
         fn = "FusedNet"
         cdef cnp.ndarray P = _array(params, fn, "params")
         P = _state(P, fn, "params", P)
@@ -1267,6 +1271,10 @@ cdef class FusedNet:
         self.net.opt.s3 = _optr(slots[2])
         self.net.opt.step = _step(step + 1, fn) - 1
         self.net.max_batch = max_batch
+        self.net.l2 = _float_arg(l2, fn, "l2")
+        if not self.net.l2 >= 0:
+            raise ValueError(f"{_sig(fn, 'l2')} must be >= 0, got {l2!r}")
+        self.net.adam_eps_uncorrected = bool(adam_eps_uncorrected)
         self.net.nonfinite_ok = 0
         cdef int64_t nbytes = fastnn_net_arena_bytes(&self.net)
         if nbytes <= 0:

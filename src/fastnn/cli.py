@@ -221,6 +221,8 @@ def _check_train_args(args):
         raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.save:
         _check_output(args.save, "--save")
+    if args.plot:
+        _check_output(args.plot, "--plot")
     return hidden
 
 
@@ -273,9 +275,9 @@ def _train(args):
     if task == "regress":
         print("(loss and mae during training are on the standardized target)")
     callbacks = [_TableLogger(args.verbose, cols)] if args.verbose else []
-    fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
-               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0,
-               comm=comm)
+    history = fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
+                         validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0,
+                         comm=comm)
     result = fastnn.evaluate(model, loss, Xt, yt, comm=comm)
     if task == "classify":
         print(f"test accuracy: {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
@@ -293,6 +295,10 @@ def _train(args):
         fastnn.save(model, args.save, preprocess=pre)
         print(f"saved the model to {args.save} (with its preprocessing: standardizer"
               f"{', class labels' if encoder is not None else ', target scale'})")
+    if args.plot and (comm is None or comm.rank == 0):
+        from . import plot
+        plot.history(history, args.plot, title=f"fastnn train: {name}")
+        print(f"saved the training curves to {args.plot}")
     return 0
 
 
@@ -478,6 +484,8 @@ def _add_train(sub, common):
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of `mpiexec -n P fastnn train "
                         "--distributed` (needs fastnn[mpi]); --batch-size is the global batch")
+    t.add_argument("--plot", metavar="PATH", help="save the training curves as a picture, e.g. "
+                   "curves.png (needs the extra fastnn-core[plot])")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0: results only; 1: per-epoch table, progress bar on a terminal; "
                         "2: table only (default %(default)s)")

@@ -65,6 +65,10 @@ typedef struct {
     int nonfinite_ok;               /* 1: a NaN/inf loss does not stop training (0: it does) */
     int64_t max_batch;              /* the arena holds batches up to this size */
     void *arena;                    /* fastnn_net_arena_bytes(net) bytes, 64-byte aligned */
+    double l2;                      /* >= 0: adds l2 * W / batch rows to each weight gradient,
+                                       biases untouched (scikit-learn's alpha); 0: off */
+    int adam_eps_uncorrected;       /* 1: Adam adds eps to the uncorrected root of the second
+                                       moment, as scikit-learn does (PyTorch: the corrected) */
 } fastnn_net;
 
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
