@@ -17,6 +17,7 @@ from ._kernels import (
     set_arch,
     set_num_threads,
 )
+from .config import get_include, get_library_dir
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
 from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
@@ -69,7 +70,7 @@ if _os.environ.get("FASTNN_ARCH"):
 
 __all__ = [
     "ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
-    "openmp_enabled", "bf16_native", "__version__",
+    "openmp_enabled", "bf16_native", "__version__", "get_include", "get_library_dir",
     # models and layers
     "Module", "Sequential", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
     "GELU", "SiLU", "Softmax", "Dropout", "Flatten", "init", "manual_seed",
