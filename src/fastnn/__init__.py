@@ -17,7 +17,7 @@ from ._kernels import (
     set_arch,
     set_num_threads,
 )
-from .config import get_include, get_library_dir
+from ._paths import get_include, get_library_dir
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
 from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
@@ -53,12 +53,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """``fastnn.cuda`` is imported on first access (PEP 562): ``import fastnn`` never imports
-    numba, and ``fastnn.cuda`` works without a separate ``import fastnn.cuda``."""
-    if name == "cuda":
+    """``fastnn.cuda`` and ``fastnn.onnx`` are imported on first access (PEP 562): ``import
+    fastnn`` never imports numba or onnx, and they work without a separate import."""
+    if name in ("cuda", "onnx"):
         import importlib
 
-        return importlib.import_module(".cuda", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 
