@@ -37,7 +37,7 @@ def programs(tmp_path_factory):
     for name, src in SOURCES.items():
         exe = str(d / name)
         subprocess.run([CC, "-std=c11", "-O2", "-Wall", "-Werror", os.path.join(ROOT, src),
-                        "-o", exe, *_flags()], check=True)
+                        "-o", exe, *_flags(), "-pthread"], check=True)
         built[name] = exe
     return built
 

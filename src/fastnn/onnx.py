@@ -1,4 +1,4 @@
-"""Export a model to ONNX with plain operators (needs the ``fastnn[onnx]`` extra)::
+"""Export a model to ONNX with plain operators (needs the ``onnx`` extra: ``pip install "fastnn-core[onnx]"``)::
 
     import fastnn as fn, fastnn.onnx
     fn.onnx.export(model, "model.onnx")              # opset 17, batch dimension dynamic
@@ -32,7 +32,7 @@ def _import_onnx():
         from onnx import helper, numpy_helper
     except ImportError:
         raise ImportError("fastnn.onnx.export needs the onnx package: pip install "
-                          "'fastnn[onnx]'") from None
+                          "'fastnn-core[onnx]'") from None
     return onnx, helper, numpy_helper
 
 

@@ -7,6 +7,7 @@
  */
 #include <fastnn/fastnn_api.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,55 @@ static uint64_t rnd(void) {
     return x ^ (x >> 31);
 }
 
+/* Several threads predict with one const model at once: each must get the serial bits, and
+ * each thread's error message is its own. */
+typedef struct {
+    const fastnn_model *m;
+    const float *x;
+    const float *expect;
+    int64_t n, out;
+    int bad;
+} job;
+
+static void *predict_job(void *arg) {
+    job *j = arg;
+    float *y = malloc((size_t)(j->n * j->out) * sizeof *y);
+    for (int rep = 0; rep < 50 && y; rep++) {
+        if (fastnn_model_predict(j->m, j->x, j->n, y) != FASTNN_OK ||
+            memcmp(y, j->expect, (size_t)(j->n * j->out) * sizeof *y) != 0)
+            j->bad = 1;
+        if (fastnn_model_predict(j->m, j->x, 0, y) == FASTNN_OK ||
+            !strstr(fastnn_last_error(), "n must be >= 1"))
+            j->bad = 1;
+    }
+    if (!y) j->bad = 1;
+    free(y);
+    return NULL;
+}
+
+static void threads_check(const fastnn_model *m) {
+    int64_t in = fastnn_model_input_size(m), out = fastnn_model_output_size(m), n = 300;
+    float *x = malloc((size_t)(n * in) * sizeof *x), *expect = malloc((size_t)(n * out) * sizeof *x);
+    for (int64_t i = 0; i < n * in; i++) x[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1;
+    fastnn_model_predict(m, x, n, expect);
+    pthread_t th[4];
+    job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (job){m, x, expect, n, out, 0};
+        pthread_create(&th[i], NULL, predict_job, &jobs[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        checks++;
+        if (jobs[i].bad) {
+            failures++;
+            fprintf(stderr, "thread %d: predict from several threads went wrong\n", i);
+        }
+    }
+    free(x);
+    free(expect);
+}
+
 /* Load path; if it loads, it must be usable (predict one row) and freed. */
 static void load_any(const char *path) {
     fastnn_model *m = NULL;
@@ -94,6 +144,10 @@ int main(int argc, char **argv) {
     /* ---- load ---- */
     EXPECT_ERR(fastnn_model_load(NULL, &m));
     EXPECT_ERR(fastnn_model_load(good, NULL));
+    EXPECT_OK(fastnn_model_load(good, &m));
+    if (m) threads_check(m);
+    fastnn_model_free(m);
+    m = NULL;
     EXPECT_ERR(fastnn_model_load(dir, &m));                  /* a directory */
     snprintf(path, sizeof path, "%s/does-not-exist.safetensors", dir);
     EXPECT_ERR(fastnn_model_load(path, &m));
