@@ -208,3 +208,25 @@ def test_bad_input(programs, tmp_path):
     r = _run([programs["bad_input"], str(tmp_path / "m.safetensors"), str(scratch), iters])
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failures" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
+def test_find_package(tmp_path):
+    """A CMake project finds the installed library with find_package(fastnn) and runs."""
+    from fastnn import config
+    (tmp_path / "main.c").write_text(
+        '#include <fastnn/fastnn_api.h>\n#include <stdio.h>\n'
+        'int main(void) { printf("%s %d\\n", fastnn_version(), fastnn_api_version()); '
+        'return fastnn_model_input_size(NULL) == -1 ? 0 : 1; }\n')
+    (tmp_path / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(app C)\n"
+        "find_package(fastnn 0.1 REQUIRED)\nadd_executable(app main.c)\n"
+        "target_link_libraries(app PRIVATE fastnn::fastnn)\n")
+    build = tmp_path / "build"
+    r = _run(["cmake", "-S", str(tmp_path), "-B", str(build),
+              f"-Dfastnn_DIR={config.get_cmake_dir()}"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(["cmake", "--build", str(build)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([str(build / "app")])
+    assert r.returncode == 0 and r.stdout.split() == [fn.__version__, "1"], r.stdout + r.stderr
