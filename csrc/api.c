@@ -231,6 +231,7 @@ static void sb_printf(strbuf *b, const char *fmt, ...) {
 /* The architecture as Python's fastnn.io.architecture writes it. */
 static char *canonical_arch(const fastnn_model *m) {
     strbuf b = {0};
+    void *saved = json_c_locale_push();   /* "%.17g" writes a decimal point, not a comma */
     sb_printf(&b, "{\"class\": \"Sequential\", \"config\": {}, \"layers\": [");
     for (int i = 0; i < m->nlayers; i++) {
         const layer *l = &m->layers[i];
@@ -246,6 +247,7 @@ static char *canonical_arch(const fastnn_model *m) {
         sb_printf(&b, "}}");
     }
     sb_printf(&b, "]}");
+    json_c_locale_pop(saved);
     if (b.bad) {
         free(b.s);
         return NULL;

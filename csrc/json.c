@@ -1,7 +1,9 @@
 /* The strict JSON reader (see json.h). */
+#define _GNU_SOURCE   /* newlocale, uselocale */
 #include "json.h"
 
 #include <errno.h>
+#include <locale.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,7 +264,38 @@ static int parse_value(parser *ps, json_value *v) {
     return 0;
 }
 
+typedef struct { locale_t c, old; } saved_locale;
+
+void *json_c_locale_push(void) {
+    saved_locale *s = malloc(sizeof *s);
+    if (!s) return NULL;
+    s->c = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    if (s->c == (locale_t)0) {
+        free(s);
+        return NULL;   /* keep the current locale */
+    }
+    s->old = uselocale(s->c);
+    return s;
+}
+
+void json_c_locale_pop(void *saved) {
+    saved_locale *s = saved;
+    if (!s) return;
+    uselocale(s->old);
+    freelocale(s->c);
+    free(s);
+}
+
+static json_doc *parse(const char *text, size_t len, char *err, size_t errlen);
+
 json_doc *json_parse(const char *text, size_t len, char *err, size_t errlen) {
+    void *saved = json_c_locale_push();
+    json_doc *d = parse(text, len, err, errlen);
+    json_c_locale_pop(saved);
+    return d;
+}
+
+static json_doc *parse(const char *text, size_t len, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!text) {
         if (err && errlen) snprintf(err, errlen, "no text (NULL)");

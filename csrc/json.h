@@ -34,6 +34,12 @@ json_doc *json_parse(const char *text, size_t len, char *err, size_t errlen);
 const json_value *json_root(const json_doc *doc);
 void json_free(json_doc *doc);
 
+/* Numbers are read and written in the "C" locale whatever the host program set with
+ * setlocale (a decimal comma would corrupt the text): json_parse switches the calling
+ * thread's locale for its duration; writers bracket their printf calls with these. */
+void *json_c_locale_push(void);
+void json_c_locale_pop(void *saved);
+
 /* The member named key of an object, or NULL (also when v is not an object). */
 const json_value *json_get(const json_value *v, const char *key);
 
