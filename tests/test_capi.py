@@ -238,3 +238,19 @@ def test_find_package(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run([str(build / "app")])
     assert r.returncode == 0 and r.stdout.split() == [fn.__version__, "1"], r.stdout + r.stderr
+
+
+def test_predict_loads_a_checkpoint(programs, tmp_path):
+    """A fastnn checkpoint (weights under "model.", optimizer state beside) loads in C too."""
+    model = _mlp(7)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    X = np.random.default_rng(2).normal(size=(64, 20)).astype(np.float32)
+    fn.fit(model, fn.CrossEntropyLoss(), opt, X, np.arange(64) % 5, epochs=1, batch_size=16,
+           seed=0, verbose=0)
+    fn.save_checkpoint(tmp_path / "ck.safetensors", model, opt, epoch=1)
+    X.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "ck.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(64, 5)
+    assert np.array_equal(got, model.predict(X))
