@@ -1,4 +1,5 @@
-"""Export a model to ONNX with plain operators (needs the ``onnx`` extra: ``pip install "fastnn-core[onnx]"``)::
+"""Export a model to ONNX with plain operators (needs the onnx extra:
+``pip install "fastnn-core[onnx]"``)::
 
     import fastnn as fn, fastnn.onnx
     fn.onnx.export(model, "model.onnx")              # opset 17, batch dimension dynamic
