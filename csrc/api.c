@@ -419,6 +419,104 @@ fastnn_status fastnn_model_predict(const fastnn_model *m, const float *x, int64_
     return st == FASTNN_OK ? ok() : kernel_fail(st, fn);
 }
 
+/* ---- checksums (as fastnn.io: CRC-32 of every tensor's bytes and of the metadata) -------- */
+
+static void crc_table(uint32_t t[256]) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        t[i] = c;
+    }
+}
+
+static uint32_t crc32_of(const uint32_t t[256], const void *data, size_t n) {
+    const unsigned char *p = data;
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--) c = t[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* s as Python's json.dumps writes a str (ensure_ascii): returns 0 on invalid UTF-8. */
+static int sb_py_json_string(strbuf *b, const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    sb_printf(b, "\"");
+    while (p < end) {
+        uint32_t cp = *p;
+        int extra = cp < 0x80 ? 0 : (cp >> 5) == 6 ? 1 : (cp >> 4) == 14 ? 2 : (cp >> 3) == 30 ? 3 : -1;
+        if (extra < 0 || end - p <= extra) return 0;
+        if (extra) cp &= 0x3Fu >> extra;
+        for (int k = 1; k <= extra; k++) {
+            if ((p[k] & 0xC0) != 0x80) return 0;
+            cp = cp << 6 | (p[k] & 0x3F);
+        }
+        p += 1 + extra;
+        if (cp == '"') sb_printf(b, "\\\"");
+        else if (cp == '\\') sb_printf(b, "\\\\");
+        else if (cp == '\n') sb_printf(b, "\\n");
+        else if (cp == '\r') sb_printf(b, "\\r");
+        else if (cp == '\t') sb_printf(b, "\\t");
+        else if (cp == '\b') sb_printf(b, "\\b");
+        else if (cp == '\f') sb_printf(b, "\\f");
+        else if (cp < 0x20 || cp > 0x7E) {   /* json's ESCAPE_ASCII: all but ' '..'~' */
+            if (cp >= 0x10000) {
+                cp -= 0x10000;
+                sb_printf(b, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+            } else {
+                sb_printf(b, "\\u%04x", cp);
+            }
+        } else {
+            sb_printf(b, "%c", (char)cp);
+        }
+    }
+    sb_printf(b, "\"");
+    return 1;
+}
+
+/* CRC-32 of json.dumps(meta without "checksums", sort_keys=True); 0 and *ok = 0 if the
+ * metadata holds a value that is not a string or not UTF-8. */
+static uint32_t meta_crc(const uint32_t t[256], const json_value *meta, int *ok) {
+    strbuf b = {0};
+    size_t n = meta->n, done = 0;
+    const char *prev = NULL;
+    *ok = 1;
+    sb_printf(&b, "{");
+    while (done < n) {   /* keys in sorted order (byte order of UTF-8 = code point order) */
+        size_t best = n;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(meta->keys[i], "checksums") && (!prev || strcmp(meta->keys[i], prev) > 0) &&
+                (best == n || strcmp(meta->keys[i], meta->keys[best]) < 0))
+                best = i;
+        if (best == n) break;
+        const json_value *v = &meta->items[best];
+        if (v->type != JSON_STRING) *ok = 0;
+        if (prev) sb_printf(&b, ", ");
+        if (!sb_py_json_string(&b, meta->keys[best], strlen(meta->keys[best]))) *ok = 0;
+        sb_printf(&b, ": ");
+        if (*ok && !sb_py_json_string(&b, v->str, v->len)) *ok = 0;
+        prev = meta->keys[best];
+        done++;
+    }
+    sb_printf(&b, "}");
+    uint32_t c = (*ok && !b.bad) ? crc32_of(t, b.s, b.len) : 0;
+    if (b.bad) *ok = 0;
+    free(b.s);
+    return c;
+}
+
+static int hex8(const json_value *v, uint32_t *out) {
+    if (!v || v->type != JSON_STRING || v->len != 8) return 0;
+    uint32_t x = 0;
+    for (int i = 0; i < 8; i++) {
+        char c = v->str[i];
+        x <<= 4;
+        if (c >= '0' && c <= '9') x |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') x |= (uint32_t)(c - 'a' + 10);
+        else return 0;
+    }
+    *out = x;
+    return 1;
+}
+
 /* ---- files ------------------------------------------------------------------------------ */
 
 /* Tensor name -> (offset, count) in the parameter buffer; returns 0 if not a name of m. */
@@ -484,6 +582,10 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
     fastnn_model *m = NULL;
     int64_t datalen = size - 8 - (int64_t)hlen;
     const char *prefix = "";
+    json_doc *sdoc = NULL;            /* the "checksums" metadata (fastnn file version 2) */
+    const json_value *tcrcs = NULL;
+    uint32_t table[256];
+    crc_table(table);
     if (root->type != JSON_OBJECT) {
         st = fail(FASTNN_EFORMAT, "%s: %s: the safetensors header is not a JSON object", fn, path);
         goto done;
@@ -495,6 +597,34 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
         goto done;
     }
     if (strcmp(format->str, "fastnn-checkpoint") == 0) prefix = "model.";
+    {   /* version 1: no checksums; version 2: CRC-32 of the metadata and of every tensor */
+        const json_value *ver = json_get(meta, "version"), *sums = json_get(meta, "checksums");
+        int v2 = ver && ver->type == JSON_STRING && strcmp(ver->str, "2") == 0;
+        if (!ver || ver->type != JSON_STRING || (!v2 && strcmp(ver->str, "1") != 0)) {
+            st = fail(FASTNN_EFORMAT, "%s: %s: unknown fastnn file version (expected \"1\" or "
+                      "\"2\")", fn, path);
+            goto done;
+        }
+        if (v2) {
+            uint32_t want, got;
+            int ok = 0;
+            if (sums && sums->type == JSON_STRING)
+                sdoc = json_parse(sums->str, sums->len, NULL, 0);
+            tcrcs = json_get(json_root(sdoc), "tensors");
+            if (!sdoc || !tcrcs || tcrcs->type != JSON_OBJECT ||
+                !hex8(json_get(json_root(sdoc), "metadata"), &want)) {
+                st = fail(FASTNN_EFORMAT, "%s: %s: corrupt fastnn file: its \"checksums\" "
+                          "metadata is missing or malformed", fn, path);
+                goto done;
+            }
+            got = meta_crc(table, meta, &ok);
+            if (!ok || got != want) {
+                st = fail(FASTNN_EFORMAT, "%s: %s: checksum mismatch in the metadata (the file "
+                          "is corrupt)", fn, path);
+                goto done;
+            }
+        }
+    }
     if (!archs || archs->type != JSON_STRING) {
         st = fail(FASTNN_EFORMAT, "%s: %s: no architecture in the metadata", fn, path);
         goto done;
@@ -571,6 +701,14 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
             break;
         }
         st = read_all(fd, m->params + s->off, (size_t)(e - b), 8 + (int64_t)hlen + b, path);
+        if (st == FASTNN_OK && tcrcs) {
+            uint32_t want;
+            if (!hex8(json_get(tcrcs, name), &want))
+                st = fail(FASTNN_EFORMAT, "%s: %s: no checksum for tensor %s", fn, path, name);
+            else if (crc32_of(table, m->params + s->off, (size_t)(e - b)) != want)
+                st = fail(FASTNN_EFORMAT, "%s: %s: checksum mismatch in tensor %s: its data "
+                          "changed (the file is corrupt)", fn, path, name);
+        }
         slots[k].name[0] = '\0';   /* a name appears once in a JSON object: mark it taken */
         found++;
     }
@@ -582,6 +720,7 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
     }
     free(slots);
 done:
+    json_free(sdoc);
     json_free(doc);
     if (st != FASTNN_OK) {
         model_free(m);
@@ -647,9 +786,28 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
         sb_printf(&h, "],\"data_offsets\":[%lld,%lld]},", (long long)at, (long long)(at + bytes));
         at += bytes;
     }
-    sb_printf(&h, "\"__metadata__\":{\"format\":\"fastnn-model\",\"version\":\"1\",\"architecture\":");
+    /* version 2: CRC-32 of each tensor and of json.dumps(metadata, sort_keys=True) */
+    uint32_t table[256];
+    crc_table(table);
+    strbuf meta = {0}, sums = {0};
+    sb_printf(&meta, "{\"architecture\": ");
+    sb_py_json_string(&meta, m->arch, strlen(m->arch));   /* ASCII: the canonical text */
+    sb_printf(&meta, ", \"format\": \"fastnn-model\", \"version\": \"2\"}");
+    sb_printf(&sums, "{\"metadata\": \"%08x\", \"tensors\": {",
+              meta.bad ? 0u : crc32_of(table, meta.s, meta.len));
+    for (int k = 0; k < ns; k++)
+        sb_printf(&sums, "%s\"%s\": \"%08x\"", k ? ", " : "", slots[k].name,
+                  crc32_of(table, m->params + slots[k].off,
+                           (size_t)(slots[k].rows * (slots[k].cols ? slots[k].cols : 1)) * 4));
+    sb_printf(&sums, "}}");
+    sb_printf(&h, "\"__metadata__\":{\"format\":\"fastnn-model\",\"version\":\"2\",\"architecture\":");
     sb_json_string(&h, m->arch);
+    sb_printf(&h, ",\"checksums\":");
+    sb_json_string(&h, sums.s ? sums.s : "");
     sb_printf(&h, "}}");
+    if (meta.bad || sums.bad) h.bad = 1;
+    free(meta.s);
+    free(sums.s);
     while (!h.bad && h.len % 8) sb_printf(&h, " ");   /* safetensors pads with spaces */
     if (h.bad) {
         free(h.s);

@@ -254,3 +254,32 @@ def test_predict_loads_a_checkpoint(programs, tmp_path):
     assert r.returncode == 0, r.stderr
     got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(64, 5)
     assert np.array_equal(got, model.predict(X))
+
+
+def test_checksums_both_ways(programs, tmp_path):
+    """C verifies the CRC-32 of a Python-saved file; Python verifies those C writes."""
+    model = _mlp(9)
+    fn.save(model, tmp_path / "m.safetensors")
+    raw = bytearray((tmp_path / "m.safetensors").read_bytes())
+    raw[-3] ^= 0x40                      # a bit of the last tensor's data
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw))
+    np.zeros(20, np.float32).tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "bad.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 1 and "checksum mismatch in tensor" in r.stderr
+    # a C-saved file (train_digits writes one) carries checksums that Python checks
+    _digits_csv(tmp_path)
+    path = tmp_path / "c.safetensors"
+    r = _run([programs["train_digits"], str(tmp_path / "train.csv"), str(tmp_path / "test.csv"),
+              str(path), "1", "0"])
+    assert r.returncode == 0, r.stderr
+    from safetensors import safe_open
+    with safe_open(str(path), "numpy") as f:
+        meta = f.metadata()
+    assert meta["version"] == "2" and "checksums" in meta
+    fn.load(path)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        fn.load(path)

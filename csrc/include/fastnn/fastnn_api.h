@@ -50,9 +50,11 @@ FASTNN_API void fastnn_set_num_threads(int n);     /* threads per call; n <= 0: 
 FASTNN_API int fastnn_get_num_threads(void);
 
 /* ---- models ----------------------------------------------------------------------------- */
-/* Read a .safetensors file written by fastnn.save (or fastnn_model_save). Errors:
- * FASTNN_ENULL, FASTNN_EIO (missing, unreadable, a directory), FASTNN_EFORMAT (corrupt,
- * truncated, not fastnn's), FASTNN_EUNSUPPORTED (a layer or dtype the C ABI lacks). */
+/* Read a .safetensors file written by fastnn.save (or fastnn_model_save; a checkpoint's
+ * model too). The CRC-32 checksums of fastnn's version-2 files (metadata and every tensor)
+ * are verified. Errors: FASTNN_ENULL, FASTNN_EIO (missing, unreadable, a directory),
+ * FASTNN_EFORMAT (corrupt, truncated, a checksum mismatch, not fastnn's),
+ * FASTNN_EUNSUPPORTED (a layer or dtype the C ABI lacks). */
 FASTNN_API fastnn_status fastnn_model_load(const char *path, fastnn_model **out);
 
 /* A new model from the architecture JSON that fastnn.save stores in the file's metadata
@@ -77,7 +79,8 @@ FASTNN_API int64_t fastnn_model_num_parameters(const fastnn_model *model); /* -1
 FASTNN_API fastnn_status fastnn_model_predict(const fastnn_model *model, const float *x,
                                               int64_t n, float *out);
 
-/* Write the model to path as fastnn.save does (safetensors, architecture in the metadata):
+/* Write the model to path as fastnn.save does (safetensors, architecture and CRC-32
+ * checksums in the metadata: file version 2):
  * a temporary file in the same folder, fsync, then rename, so a failure leaves any previous
  * file intact. fastnn.load reads the result. */
 FASTNN_API fastnn_status fastnn_model_save(const fastnn_model *model, const char *path);
