@@ -245,6 +245,10 @@ const char *fastnn_status_string(fastnn_status s) {
     case FASTNN_ENOMEM: return "out of memory";
     case FASTNN_ELABEL: return "label out of range";
     case FASTNN_EARCH: return "kernel table not available";
+    case FASTNN_ENONFINITE: return "the loss is not finite (NaN or infinity)";
+    case FASTNN_EIO: return "input/output error";
+    case FASTNN_EFORMAT: return "corrupt or foreign file";
+    case FASTNN_EUNSUPPORTED: return "not supported";
     default: return "unknown status";
     }
 }

@@ -7,7 +7,7 @@ import os as _os
 # explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import callbacks, data, datasets, init, lr_scheduler, ops  # noqa: E402
+from . import callbacks, data, datasets, distributed, init, lr_scheduler, ops  # noqa: E402
 from ._kernels import (
     arch,
     available_archs,
@@ -17,8 +17,9 @@ from ._kernels import (
     set_arch,
     set_num_threads,
 )
+from ._paths import get_include, get_library_dir
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
-from .data import Standardizer, batches, one_hot, train_val_test_split
+from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
 from .io import load, load_checkpoint, save, save_checkpoint
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
@@ -50,6 +51,18 @@ from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name):
+    """``fastnn.cuda`` and ``fastnn.onnx`` are imported on first access (PEP 562): ``import
+    fastnn`` never imports numba or onnx, and they work without a separate import."""
+    if name in ("cuda", "onnx"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
 if _os.environ.get("FASTNN_ARCH"):
     try:
         set_arch(_os.environ["FASTNN_ARCH"])
@@ -58,7 +71,7 @@ if _os.environ.get("FASTNN_ARCH"):
 
 __all__ = [
     "ops", "arch", "available_archs", "set_arch", "get_num_threads", "set_num_threads",
-    "openmp_enabled", "bf16_native", "__version__",
+    "openmp_enabled", "bf16_native", "__version__", "get_include", "get_library_dir",
     # models and layers
     "Module", "Sequential", "Parameter", "Linear", "Conv2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
     "GELU", "SiLU", "Softmax", "Dropout", "Flatten", "init", "manual_seed",
@@ -70,5 +83,6 @@ __all__ = [
     # training, callbacks, data, persistence
     "fit", "evaluate", "History", "callbacks", "Callback", "EarlyStopping", "ModelCheckpoint",
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
+    "LabelEncoder", "Preprocess",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]

@@ -19,14 +19,7 @@
 extern "C" {
 #endif
 
-typedef enum {
-    FASTNN_OK = 0,
-    FASTNN_EINVAL = 1,   /* a size, enum or scalar argument is out of range */
-    FASTNN_ENULL = 2,    /* a required pointer is NULL while its size is > 0 */
-    FASTNN_ENOMEM = 3,   /* an internal buffer could not be allocated */
-    FASTNN_ELABEL = 4,   /* a class label is outside [0, classes) */
-    FASTNN_EARCH = 5     /* the requested kernel table is not compiled or not supported by this CPU */
-} fastnn_status;
+#include "fastnn/status.h"   /* fastnn_status: FASTNN_OK = 0, every error non-zero */
 
 typedef enum { FASTNN_F32 = 0, FASTNN_F64 = 1 } fastnn_dtype;
 

@@ -1,0 +1,285 @@
+"""The C ABI shipped in the wheel (include/fastnn/fastnn_api.h, libfastnn): the C examples and
+test helpers are compiled with gcc against the installed package (python -m fastnn.config) and
+run without LD_LIBRARY_PATH. C predictions equal Python's predict bit for bit; C training from
+the same weights, batch order and dropout key equals Python's fit bit for bit; bad input
+through the ABI returns errors (under ASan/LSan in .ci/capi)."""
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn import _fused
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC = shutil.which("gcc") or shutil.which("cc")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
+
+SOURCES = {"predict": "examples/c/predict.c", "train_digits": "examples/c/train_digits.c",
+           "bad_input": "tests/c/bad_input.c", "train_parity": "tests/c/train_parity.c"}
+
+
+def _flags():
+    out = subprocess.run([sys.executable, "-m", "fastnn.config", "--cflags", "--libs"],
+                         check=True, capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    """Each C program built with `gcc prog.c $(python -m fastnn.config --cflags --libs)`."""
+    d = tmp_path_factory.mktemp("capi")
+    built = {}
+    for name, src in SOURCES.items():
+        exe = str(d / name)
+        subprocess.run([CC, "-std=c11", "-O2", "-Wall", "-Werror", os.path.join(ROOT, src),
+                        "-o", exe, *_flags(), "-pthread"], check=True)
+        built[name] = exe
+    return built
+
+
+def _run(args, extra_env=None, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env.update(extra_env or {})
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
+
+
+def test_config_paths():
+    inc, lib = fn.get_include(), fn.get_library_dir()
+    assert os.path.isfile(os.path.join(inc, "fastnn", "fastnn_api.h"))
+    assert os.path.isfile(os.path.join(inc, "fastnn", "status.h"))
+    assert os.path.isfile(os.path.join(lib, "libfastnn.so"))
+    from fastnn import config
+    assert os.path.isfile(os.path.join(config.get_cmake_dir(), "fastnnConfig.cmake"))
+    pc = os.path.join(config.get_pkgconfig_dir(), "fastnn.pc")
+    text = open(pc).read()
+    assert "${pcfiledir}" in text and "-lfastnn" in text   # relocatable
+    assert _flags() == [f"-I{inc}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-lfastnn"]
+    if shutil.which("pkg-config"):
+        env = dict(os.environ, PKG_CONFIG_PATH=config.get_pkgconfig_dir())
+        out = subprocess.run(["pkg-config", "--cflags", "--libs", "fastnn"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+        assert "-lfastnn" in out
+        assert os.path.realpath(out.split()[0][2:]) == os.path.realpath(inc)
+
+
+def test_extension_uses_the_shared_library():
+    """One libfastnn: the Cython extension needs it (found through RPATH $ORIGIN)."""
+    if not shutil.which("readelf"):
+        pytest.skip("no readelf")
+    from fastnn import _kernels
+    out = subprocess.run(["readelf", "-d", _kernels.__file__], capture_output=True,
+                         text=True, check=True).stdout
+    assert "libfastnn.so" in out and "$ORIGIN" in out
+
+
+def _mlp(seed, acts=("relu", "tanh"), dropout=0.0, sizes=(20, 32, 16, 5)):
+    layers = []
+    make = {"relu": fn.ReLU, "tanh": fn.Tanh, "sigmoid": fn.Sigmoid, "silu": fn.SiLU,
+            "gelu": fn.GELU, "gelu_tanh": lambda: fn.GELU("tanh"),
+            "leaky": lambda: fn.LeakyReLU(0.1)}
+    for i in range(len(sizes) - 1):
+        layers.append(fn.Linear(sizes[i], sizes[i + 1], bias=i != 1, seed=seed + i))
+        if i < len(sizes) - 2:
+            layers.append(make[acts[i % len(acts)]]())
+            if dropout:
+                layers.append(fn.Dropout(dropout))
+    return fn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("acts", [("relu", "tanh"), ("sigmoid", "silu"), ("gelu", "leaky"),
+                                  ("gelu_tanh", "relu")])
+def test_predict_equals_python(programs, tmp_path, acts):
+    model = _mlp(3, acts, dropout=0.25)
+    model.eval()
+    X = np.random.default_rng(0).normal(size=(300, 20)).astype(np.float32)
+    fn.save(model, tmp_path / "m.safetensors")
+    X.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "m.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(300, 5)
+    assert np.array_equal(got, model.predict(X))
+
+
+def test_predict_example_rejects_foreign_file(programs, tmp_path):
+    from safetensors.numpy import save_file
+    save_file({"w": np.ones(3, np.float32)}, str(tmp_path / "f.safetensors"))
+    np.zeros(3, np.float32).tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "f.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 1 and "not one written by fastnn" in r.stderr
+
+
+def _digits_csv(tmp_path):
+    src = os.path.join(os.path.dirname(fn.datasets.__file__), "data", "digits.csv.gz")
+    with gzip.open(src, "rt") as f:
+        lines = f.read().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(lines[:1400]) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join(lines[1400:]) + "\n")
+
+
+def test_train_digits_example(programs, tmp_path):
+    _digits_csv(tmp_path)
+    path = tmp_path / "digits.safetensors"
+    r = _run([programs["train_digits"], str(tmp_path / "train.csv"), str(tmp_path / "test.csv"),
+              str(path), "10", "1"])
+    assert r.returncode == 0, r.stderr
+    assert "predictions identical" in r.stdout
+    acc = float(r.stdout.split("test accuracy")[1].split()[0])
+    assert acc > 0.85
+    # the C-saved file is a fastnn file: Python loads it and predicts the same bits as C
+    model = fn.load(path)
+    X = np.loadtxt(tmp_path / "test.csv", delimiter=",", dtype=np.float32)[:, :-1] / 16
+    X.astype(np.float32).tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(path), str(tmp_path / "x.f32"), str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(len(X), 10)
+    assert np.array_equal(got, model.predict(X.astype(np.float32)))
+    ev = fn.evaluate(model, fn.CrossEntropyLoss(), X.astype(np.float32),
+                     np.loadtxt(tmp_path / "test.csv", delimiter=",")[:, -1].astype(np.int64))
+    assert abs(ev["accuracy"] - acc) < 1e-3
+
+
+CASES = [
+    # loss, Python loss, optimizer (C name, options JSON), Python optimizer, dropout
+    ("cross_entropy", fn.CrossEntropyLoss, "sgd", '{"lr": 0.05, "momentum": 0.9}',
+     lambda p: fn.SGD(p, lr=0.05, momentum=0.9), 0.0),
+    ("cross_entropy", fn.CrossEntropyLoss, "adam", '{"lr": 0.01}',
+     lambda p: fn.Adam(p, lr=0.01), 0.3),
+    ("cross_entropy", lambda: fn.CrossEntropyLoss(label_smoothing=0.1), "adamw",
+     '{"lr": 0.01, "weight_decay": 0.05, "label_smoothing": 0.1}',
+     lambda p: fn.AdamW(p, lr=0.01, weight_decay=0.05), 0.0),
+    ("mse", fn.MSELoss, "rmsprop", '{"lr": 0.001, "momentum": 0.5, "centered": true}',
+     lambda p: fn.RMSprop(p, lr=0.001, momentum=0.5, centered=True), 0.1),
+    ("huber", lambda: fn.HuberLoss(reduction="sum", delta=0.5), "adagrad",
+     '{"lr": 0.01, "reduction": "sum", "delta": 0.5}', lambda p: fn.Adagrad(p, lr=0.01), 0.0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_training_equals_python(programs, tmp_path, case):
+    loss_name, make_loss, opt_name, options, make_opt, drop = CASES[case]
+    n, batch, epochs, seed = 150, 16, 3, 11
+    rng = np.random.default_rng(case)
+    X = rng.normal(size=(n, 20)).astype(np.float32)
+    model = _mlp(5, ("relu", "gelu"), dropout=drop)
+    fn.save(model, tmp_path / "init.safetensors")
+    loss, opt = make_loss(), make_opt(model.parameters())
+    if loss_name == "cross_entropy":
+        y = rng.integers(0, 5, size=n).astype(np.int64)
+    else:
+        y = rng.normal(size=(n, 5)).astype(np.float32)
+    assert _fused.training_plan(model, loss, opt, X, y, batch,
+                                ["accuracy"] if loss_name == "cross_entropy" else []) is not None
+    hist = fn.fit(model, loss, opt, X, y, epochs=epochs, batch_size=batch, seed=seed, verbose=0,
+                  metrics=None if loss_name == "cross_entropy" else [])
+    # the batch orders and dropout keys fit used (fastnn.train.fit, fastnn.train._fused_epoch)
+    orders = np.concatenate([
+        np.random.default_rng(np.random.SeedSequence([seed, e]).spawn(2)[0]).permutation(n)
+        for e in range(epochs)]).astype(np.int64)
+    keys = np.array([np.random.SeedSequence([seed, e, 1]).generate_state(1, np.uint64)[0]
+                     for e in range(epochs)], dtype=np.uint64)
+    for name, a in (("x", X), ("y", y), ("orders", orders), ("keys", keys)):
+        a.tofile(tmp_path / name)
+    out = tmp_path / "out.safetensors"
+    r = _run([programs["train_parity"], str(tmp_path / "init.safetensors"), str(tmp_path / "x"),
+              str(tmp_path / "y"), str(n), str(tmp_path / "orders"), str(tmp_path / "keys"),
+              str(epochs), loss_name, opt_name, options, str(batch), str(out)])
+    assert r.returncode == 0, r.stderr
+    trained = fn.load(out)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), trained.state_dict().items()):
+        assert k == k2 and np.array_equal(a, b), k
+    lines = [tuple(map(float, line.split())) for line in r.stdout.splitlines()]
+    assert [c_loss for c_loss, _ in lines] == hist.history["loss"]
+    if loss_name == "cross_entropy":
+        assert [acc for _, acc in lines] == hist.history["accuracy"]
+
+
+def test_bad_input(programs, tmp_path):
+    model = _mlp(1)
+    fn.save(model, tmp_path / "m.safetensors")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    iters = os.environ.get("FASTNN_FUZZ_EXAMPLES", "500")
+    (tmp_path / "loc").mkdir()
+    env = {}   # a decimal-comma locale (de_DE) for the JSON number check, where one can be made
+    if shutil.which("localedef") and subprocess.run(
+            ["localedef", "-i", "de_DE", "-f", "UTF-8", str(tmp_path / "loc" / "de_DE.UTF-8")],
+            capture_output=True).returncode == 0:
+        env["LOCPATH"] = str(tmp_path / "loc")
+    r = _run([programs["bad_input"], str(tmp_path / "m.safetensors"), str(scratch), iters],
+             extra_env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failures" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
+def test_find_package(tmp_path):
+    """A CMake project finds the installed library with find_package(fastnn) and runs."""
+    from fastnn import config
+    (tmp_path / "main.c").write_text(
+        '#include <fastnn/fastnn_api.h>\n#include <stdio.h>\n'
+        'int main(void) { printf("%s %d\\n", fastnn_version(), fastnn_api_version()); '
+        'return fastnn_model_input_size(NULL) == -1 ? 0 : 1; }\n')
+    (tmp_path / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(app C)\n"
+        "find_package(fastnn 0.1 REQUIRED)\nadd_executable(app main.c)\n"
+        "target_link_libraries(app PRIVATE fastnn::fastnn)\n")
+    build = tmp_path / "build"
+    r = _run(["cmake", "-S", str(tmp_path), "-B", str(build),
+              f"-Dfastnn_DIR={config.get_cmake_dir()}"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(["cmake", "--build", str(build)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([str(build / "app")])
+    assert r.returncode == 0 and r.stdout.split() == [fn.__version__, "1"], r.stdout + r.stderr
+
+
+def test_predict_loads_a_checkpoint(programs, tmp_path):
+    """A fastnn checkpoint (weights under "model.", optimizer state beside) loads in C too."""
+    model = _mlp(7)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    X = np.random.default_rng(2).normal(size=(64, 20)).astype(np.float32)
+    fn.fit(model, fn.CrossEntropyLoss(), opt, X, np.arange(64) % 5, epochs=1, batch_size=16,
+           seed=0, verbose=0)
+    fn.save_checkpoint(tmp_path / "ck.safetensors", model, opt, epoch=1)
+    X.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "ck.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(64, 5)
+    assert np.array_equal(got, model.predict(X))
+
+
+def test_checksums_both_ways(programs, tmp_path):
+    """C verifies the CRC-32 of a Python-saved file; Python verifies those C writes."""
+    model = _mlp(9)
+    fn.save(model, tmp_path / "m.safetensors")
+    raw = bytearray((tmp_path / "m.safetensors").read_bytes())
+    raw[-3] ^= 0x40                      # a bit of the last tensor's data
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw))
+    np.zeros(20, np.float32).tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "bad.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 1 and "checksum mismatch in tensor" in r.stderr
+    # a C-saved file (train_digits writes one) carries checksums that Python checks
+    _digits_csv(tmp_path)
+    path = tmp_path / "c.safetensors"
+    r = _run([programs["train_digits"], str(tmp_path / "train.csv"), str(tmp_path / "test.csv"),
+              str(path), "1", "0"])
+    assert r.returncode == 0, r.stderr
+    from safetensors import safe_open
+    with safe_open(str(path), "numpy") as f:
+        meta = f.metadata()
+    assert meta["version"] == "2" and "checksums" in meta
+    fn.load(path)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        fn.load(path)
