@@ -74,6 +74,14 @@ def _recipes():
                          {"momentum": 0.9, "centered": True})
     r["adagrad_step"] = ({"param": p, "grad": g, "state_sum": _a(40, positive=True)},
                          {"step": 2})
+    cx, cw = _a(2, 3, 5, 6), _a(4, 3, 3, 3)
+    for name in ("conv2d", "conv2d_reference"):     # `out` is dropped where there is none
+        r[name] = ({"x": cx, "weight": cw, "bias": _a(4), "out": np.empty((2, 4, 5, 6), F)},
+                   {"padding": 1})
+    for name in ("conv2d_backward", "conv2d_backward_reference"):
+        r[name] = ({"dy": _a(2, 4, 5, 6), "x": cx, "weight": cw}, {"padding": 1})
+    r["conv2d_output_shape"] = ({}, {"input_shape": (2, 3, 5, 6), "weight_shape": (4, 3, 3, 3),
+                                     "padding": 1})
     return r
 
 
@@ -131,6 +139,11 @@ def _call(name, arrays, scalars, as_is=None):
 
 
 def _same(a, b):
+    if isinstance(a, tuple):    # several results (conv2d_backward: dx, dweight, dbias)
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for u, v in zip(a, b):
+            _same(u, v)
+        return
     if isinstance(a, np.ndarray):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     else:
