@@ -44,6 +44,14 @@ from .nn import (
     Softmax,
     Tanh,
 )
+from .nn import (  # pooling and normalization layers
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    LayerNorm,
+    MaxPool2d,
+)
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm_
 from .train import evaluate, fit
 
@@ -71,3 +79,5 @@ __all__ = [
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]
+__all__ += ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+            "LayerNorm"]

@@ -92,7 +92,8 @@ def _atomic_write(path, data):
 def _write(path, tensors, metadata):
     from safetensors.numpy import save as st_save
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # np.ascontiguousarray would turn a 0-d array (num_batches_tracked) into shape (1,)
+    tensors = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()}
     _atomic_write(path, st_save(tensors, metadata=metadata))
 
 
