@@ -689,3 +689,44 @@ def test_load_fashion_mnist_missing_names_the_package(tmp_path):
         fn.datasets.load_fashion_mnist(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         fn.datasets.load_fashion_mnist(tmp_path)          # a folder without the files
+
+
+# ---- model builders and `fastnn train --model` ---------------------------------------------------
+# Conv2d comes from another branch; until both are merged the builders are tested only where
+# fastnn.Conv2d exists.
+
+needs_conv = pytest.mark.skipif(not hasattr(fn, "Conv2d"), reason="fastnn.Conv2d not built")
+
+
+@pytest.mark.skipif(hasattr(fn, "Conv2d"), reason="fastnn.Conv2d exists")
+def test_model_builders_without_conv2d_say_so():
+    for build in (fn.models.lenet5, fn.models.digits_cnn, fn.models.cifar_net):
+        with pytest.raises(RuntimeError, match="no Conv2d"):
+            build()
+
+
+@needs_conv
+def test_model_builders_shapes():
+    rng = np.random.default_rng(0)
+    for build, shape in ((fn.models.lenet5, (2, 1, 28, 28)), (fn.models.digits_cnn, (2, 1, 8, 8)),
+                         (fn.models.cifar_net, (2, 3, 32, 32))):
+        model = build(seed=0)
+        assert model.predict(rng.standard_normal(shape).astype(np.float32)).shape == (2, 10)
+
+
+@needs_conv
+def test_cli_trains_the_digits_cnn(capsys, tmp_path):
+    from fastnn import cli
+    assert cli.main(["train", "--model", "cnn", "--epochs", "2", "--verbose", "0",
+                     "--save", str(tmp_path / "cnn.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "digits (1x8x8 images)" in out and "test accuracy" in out
+    loaded = fn.load(tmp_path / "cnn.safetensors", model=fn.models.digits_cnn())
+    assert int(loaded[1].num_batches_tracked) > 0     # the running statistics were saved
+
+
+def test_cli_lenet_without_fashion_mnist_names_the_package(tmp_path):
+    from fastnn import cli
+    with pytest.raises(SystemExit, match="dataset-fashion-mnist"):
+        cli.main(["train", "--model", "lenet", "--data", str(tmp_path / "absent"),
+                  "--verbose", "0"])

@@ -79,5 +79,7 @@ __all__ = [
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]
-__all__ += ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+from . import models  # noqa: E402  (convolutional model builders)
+
+__all__ += ["models", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
             "LayerNorm"]

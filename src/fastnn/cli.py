@@ -94,6 +94,9 @@ class _TableLogger(fastnn.callbacks.ProgressLogger):
 
 
 def _train(args):
+    if args.model != "mlp":   # convolutional models: fastnn.models
+        from . import models
+        return models.train_cli(args, _TableLogger(args.verbose) if args.verbose else None)
     try:
         hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     except ValueError:
@@ -134,6 +137,11 @@ def _add_train(sub):
     t.add_argument("--data", help="a folder of MNIST IDX files, an .npz (x_train, y_train, "
                                   "x_test, y_test) or a CSV with the label in the last column "
                                   "(default: the bundled 8x8 digits)")
+    t.add_argument("--model", choices=("mlp", "lenet", "cnn"), default="mlp",
+                   help="mlp (default); lenet: LeNet-5 on Fashion-MNIST (Debian package "
+                        "dataset-fashion-mnist, or --data its folder; the issue's recipe is "
+                        "--epochs 5 --batch-size 64); cnn: a small CNN on the digits as "
+                        "1x8x8 images (fastnn.models; --hidden and --activation are for mlp)")
     t.add_argument("--hidden", default="256", help="hidden layer widths (default %(default)s)")
     t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu")
     t.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam")
