@@ -4,6 +4,14 @@
 #define FASTNN_LAYERS_NORM_ENTRY_H
 #include "layers/geom.h"
 
+/* The fixed blocking of every norm reduction: FASTNN_LANES interleaved partial sums. */
+#define FASTNN_LANES 8
+static inline double fastnn_lanes_total(const double *a) {
+    double t = 0;
+    for (int l = 0; l < FASTNN_LANES; l++) t += a[l];
+    return t;
+}
+
 #define FASTNN_NORM_ENTRY(suffix)                                                                   \
 fastnn_status fastnn_batchnorm##suffix(fastnn_dtype dt, int training, void *y, void *save_mean, \
                                void *save_invstd, void *running_mean, void *running_var,     \
