@@ -1,4 +1,5 @@
-"""Models and layers: Module, Sequential, Linear, activations, Dropout, Flatten.
+"""Models and layers: Module, Sequential, Linear, activations, Dropout, Flatten, and for
+images (NCHW) MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, LayerNorm.
 
 A layer has an explicit ``forward(x)`` and ``backward(dout)``: backward takes d(loss)/d(output),
 adds the gradients of the layer's parameters into their ``.grad`` (gradients accumulate until
