@@ -325,7 +325,7 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        print("torch is not installed (pip install fastnn[bench] with a CUDA build of torch)",
+        print("torch is not installed (pip install fastnn-core[bench] with a CUDA build of torch)",
               file=sys.stderr)
         return 2
     if not torch.cuda.is_available():

@@ -245,6 +245,7 @@ const char *fastnn_status_string(fastnn_status s) {
     case FASTNN_ENOMEM: return "out of memory";
     case FASTNN_ELABEL: return "label out of range";
     case FASTNN_EARCH: return "kernel table not available";
+    case FASTNN_ENONFINITE: return "the loss is not finite (NaN or infinity)";
     default: return "unknown status";
     }
 }

@@ -6,6 +6,7 @@
  * [B, widest]. A unit with ReLU or no activation and no dropout keeps only y: its forward is
  * one GEMM with bias and ReLU in the micro-kernel's registers, and relu'(z) = relu'(y).
  */
+#include <math.h>
 #include <string.h>
 #include "fastnn/net.h"
 #include "ref/common.h"
@@ -22,57 +23,98 @@ static int fused(const fastnn_unit *u) {
 typedef struct {
     char *x, *t, *d[2];
     char *y[64], *z[64];
+    int64_t row0;   /* data-parallel: the arena's first row is this row of the global batch */
+    double denom;   /* data-parallel: > 0, the mean's denominator over the global batch */
 } layout;
 
 #define FASTNN_NET_MAX_UNITS 64
 
-/* Carve the arena (or, with base NULL, only count its bytes). */
+/* Carve the arena (or, with base NULL, only count its bytes). Returns 0 when a size
+ * overflows (every product is checked: sizes come from the caller). */
 static size_t carve(const fastnn_net *net, char *base, layout *L) {
-    size_t es = esize(net->dt), off = 0, B = (size_t)net->max_batch, widest = 1;
+    size_t es = esize(net->dt), off = 0, bytes;
+    int64_t B = net->max_batch, widest = 1;
     const fastnn_unit *u = net->units;
     int last = net->nunits - 1;
-#define TAKE(ptr, bytes) do { if (base) (ptr) = base + off; off += align64(bytes); } while (0)
-    TAKE(L->x, B * (size_t)u[0].in * es);
-    if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B * sizeof(int64_t));
-    else TAKE(L->t, B * (size_t)u[last].out * es);
+#define TAKE(ptr, rows, cols, size) do {                                                       \
+        if (fastnn_bytes3(&bytes, rows, cols, size) || __builtin_add_overflow(off, bytes, &off)) \
+            return 0;                                                                          \
+        if (base) (ptr) = base + off - bytes;                                                  \
+    } while (0)
+    TAKE(L->x, B, u[0].in, es);
+    if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B, 1, sizeof(int64_t));
+    else TAKE(L->t, B, u[last].out, es);
     for (int i = 0; i < net->nunits; i++) {
-        TAKE(L->y[i], B * (size_t)u[i].out * es);
-        if (!fused(&u[i])) TAKE(L->z[i], B * (size_t)u[i].out * es);
+        TAKE(L->y[i], B, u[i].out, es);
+        if (!fused(&u[i])) TAKE(L->z[i], B, u[i].out, es);
         else if (base) L->z[i] = NULL;
-        if ((size_t)u[i].out > widest) widest = (size_t)u[i].out;
+        if (u[i].out > widest) widest = u[i].out;
     }
-    TAKE(L->d[0], B * widest * es);
-    TAKE(L->d[1], B * widest * es);
+    TAKE(L->d[0], B, widest, es);
+    TAKE(L->d[1], B, widest, es);
 #undef TAKE
-    return off;
+    if (base) L->row0 = 0, L->denom = 0;
+    return off > (size_t)INT64_MAX ? 0 : off;
+}
+
+static int units_valid(const fastnn_net *net) {
+    if (!net || !net->units || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS ||
+        net->max_batch < 1)
+        return 0;
+    for (int i = 0; i < net->nunits; i++)
+        if (net->units[i].in < 1 || net->units[i].out < 1) return 0;
+    return 1;
 }
 
 int64_t fastnn_net_arena_bytes(const fastnn_net *net) {
     layout L;
-    if (!net || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+    if (!units_valid(net)) return 0;
+    return (int64_t)carve(net, NULL, &L);   /* 0: too large */
+}
+
+static int finite_ge0(double v) { return v >= 0 && v <= 1.7976931348623157e308; }
+
+/* The optimizer's and the loss's scalars, as the Python optimizers and losses check them. */
+static int hyper_valid(const fastnn_net *net) {
+    const fastnn_optim *o = &net->opt;
+    if (!finite_ge0(o->lr) || !finite_ge0(o->weight_decay) || !finite_ge0(o->eps) ||
+        !finite_ge0(o->momentum) || !finite_ge0(o->lr_decay) || !finite_ge0(o->alpha) ||
+        !(o->dampening >= -1.7976931348623157e308 && o->dampening <= 1.7976931348623157e308))
         return 0;
-    return (int64_t)carve(net, NULL, &L);
+    if (o->kind == FASTNN_OPT_ADAM && !(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1))
+        return 0;
+    if (o->kind == FASTNN_OPT_SGD && o->nesterov && (o->momentum <= 0 || o->dampening != 0))
+        return 0;
+    if (!(net->label_smoothing >= 0 && net->label_smoothing <= 1)) return 0;
+    if (net->loss == FASTNN_NET_HUBER && !(net->delta > 0 && net->delta <= 1.7976931348623157e308))
+        return 0;
+    return 1;
 }
 
 fastnn_status fastnn_net_check(const fastnn_net *net) {
     if (!net || !net->units || !net->params || !net->grads || !net->arena) return FASTNN_ENULL;
     if (net->dt != FASTNN_F32 && net->dt != FASTNN_F64) return FASTNN_EINVAL;
-    if (net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS || net->max_batch < 1)
+    if (!units_valid(net) || net->nparams < 1 || carve(net, NULL, &(layout){0}) == 0)
         return FASTNN_EINVAL;
     for (int i = 0; i < net->nunits; i++) {
         const fastnn_unit *u = &net->units[i];
-        if (u->in < 1 || u->out < 1) return FASTNN_EINVAL;
+        int64_t end;
         if (i > 0 && u->in != net->units[i - 1].out) return FASTNN_EINVAL;
-        if (u->w < 0 || u->w + u->in * u->out > net->nparams) return FASTNN_EINVAL;
-        if (u->b >= 0 && u->b + u->out > net->nparams) return FASTNN_EINVAL;
+        /* [w, w + in*out) and [b, b + out) inside the buffer, with no wrap-around */
+        if (u->w < 0 || fastnn_madd_i64(&end, u->in, u->out, u->w) || end > net->nparams)
+            return FASTNN_EINVAL;
+        if (u->b >= 0 && (__builtin_add_overflow(u->b, u->out, &end) || end > net->nparams))
+            return FASTNN_EINVAL;
         if (u->act < FASTNN_ACT_IDENTITY || u->act > FASTNN_ACT_SOFTPLUS) return FASTNN_EINVAL;
         if (!(u->drop >= 0 && u->drop < 1)) return FASTNN_EINVAL;
     }
+    if (!finite_ge0(net->l2)) return FASTNN_EINVAL;
     if (net->loss < FASTNN_NET_CROSS_ENTROPY || net->loss > FASTNN_NET_BCE_LOGITS)
         return FASTNN_EINVAL;
     const fastnn_optim *o = &net->opt;
     if (o->kind < FASTNN_OPT_SGD || o->kind > FASTNN_OPT_ADAGRAD || o->step < 0)
         return FASTNN_EINVAL;
+    if (!hyper_valid(net)) return FASTNN_EINVAL;
     if (o->kind == FASTNN_OPT_SGD && o->momentum != 0 && !o->s1) return FASTNN_ENULL;
     if (o->kind == FASTNN_OPT_ADAM && (!o->s1 || !o->s2 || (o->amsgrad && !o->s3)))
         return FASTNN_ENULL;
@@ -94,10 +136,12 @@ static uint64_t mix64(uint64_t x) {
 }
 
 /* v[i] *= keep(i) / (1 - p), keep(i) = uniform(key, i) >= p. */
-static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key) {
+/* i0: the element number of v[0] in the whole batch (data-parallel slices start past 0). */
+static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,
+                                   int64_t i0) {
     double scale = 1.0 / (1.0 - p);
     for (int64_t i = 0; i < n; i++) {
-        double u = (double)(mix64(key ^ mix64((uint64_t)i)) >> 11) * 0x1.0p-53;
+        double u = (double)(mix64(key ^ mix64((uint64_t)(i0 + i))) >> 11) * 0x1.0p-53;
         double m = u >= p ? scale : 0.0;
         if (dt == FASTNN_F32) ((float *)v)[i] *= (float)m;
         else ((double *)v)[i] *= m;
@@ -105,19 +149,27 @@ static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p
     return FASTNN_OK;
 }
 
+/* Rows whose argmax is the label; a row holding a NaN never counts (its argmax is no class). */
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
                              int64_t cols) {
     int64_t ok = 0;
     for (int64_t r = 0; r < rows; r++) {
         int64_t best = 0;
+        int nan = 0;   /* a row with a NaN output is never counted as correct */
         if (dt == FASTNN_F32) {
             const float *row = (const float *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            for (int64_t c = 0; c < cols; c++) {
+                nan |= row[c] != row[c];
+                if (row[c] > row[best]) best = c;
+            }
         } else {
             const double *row = (const double *)y + r * cols;
-            for (int64_t c = 1; c < cols; c++) if (row[c] > row[best]) best = c;
+            for (int64_t c = 0; c < cols; c++) {
+                nan |= row[c] != row[c];
+                if (row[c] > row[best]) best = c;
+            }
         }
-        ok += best == labels[r];
+        ok += !nan && best == labels[r];
     }
     return ok;
 }
@@ -148,7 +200,7 @@ static fastnn_status forward(const fastnn_net *net, const layout *L, const char 
                 st = fastnn_act_forward(dt, u->act, u->p, u->p2, L->y[i], L->z[i], B * u->out);
             if (st == FASTNN_OK && train && u->drop > 0)
                 FASTNN_ON_THREAD0(team, st, dropout_apply(dt, L->y[i], B * u->out, u->drop,
-                                                   mix64(key ^ (uint64_t)i)));
+                                                   mix64(key ^ (uint64_t)i), L->row0 * u->out));
         }
         if (st != FASTNN_OK) return st;
         h = L->y[i];
@@ -163,13 +215,15 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
     const fastnn_unit *u = &net->units[net->nunits - 1];
     const char *y = L->y[net->nunits - 1];
     int64_t n = B * u->out;
-    double total = 0, wsum = 0;
+    double total = 0, wsum = 0, nd = L->denom > 0 ? L->denom : (double)n;
     fastnn_status st;
     switch (net->loss) {
     case FASTNN_NET_CROSS_ENTROPY: {
         const int64_t *lab = (const int64_t *)L->t;
         double scale = 1.0;
-        if (net->mean) {
+        if (net->mean && L->denom > 0) {
+            scale = 1.0 / L->denom;
+        } else if (net->mean) {
             st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
                                       net->label_smoothing, B, u->out);
             if (st != FASTNN_OK) return st;
@@ -177,22 +231,36 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
         }
         st = fastnn_cross_entropy(dt, &total, &wsum, NULL, g, scale, y, lab, net->loss_weight,
                                   net->label_smoothing, B, u->out);
-        *value = net->mean ? total / wsum : total;
+        *value = net->mean ? total / (L->denom > 0 ? L->denom : wsum) : total;
         return st;
     }
     case FASTNN_NET_BCE_LOGITS:
-        st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / (double)n : 1.0, y, L->t,
+        st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / nd : 1.0, y, L->t,
                                net->loss_weight, B, u->out);
         break;
     default: {
         fastnn_loss kind = net->loss == FASTNN_NET_MSE ? FASTNN_LOSS_MSE
                            : net->loss == FASTNN_NET_L1 ? FASTNN_LOSS_L1 : FASTNN_LOSS_HUBER;
         st = fastnn_regression_loss(dt, kind, net->delta, &total, NULL, g,
-                                    net->mean ? 1.0 / (double)n : 1.0, y, L->t, n);
+                                    net->mean ? 1.0 / nd : 1.0, y, L->t, n);
     }
     }
-    *value = net->mean ? total / (double)n : total;
+    *value = net->mean ? total / nd : total;
     return st;
+}
+
+/* dW += c * W over n elements (the weights-only L2 term, net->l2). */
+static fastnn_status add_l2(fastnn_dtype dt, void *dw, const void *w, int64_t n, double c) {
+    if (dt == FASTNN_F32) {
+        float *g = dw, cf = (float)c;
+        const float *p = w;
+        for (int64_t k = 0; k < n; k++) g[k] += cf * p[k];
+    } else {
+        double *g = dw;
+        const double *p = w;
+        for (int64_t k = 0; k < n; k++) g[k] += c * p[k];
+    }
+    return FASTNN_OK;
 }
 
 static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
@@ -208,7 +276,8 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         /* d y -> d z, unless the GEMM that produced g already applied act' (see below) */
         if (i == net->nunits - 1 || !fused(u)) {
             if (u->drop > 0)
-                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i)));
+                FASTNN_ON_THREAD0(team, st, dropout_apply(dt, g, n, u->drop, mix64(key ^ (uint64_t)i),
+                                                         L->row0 * u->out));
             if (st == FASTNN_OK && u->act != FASTNN_ACT_IDENTITY)
                 st = fastnn_act_backward(dt, u->act, u->p, u->p2, g, g, fused(u) ? L->y[i] : L->z[i],
                                          n);
@@ -218,6 +287,10 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         /* dW = dZ^T h, db = column sums of dZ */
         st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0,
                          at(net, net->grads, u->w), u->in);
+        if (st == FASTNN_OK && net->l2 != 0)
+            FASTNN_ON_THREAD0(team, st, add_l2(dt, at(net, net->grads, u->w),
+                                               at(net, net->params, u->w), u->in * u->out,
+                                               net->l2 / (double)B));
         if (st == FASTNN_OK && u->b >= 0)
             st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
         if (st != FASTNN_OK || i == 0) return st;
@@ -247,8 +320,12 @@ static fastnn_status update(const fastnn_net *net, int64_t step) {
         return fastnn_sgd(dt, net->params, o->s1, net->grads, n, o->lr, o->momentum, o->dampening,
                           o->weight_decay, o->nesterov, o->maximize, step == 1);
     case FASTNN_OPT_ADAM:
+        /* (sqrt(v) + eps) / sqrt(bc2) = sqrt(v) / sqrt(bc2) + eps / sqrt(bc2) */
         return fastnn_adam(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr, o->beta1,
-                           o->beta2, o->eps, o->weight_decay, o->decoupled, o->amsgrad,
+                           o->beta2,
+                           net->adam_eps_uncorrected
+                               ? o->eps / sqrt(1.0 - pow(o->beta2, (double)step)) : o->eps,
+                           o->weight_decay, o->decoupled, o->amsgrad,
                            o->maximize, step);
     case FASTNN_OPT_RMSPROP:
         return fastnn_rmsprop(dt, net->params, o->s1, o->s2, o->s3, net->grads, n, o->lr,
@@ -281,6 +358,8 @@ static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B
     double value = 0;
     fastnn_status st = loss_and_grad(net, L, B, L->d[0], &value);
     if (st != FASTNN_OK) return st;
+    if (!net->nonfinite_ok && !(value - value == 0))
+        return FASTNN_ENONFINITE;   /* NaN or +-inf: no update */
     if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
         *correct += count_correct(net->dt, L->y[net->nunits - 1], (const int64_t *)L->t, B,
                                   net->units[net->nunits - 1].out);
@@ -374,6 +453,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
     if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    int64_t ext;   /* X [rows, in0] and T [rows, out] must have representable extents */
+    if (fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
     for (int64_t i = 0; i < n; i++)
         if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
@@ -409,7 +492,10 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
 fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows) {
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
-    if (rows < 0) return FASTNN_EINVAL;
+    int64_t ext;
+    if (rows < 0 || fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
+        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+        return FASTNN_EINVAL;
     if (rows > 0 && (!out || !X)) return FASTNN_ENULL;
     layout L;
     carve(net, net->arena, &L);
@@ -422,4 +508,218 @@ fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int6
         memcpy((char *)out + (size_t)(s * outw) * es, L.y[net->nunits - 1], (size_t)(B * outw) * es);
     }
     return FASTNN_OK;
+}
+
+/* ---- data-parallel steps (fastnn.distributed) ------------------------------------------- *
+ * Every rank holds all of X and Y and the same index; the batch index[s : s + B] is the global
+ * batch. This rank computes the gradient of its rows of it (the mean's denominator taken over
+ * the whole global batch, so the ranks' gradients add up to the batch gradient), d->reduce
+ * combines the ranks' gradients in place, and the optimizer update runs here in C. */
+
+/* The denominator of the mean loss over the global batch idx[0:B], as loss_and_grad computes it
+ * for the whole batch in one process (cross-entropy: the label weights summed in blocks of
+ * FASTNN_SUM_BLOCK / 16 rows, as fastnn_cross_entropy does). 0 for reduction 'sum'. */
+static fastnn_status global_denom(const fastnn_net *net, const void *Y, const int64_t *idx,
+                                  int64_t B, double *denom) {
+    int64_t out = net->units[net->nunits - 1].out;
+    *denom = 0;
+    if (!net->mean) return FASTNN_OK;
+    if (net->loss != FASTNN_NET_CROSS_ENTROPY) {
+        *denom = (double)(B * out);
+        return FASTNN_OK;
+    }
+    const int64_t *lab = (const int64_t *)Y;
+    for (int64_t r = 0; r < B; r++)
+        if (lab[idx[r]] < 0 || lab[idx[r]] >= out) return FASTNN_ELABEL;
+    if (!net->loss_weight) {
+        *denom = (double)B;
+        return FASTNN_OK;
+    }
+    enum { RB = FASTNN_SUM_BLOCK / 16 };
+    double wsum = 0;
+    for (int64_t b0 = 0; b0 < B; b0 += RB) {
+        double ws = 0;
+        for (int64_t r = b0; r < fastnn_min64(B, b0 + RB); r++)
+            ws += net->dt == FASTNN_F32 ? (double)((const float *)net->loss_weight)[lab[idx[r]]]
+                                        : ((const double *)net->loss_weight)[lab[idx[r]]];
+        wsum += ws;
+    }
+    *denom = wsum;
+    return FASTNN_OK;
+}
+
+static void fill_zero(const fastnn_net *net, void *g) {
+    size_t es = esize(net->dt);
+    FASTNN_PARALLEL_RANGE(net->nparams, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
+                          memset((char *)g + lo_ * es, 0, (size_t)(hi_ - lo_) * es));
+}
+
+/* dst += src, element by element (the same bits whoever computes it). */
+static void add_into(const fastnn_net *net, void *dst, const void *src) {
+    FASTNN_PARALLEL_RANGE(net->nparams, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
+    if (net->dt == FASTNN_F32) {
+        float *d = (float *)dst; const float *s = (const float *)src;
+        for (int64_t i = lo_; i < hi_; i++) d[i] += s[i];
+    } else {
+        double *d = (double *)dst; const double *s = (const double *)src;
+        for (int64_t i = lo_; i < hi_; i++) d[i] += s[i];
+    });
+}
+
+/* The gradient of rows [r0, r1) of the global batch idx[0:B] into g (written, not added). */
+static fastnn_status rows_grad(const fastnn_net *net, const layout *L, const void *X,
+                               const void *Y, const int64_t *idx, int64_t B, int64_t r0,
+                               int64_t r1, double denom, uint64_t key, void *g,
+                               double *loss_sum, int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    fastnn_status st = FASTNN_OK;
+    if (r1 <= r0) {
+        fill_zero(net, g);
+        return FASTNN_OK;
+    }
+    layout Ls = *L;          /* per thread: the slice's place in the batch */
+    fastnn_net ns = *net;    /* per thread: where this slice's gradient goes */
+    Ls.row0 = r0;
+    Ls.denom = denom;
+    ns.grads = g;
+    int64_t n = r1 - r0;
+    gather(&ns, &Ls, X, Y, idx + r0, n);
+    if ((st = forward(&ns, &Ls, Ls.x, n, 1, key)) != FASTNN_OK) return st;
+    double value = 0;
+    FASTNN_ON_THREAD0(team, st, loss_and_grad(&ns, &Ls, n, Ls.d[0], &value));
+    if (st != FASTNN_OK) return st;
+    if (!team || fastnn_thread_id() == 0) {
+        /* value: this slice's share of the batch loss, weighted by the batch as one_step does */
+        if (loss_sum) *loss_sum += value * (double)B;
+        if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
+            *correct += count_correct(net->dt, Ls.y[net->nunits - 1], (const int64_t *)Ls.t, n,
+                                      net->units[net->nunits - 1].out);
+    }
+    return backward(&ns, &Ls, Ls.x, n, key);
+}
+
+/* Exact mode: the sum over shards [lo, hi) of the fixed pairwise tree over the batch's
+ * `shards` shards (shard j: rows [B j / K, B (j+1) / K)), into dst; scratch holds one
+ * buffer of nparams elements per further level. */
+static fastnn_status shard_tree(const fastnn_net *net, const layout *L, const void *X,
+                                const void *Y, const int64_t *idx, int64_t B, int64_t K,
+                                int64_t lo, int64_t hi, double denom, uint64_t key, char *dst,
+                                char *scratch, double *loss_sum, int64_t *correct) {
+    if (hi - lo == 1)
+        return rows_grad(net, L, X, Y, idx, B, B * lo / K, B * (lo + 1) / K, denom, key, dst,
+                         loss_sum, correct);
+    int64_t mid = lo + (hi - lo) / 2;
+    size_t bytes = (size_t)net->nparams * esize(net->dt);
+    fastnn_status st = shard_tree(net, L, X, Y, idx, B, K, lo, mid, denom, key, dst, scratch,
+                                  loss_sum, correct);
+    if (st == FASTNN_OK)
+        st = shard_tree(net, L, X, Y, idx, B, K, mid, hi, denom, key, scratch, scratch + bytes,
+                        loss_sum, correct);
+    if (st == FASTNN_OK) add_into(net, dst, scratch);
+    return st;
+}
+
+int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d) {
+    if (!net || !d || d->shards <= 0 || d->size < 1) return 0;
+    int64_t m = d->shards / d->size, depth = 0;
+    while (((int64_t)1 << depth) < m) depth++;
+    return depth * net->nparams;
+}
+
+static fastnn_status dist_steps(fastnn_net *net, const fastnn_net_dist *d, const layout *L,
+                                const void *X, const void *Y, const int64_t *index, int64_t n,
+                                int64_t batch_size, uint64_t seed, double *loss_sum,
+                                int64_t *correct) {
+    fastnn_team *team = fastnn_cur_team;
+    int64_t step = net->opt.step;   /* read by every thread before thread 0 first writes it */
+    fastnn_status st = FASTNN_OK;
+    for (int64_t s = 0; s < n; s += batch_size, step++) {
+        int64_t B = fastnn_min64(batch_size, n - s);
+        const int64_t *idx = index + s;
+        uint64_t key = mix64(seed ^ mix64((uint64_t)step));
+        double denom, part = 0;   /* part: this rank's share of the step's loss (thread 0) */
+        if ((st = global_denom(net, Y, idx, B, &denom)) != FASTNN_OK) return st;
+        if (d->shards > 0) {
+            int64_t m = d->shards / d->size;
+            st = shard_tree(net, L, X, Y, idx, B, d->shards, m * d->rank, m * (d->rank + 1),
+                            denom, key, net->grads, d->scratch, &part, correct);
+        } else {
+            st = rows_grad(net, L, X, Y, idx, B, B * d->rank / d->size,
+                           B * (d->rank + 1) / d->size, denom, key, net->grads, &part,
+                           correct);
+        }
+        if (st != FASTNN_OK) return st;
+        /* A non-finite loss on any rank stops every rank at this step, before its update: the
+         * rank marks its gradient's first element NaN, and the reduction carries the mark to
+         * all ranks, which all see the same reduced buffer and so take the same branch. */
+        if (!team || fastnn_thread_id() == 0) {
+            if (!net->nonfinite_ok && !(part - part == 0)) {
+                if (net->dt == FASTNN_F32) ((float *)net->grads)[0] = NAN;
+                else ((double *)net->grads)[0] = NAN;
+            }
+            if (loss_sum) *loss_sum += part;
+        }
+        if (d->reduce)
+            FASTNN_ON_THREAD0(team, st, d->reduce(d->ctx, net->grads, net->nparams, step + 1));
+        else if (team)
+            fastnn_team_barrier(team);
+        if (st != FASTNN_OK) return st;
+        if (!net->nonfinite_ok) {
+            double g0 = net->dt == FASTNN_F32 ? (double)((const float *)net->grads)[0]
+                                              : ((const double *)net->grads)[0];
+            if (g0 != g0) return FASTNN_ENONFINITE;
+        }
+        if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+        if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
+    }
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, const void *X,
+                                    const void *Y, int64_t rows, const int64_t *index,
+                                    int64_t n, int64_t batch_size, uint64_t seed,
+                                    double *loss_sum, int64_t *correct) {
+    fastnn_status st = fastnn_net_check(net);
+    if (st != FASTNN_OK) return st;
+    if (!d) return FASTNN_ENULL;
+    if (d->size < 1 || d->rank < 0 || d->rank >= d->size || d->shards < 0) return FASTNN_EINVAL;
+    if (net->l2 != 0) return FASTNN_EINVAL;   /* l2 * W / rows: per-rank rows would scale it */
+    if (d->shards > 0) {
+        if (d->shards % d->size != 0)
+            return FASTNN_EINVAL;   /* each rank: a block of whole shards */
+        if (fastnn_net_dist_scratch(net, d) > 0 && !d->scratch) return FASTNN_ENULL;
+    }
+    if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
+    if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
+    for (int64_t i = 0; i < n; i++)
+        if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
+    layout L;
+    carve(net, net->arena, &L);
+    /* rows one rank computes at once: its slice, or one shard */
+    int64_t local = d->shards > 0 ? (batch_size + d->shards - 1) / d->shards
+                                  : (batch_size + d->size - 1) / d->size;
+    int nt = fastnn_net_threads(net, fastnn_min64(local, n));
+    if (nt <= 1 || fastnn_cur_team)
+        return dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+    fastnn_team team;
+    fastnn_team_init(&team, nt);
+    st = FASTNN_OK;
+    #pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int full = omp_get_num_threads() == nt;
+#else
+        int full = 0;
+#endif
+        if (full) {
+            fastnn_cur_team = &team;
+            fastnn_status s = dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum,
+                                         correct);
+            fastnn_cur_team = NULL;
+            if (fastnn_thread_id() == 0) st = s;
+        } else if (fastnn_thread_id() == 0) {
+            st = dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
+        }
+    }
+    return st;
 }

@@ -7,7 +7,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import pytest  # noqa: E402
 
-pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
+pytest.importorskip("numba", reason="numba is not installed (pip install fastnn-core[cuda])")
 
 import fastnn.cuda as fc  # noqa: E402
 

@@ -76,7 +76,7 @@ def _compile_all():
 
 
 def test_every_kernel_compiles_for_the_gpu_target():
-    pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
+    pytest.importorskip("numba", reason="numba is not installed (pip install fastnn-core[cuda])")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     r = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
                        timeout=600)

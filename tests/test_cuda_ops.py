@@ -136,7 +136,7 @@ def test_without_numba_is_available_is_false_and_require_says_pip_install():
              "try:\n    fc.require()\nexcept RuntimeError as e:\n    print(e)\n"
              "try:\n    fc.ops\nexcept RuntimeError as e:\n    print('ops:', e)\n")
     assert r.returncode == 0, r.stderr
-    assert "pip install fastnn[cuda]" in r.stdout and "ops:" in r.stdout, r.stdout
+    assert "pip install fastnn-core[cuda]" in r.stdout and "ops:" in r.stdout, r.stdout
 
 
 def test_without_gpu_is_available_is_false_and_require_names_the_gpu():
@@ -854,3 +854,13 @@ def test_loss_and_optimizer_argument_errors():
         cops.adagrad_step(p, dev(np.ones(5, np.float32)), dev(np.zeros(4, np.float32)), step=1)
     with pytest.raises(TypeError, match="argument 'lr' must be a real number"):
         cops.sgd_step(p, dev(np.ones(4, np.float32)), lr="0.1")
+
+
+def test_correct_count_never_counts_a_row_holding_a_nan(dtype):
+    nan = np.nan
+    z = np.array([[2.0, 1.0, 0.0], [nan, 1.0, 0.0], [2.0, nan, 0.0], [0.0, 1.0, nan],
+                  [0.0, 3.0, 1.0], [nan, nan, nan]], dtype)
+    labels = np.array([0, 0, 0, 1, 1, 0], np.int64)
+    acc = dev(np.zeros(1))
+    cops.correct_count_add(dev(z), dev(labels), acc)
+    assert host(acc)[0] == 2.0          # rows 0 and 4; numpy's argmax would add 4 more

@@ -175,3 +175,68 @@ def test_load_mnist_from_npz_and_errors(tmp_path):
         fn.datasets.load_mnist(tmp_path / "empty")
     with pytest.raises(ValueError, match="folder of IDX files or an .npz"):
         fn.datasets.load_mnist(tmp_path / "x.csv")
+
+
+def test_standardizer_treats_features_constant_up_to_rounding_as_constant():
+    s = fn.Standardizer()
+    out = s.fit_transform(np.full((1000, 1), 14.62))
+    np.testing.assert_array_equal(out, np.zeros((1000, 1)))
+    assert s.scale_.tolist() == [1.0]
+    np.testing.assert_allclose(s.transform([[14.63]]), [[0.01]], rtol=1e-9)
+    # constant up to rounding but not bit-identical: a sum's last-bit noise
+    col = np.full(1000, 0.1) * 3
+    col[::7] = 0.1 + 0.1 + 0.1      # 0.30000000000000004 vs 0.3
+    s = fn.Standardizer().fit(np.stack([col, np.arange(1000.0)], axis=1))
+    assert s.scale_[0] == 1.0 and abs(s.transform([[0.3, 0.0]])[0, 0]) < 1e-15
+    assert s.scale_[1] == pytest.approx(np.arange(1000.0).std())
+    # the same rule as scikit-learn's StandardScaler
+    sk = pytest.importorskip("sklearn.preprocessing")
+    rng = np.random.default_rng(0)
+    X = np.stack([np.full(500, 14.62), np.full(500, -3e8) + rng.normal(0, 1e-9, 500),
+                  rng.normal(5, 2, 500), np.full(500, 1e-300)], axis=1)
+    ref = sk.StandardScaler().fit(X)
+    np.testing.assert_array_equal(fn.Standardizer().fit(X).scale_ == 1.0, ref.scale_ == 1.0)
+    for bad in (np.array([[1.0], [np.nan]]), np.array([[1e308], [-1e308]])):
+        with pytest.raises(ValueError, match="feature 0 contains NaN or Inf"):
+            fn.Standardizer().fit(bad)
+
+
+def test_stratified_split_honours_the_requested_sizes():
+    X = np.arange(200).reshape(200, 1)
+    y = np.repeat(np.arange(100), 2)
+    (a, ya), (b, yb), (c, yc) = fn.train_val_test_split(X, y, val_size=0.25, test_size=0.25,
+                                                        seed=0, stratify=True)
+    assert (len(ya), len(yb), len(yc)) == (100, 50, 50)
+    assert sorted(np.concatenate([a, b, c])[:, 0]) == list(range(200))
+    np.testing.assert_array_equal(a[:, 0] // 2, ya)
+    # each class is split as evenly as the sizes allow: at most one sample apart
+    for part, size in ((ya, 100), (yb, 50), (yc, 50)):
+        counts = np.bincount(part, minlength=100)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == size
+    # unbalanced classes, sizes given as counts
+    y = np.repeat([0, 1, 2], [50, 30, 7])
+    (_, ya), (_, yb), (_, yc) = fn.train_val_test_split(np.zeros((87, 2)), y, 13, 0.3,
+                                                        seed=1, stratify=True)
+    assert (len(ya), len(yb), len(yc)) == (87 - 13 - 26, 13, 26)
+    np.testing.assert_allclose(np.bincount(yc) / 26, [50 / 87, 30 / 87, 7 / 87], atol=0.05)
+    # string labels and floats that are whole numbers are class labels too
+    ys = np.array(["cat", "dog"] * 10)
+    (_, ya), (_, yb), _ = fn.train_val_test_split(np.zeros((20, 1)), ys, 0.2, 0.2, seed=0,
+                                                  stratify=True)
+    assert sorted(yb.tolist()) == ["cat", "cat", "dog", "dog"]
+    fn.train_val_test_split(np.zeros((20, 1)), np.arange(20.0) % 2, 0.2, 0.2, stratify=True)
+
+
+def test_stratified_split_needs_class_labels():
+    X = np.zeros((20, 2))
+    with pytest.raises(ValueError, match=r"1-D class labels, got shape \(20, 3\)"):
+        fn.train_val_test_split(X, np.zeros((20, 3)), stratify=True)
+    with pytest.raises(ValueError, match=r"class labels, got 0\.5 at index 1 \(continuous"):
+        fn.train_val_test_split(X, np.arange(20) * 0.5, stratify=True)
+    with pytest.raises(ValueError, match="class labels, got nan at index 0"):
+        fn.train_val_test_split(X, np.r_[np.nan, np.zeros(19)], stratify=True)
+    with pytest.raises(ValueError, match="arrays of samples"):
+        fn.train_val_test_split(X, 3)
+    # without stratify any target works
+    (_, ya), _, _ = fn.train_val_test_split(X, np.zeros((20, 3)), 0.2, 0.2, seed=0)
+    assert ya.shape == (12, 3)

@@ -249,6 +249,40 @@ def test_clip_grad_norm_value_and_scaling():
         pytest.approx(0.8, rel=1e-6)
 
 
+def test_clip_grad_norm_rejects_bad_arguments_without_touching_the_gradients():
+    """A negative max_norm would reverse the gradients (PyTorch does), NaN would wipe them."""
+    model = fn.Sequential(fn.Linear(3, 2), seed=0)
+    for p in model.parameters():
+        p.grad[...] = np.arange(p.size).reshape(p.shape) + 1.0
+    before = [p.grad.copy() for p in model.parameters()]
+    cases = [((-1.0,), {}, ValueError, r"max_norm must be >= 0, got -1.0"),
+             ((float("nan"),), {}, ValueError, "max_norm must be >= 0, got nan"),
+             ((-math.inf,), {}, ValueError, "max_norm must be >= 0"),
+             ((1.0,), {"norm_type": 0}, ValueError, "norm_type must be > 0 or inf, got 0.0"),
+             ((1.0,), {"norm_type": -2.0}, ValueError, "norm_type must be > 0"),
+             ((1.0,), {"norm_type": -math.inf}, ValueError, "norm_type must be > 0"),
+             ((1.0,), {"norm_type": float("nan")}, ValueError, "norm_type must be > 0"),
+             ((1.0,), {"norm_type": "fro"}, TypeError, "norm_type must be a number"),
+             (("1",), {}, TypeError, "max_norm must be a number"),
+             ((True,), {}, TypeError, "max_norm must be a number")]
+    for args, kw, error, message in cases:
+        with pytest.raises(error, match=message):
+            fn.clip_grad_norm_(model.parameters(), *args, **kw)
+    with pytest.raises(TypeError, match="must be fastnn Parameters"):
+        fn.clip_grad_norm_([np.zeros(3)], 1.0)
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.grad, b)
+    # inf: never clip; 0: zero the gradients; a norm_type like 1.5 works
+    norm = fn.clip_grad_norm_(model.parameters(), math.inf)
+    assert norm > 0 and all(np.array_equal(p.grad, b)
+                            for p, b in zip(model.parameters(), before))
+    expected = sum(float(np.sum(np.abs(b) ** 1.5)) for b in before) ** (1 / 1.5)
+    assert fn.clip_grad_norm_(model.parameters(), 1e9, norm_type=1.5) == \
+        pytest.approx(expected, rel=1e-6)
+    fn.clip_grad_norm_(model.parameters(), 0.0)
+    assert all(not p.grad.any() for p in model.parameters())
+
+
 # ---- schedulers ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls,kw", [

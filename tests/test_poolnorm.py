@@ -242,8 +242,8 @@ def test_bad_arguments_raise_clear_errors():
     y, idx = ops.max_pool2d(x, 2, return_indices=True)
     with pytest.raises(ValueError, match="'indices' must hold positions in"):
         ops.max_pool2d_backward(np.ones_like(y), x, idx + 100, 2)
-    with pytest.raises(TypeError, match="'indices' must be an int64"):
-        ops.max_pool2d_backward(np.ones_like(y), x, idx.astype(np.int32), 2)
+    with pytest.raises(TypeError, match="'indices' must hold integers"):
+        ops.max_pool2d_backward(np.ones_like(y), x, idx.astype(np.float32), 2)
     with pytest.raises(ValueError, match="'dy' must have the pooled shape"):
         ops.avg_pool2d_backward(np.ones((2, 3, 5, 5), np.float32), x, 2)
     with pytest.raises(ValueError, match="output_size"):
@@ -725,8 +725,8 @@ def test_cli_trains_the_digits_cnn(capsys, tmp_path):
     assert int(loaded[1].num_batches_tracked) > 0     # the running statistics were saved
 
 
-def test_cli_lenet_without_fashion_mnist_names_the_package(tmp_path):
+def test_cli_lenet_without_fashion_mnist_names_the_package(tmp_path, capsys):
     from fastnn import cli
-    with pytest.raises(SystemExit, match="dataset-fashion-mnist"):
-        cli.main(["train", "--model", "lenet", "--data", str(tmp_path / "absent"),
-                  "--verbose", "0"])
+    assert cli.main(["train", "--model", "lenet", "--data", str(tmp_path / "absent"),
+                     "--verbose", "0"]) == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err

@@ -37,7 +37,11 @@ static fastnn_status gemm_bf16_emulated(int64_t m, int64_t n, int64_t k, float a
                                         const float *a, int64_t rsa, int64_t csa,
                                         const float *b, int64_t rsb, int64_t csb, float beta,
                                         float *c, int64_t ldc) {
-    float *ar = malloc((size_t)(m * k + k * n) * sizeof(float));
+    size_t abytes, bbytes;
+    if (fastnn_bytes3(&abytes, m, k, sizeof(float)) || fastnn_bytes3(&bbytes, k, n, sizeof(float)) ||
+        abytes + bbytes < abytes)
+        return FASTNN_ENOMEM;
+    float *ar = malloc(abytes + bbytes);
     if (!ar) return FASTNN_ENOMEM;
     float *br = ar + m * k;
     for (int64_t i = 0; i < m; i++)

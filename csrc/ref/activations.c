@@ -44,8 +44,7 @@ fastnn_status fastnn_act_backward(fastnn_dtype dt, fastnn_act act, double param,
 
 fastnn_status fastnn_softmax(fastnn_dtype dt, int log_, void *y, const void *x, int64_t rows,
                              int64_t cols) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     if (rows == 0 || cols == 0) return FASTNN_OK;
     FASTNN_CHECK_PTR(y, 1);
     FASTNN_CHECK_PTR(x, 1);
@@ -57,8 +56,7 @@ fastnn_status fastnn_softmax(fastnn_dtype dt, int log_, void *y, const void *x, 
 
 fastnn_status fastnn_softmax_backward(fastnn_dtype dt, int log_, void *dx, const void *dy,
                                       const void *y, int64_t rows, int64_t cols) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     if (rows == 0 || cols == 0) return FASTNN_OK;
     FASTNN_CHECK_PTR(dx, 1);
     FASTNN_CHECK_PTR(dy, 1);
@@ -71,8 +69,7 @@ fastnn_status fastnn_softmax_backward(fastnn_dtype dt, int log_, void *dx, const
 
 fastnn_status fastnn_bias_add(fastnn_dtype dt, void *y, const void *x, const void *b,
                               int64_t rows, int64_t cols) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     if (rows == 0 || cols == 0) return FASTNN_OK;
     FASTNN_CHECK_PTR(y, 1);
     FASTNN_CHECK_PTR(x, 1);
@@ -85,8 +82,7 @@ fastnn_status fastnn_bias_add(fastnn_dtype dt, void *y, const void *x, const voi
 
 fastnn_status fastnn_bias_grad(fastnn_dtype dt, void *db, const void *dy, int64_t rows,
                                int64_t cols, double beta) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     if (cols == 0) return FASTNN_OK;
     FASTNN_CHECK_PTR(db, 1);
     FASTNN_CHECK_PTR(dy, rows);

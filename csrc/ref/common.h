@@ -16,7 +16,38 @@
  * the partition of a reduction never depends on the thread count. */
 #define FASTNN_SUM_BLOCK 1024
 
-#define FASTNN_CHECK_N(n) do { if ((n) < 0) return FASTNN_EINVAL; } while (0)
+/* A size: >= 0 and its extent in bytes (8 per element at most) representable. */
+#define FASTNN_CHECK_N(n) do { if ((n) < 0 || (n) > INT64_MAX / 8) return FASTNN_EINVAL; } while (0)
+/* A [rows, cols] matrix: both sizes valid and rows * cols * 8 bytes representable. */
+#define FASTNN_CHECK_2D(rows, cols) do {                                                  \
+        int64_t n2d_;                                                                     \
+        if ((rows) < 0 || (cols) < 0 || __builtin_mul_overflow((rows), (cols), &n2d_) ||  \
+            n2d_ > INT64_MAX / 8)                                                         \
+            return FASTNN_EINVAL;                                                         \
+    } while (0)
+
+/* Overflow-checked size arithmetic: 0 and *out set, or 1 when the true value does not fit.
+ * Every size or offset computed from caller-given sizes goes through these, so a huge size
+ * is refused instead of wrapping around to a small buffer. */
+static inline int fastnn_mul3_i64(int64_t *out, int64_t a, int64_t b, int64_t c) {
+    return __builtin_mul_overflow(a, b, out) || __builtin_mul_overflow(*out, c, out);
+}
+static inline int fastnn_madd_i64(int64_t *out, int64_t a, int64_t b, int64_t c) {
+    /* *out = a * b + c */
+    return __builtin_mul_overflow(a, b, out) || __builtin_add_overflow(*out, c, out);
+}
+static inline int fastnn_bytes3(size_t *out, int64_t a, int64_t b, size_t c) {
+    /* *out = a * b * c bytes, rounded up to 64 */
+    if (a < 0 || b < 0) return 1;
+    return __builtin_mul_overflow((size_t)a, (size_t)b, out) ||
+           __builtin_mul_overflow(*out, c, out) || __builtin_add_overflow(*out, (size_t)63, out) ||
+           ((*out = *out / 64 * 64), 0);
+}
+/* The elements a row-major [rows, cols] matrix with row stride ld spans: (rows-1)*ld+cols. */
+static inline int fastnn_span_i64(int64_t *out, int64_t rows, int64_t cols, int64_t ld) {
+    if (rows == 0 || cols == 0) { *out = 0; return 0; }
+    return fastnn_madd_i64(out, rows - 1, ld, cols);
+}
 #define FASTNN_CHECK_PTR(p, n) do { if ((n) > 0 && !(p)) return FASTNN_ENULL; } while (0)
 
 /* GEMM tile epilogues (csrc/ref/activations.inc); see fastnn_epilogue. */

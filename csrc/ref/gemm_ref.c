@@ -11,6 +11,12 @@ fastnn_status fastnn_gemm_check(int transa, int transb, int64_t m, int64_t n, in
     if (lda < (transa ? (m > 1 ? m : 1) : (k > 1 ? k : 1))) return FASTNN_EINVAL;
     if (ldb < (transb ? (k > 1 ? k : 1) : (n > 1 ? n : 1))) return FASTNN_EINVAL;
     if (ldc < (n > 1 ? n : 1)) return FASTNN_EINVAL;
+    /* each operand's extent in elements (and in bytes, times 8) must fit: offsets never wrap */
+    int64_t span;
+    if (fastnn_span_i64(&span, transa ? k : m, transa ? m : k, lda) || span > INT64_MAX / 8 ||
+        fastnn_span_i64(&span, transb ? n : k, transb ? k : n, ldb) || span > INT64_MAX / 8 ||
+        fastnn_span_i64(&span, m, n, ldc) || span > INT64_MAX / 8)
+        return FASTNN_EINVAL;
     if (m > 0 && n > 0 && !c) return FASTNN_ENULL;
     if (m > 0 && n > 0 && k > 0 && (!a || !b)) return FASTNN_ENULL;
     return FASTNN_OK;

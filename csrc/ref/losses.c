@@ -23,8 +23,7 @@ fastnn_status fastnn_regression_loss(fastnn_dtype dt, fastnn_loss kind, double d
 fastnn_status fastnn_bce_logits(fastnn_dtype dt, double *total, void *loss, void *grad,
                                 double scale, const void *z, const void *t,
                                 const void *pos_weight, int64_t rows, int64_t cols) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     FASTNN_CHECK_PTR(z, rows * cols);
     FASTNN_CHECK_PTR(t, rows * cols);
     if (dt == FASTNN_F32)
@@ -38,8 +37,7 @@ fastnn_status fastnn_cross_entropy(fastnn_dtype dt, double *total, double *weigh
                                    void *loss, void *grad, double scale, const void *z,
                                    const int64_t *labels, const void *weight,
                                    double label_smoothing, int64_t rows, int64_t cols) {
-    FASTNN_CHECK_N(rows);
-    FASTNN_CHECK_N(cols);
+    FASTNN_CHECK_2D(rows, cols);
     if (rows > 0 && cols == 0) return FASTNN_EINVAL;
     FASTNN_CHECK_PTR(z, rows);
     FASTNN_CHECK_PTR(labels, rows);

@@ -7,7 +7,7 @@ import os as _os
 # explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import callbacks, data, datasets, init, lr_scheduler, ops  # noqa: E402
+from . import callbacks, data, datasets, distributed, init, lr_scheduler, ops  # noqa: E402
 from ._kernels import (
     arch,
     available_archs,
@@ -18,7 +18,7 @@ from ._kernels import (
     set_num_threads,
 )
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, TerminateOnNaN
-from .data import Standardizer, batches, one_hot, train_val_test_split
+from .data import LabelEncoder, Preprocess, Standardizer, batches, one_hot, train_val_test_split
 from .init import manual_seed
 from .io import load, load_checkpoint, save, save_checkpoint
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss
@@ -57,6 +57,18 @@ from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name):
+    """``fastnn.cuda`` is imported on first access (PEP 562): ``import fastnn`` never imports
+    numba, and ``fastnn.cuda`` works without a separate ``import fastnn.cuda``."""
+    if name == "cuda":
+        import importlib
+
+        return importlib.import_module(".cuda", __name__)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
 if _os.environ.get("FASTNN_ARCH"):
     try:
         set_arch(_os.environ["FASTNN_ARCH"])
@@ -77,6 +89,7 @@ __all__ = [
     # training, callbacks, data, persistence
     "fit", "evaluate", "History", "callbacks", "Callback", "EarlyStopping", "ModelCheckpoint",
     "TerminateOnNaN", "data", "datasets", "train_val_test_split", "Standardizer", "one_hot",
+    "LabelEncoder", "Preprocess",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]
 from . import models  # noqa: E402  (convolutional model builders)

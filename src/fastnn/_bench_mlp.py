@@ -73,7 +73,7 @@ def fit_threads_compare(workloads, repeats=5, n=60000, seed=0):
 def _torch_epoch(X, y, hidden, batch, seed):
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     model = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(),
@@ -164,18 +164,23 @@ def available(libraries):
     return out
 
 
-def single_thread():
-    """One thread for fastnn, numpy's BLAS and (when imported) torch."""
-    fastnn.set_num_threads(1)
+THREADS = 1  # threads every library gets (set by single_thread)
+
+
+def single_thread(threads=1):
+    """`threads` threads (default one) for fastnn, numpy's BLAS and torch."""
+    global THREADS
+    THREADS = threads
+    fastnn.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
+        threadpool_limits(threads)
     except ImportError:
         pass
     import sys
 
     if "torch" in sys.modules:   # never import it here: it would count in memory figures
-        sys.modules["torch"].set_num_threads(1)
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def mlp_compare(workloads, libraries=LIBRARIES, repeats=5, n=60000, seed=0, log=None):
@@ -186,8 +191,14 @@ def mlp_compare(workloads, libraries=LIBRARIES, repeats=5, n=60000, seed=0, log=
     libs = available(libraries)
     rows = []
     for hidden, batch in workloads:
-        runs = {lib: _BUILDERS[lib](X, y, hidden, batch, seed) for lib in libs}
-        for f in runs.values():   # warm-up: one epoch each (first-touch, JIT, caches)
+        runs = {}
+        for lib in libs:
+            if log:
+                log(f"H={hidden} B={batch} {lib}: building the model")
+            runs[lib] = _BUILDERS[lib](X, y, hidden, batch, seed)
+        for lib, f in runs.items():   # warm-up: one epoch each (first-touch, JIT, caches)
+            if log:
+                log(f"H={hidden} B={batch} {lib}: warm-up epoch")
             f()
         times = {lib: [] for lib in libs}
         for r in range(repeats):

@@ -127,20 +127,27 @@ def _optim_args(opt, buffer):
 class FusedTraining:
     """A FusedNet for fit, tied to the optimizer's chunk so step counts stay in sync."""
 
-    def __init__(self, net, chunk, group):
+    def __init__(self, net, chunk, group, buffer=None, states=()):
         self.net, self.chunk, self.group = net, chunk, group
+        self.net_params = None if buffer is None else buffer.data
+        self.states = [s for s in states if s is not None]
 
-    def train(self, X, y, index, batch_size, seed):
+    def train(self, X, y, index, batch_size, seed, dist=None, model=None):
+        """dist (a fastnn.distributed.Session): a data-parallel call (global batches)."""
         self.net.lr = self.group["lr"]          # schedulers change it between epochs
         self.net.step = self.chunk.step
         try:
+            if dist is not None:
+                return dist.train(self.net, X, y, index, batch_size, seed, model)
             return self.net.train(X, y, index, batch_size, seed)
         finally:
             self.chunk.step = self.net.step
 
 
-def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
-    """A FusedTraining for fit, or None (then fit uses the per-op path)."""
+def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
+                  adam_eps_uncorrected=False):
+    """A FusedTraining for fit, or None (then fit uses the per-op path). l2 and
+    adam_eps_uncorrected: as FusedNet's (scikit-learn's formulas, for fastnn.sklearn)."""
     found = _units(model)
     if found is None or X.ndim != 2:
         return None
@@ -157,8 +164,9 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
         return None      # regression metrics are computed per-op
     name, hyper, states, step, chunk = oargs
     net = FusedNet(units, buffer.data, buffer.grad, optim=name, hyper=hyper, states=states,
-                   step=step, max_batch=batch_size, **largs)
-    return FusedTraining(net, chunk, optimizer.param_groups[0])
+                   step=step, max_batch=batch_size, l2=l2,
+                   adam_eps_uncorrected=adam_eps_uncorrected, **largs)
+    return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
 
 
 def inference_net(model, max_batch=256):

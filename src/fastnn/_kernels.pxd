@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint64_t
 cdef extern from "fastnn/fastnn.h" nogil:
     ctypedef enum fastnn_status:
         FASTNN_OK, FASTNN_EINVAL, FASTNN_ENULL, FASTNN_ENOMEM, FASTNN_ELABEL, FASTNN_EARCH
+        FASTNN_ENONFINITE
     ctypedef enum fastnn_dtype:
         FASTNN_F32, FASTNN_F64
     ctypedef enum fastnn_act:
@@ -190,8 +191,11 @@ cdef extern from "fastnn/net.h" nogil:
         double delta, label_smoothing
         const void *loss_weight
         fastnn_optim opt
+        int nonfinite_ok
         int64_t max_batch
         void *arena
+        double l2
+        int adam_eps_uncorrected
     int64_t fastnn_net_arena_bytes(const fastnn_net *net)
     fastnn_status fastnn_net_check(const fastnn_net *net)
     int fastnn_net_threads(const fastnn_net *net, int64_t batch_size)
@@ -199,3 +203,16 @@ cdef extern from "fastnn/net.h" nogil:
                                    const int64_t *index, int64_t n, int64_t batch_size,
                                    uint64_t seed, double *loss_sum, int64_t *correct)
     fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int64_t rows)
+    ctypedef fastnn_status (*fastnn_net_reduce_fn)(void *ctx, void *grads, int64_t n,
+                                                   int64_t step) noexcept nogil
+    ctypedef struct fastnn_net_dist:
+        int rank, size
+        int64_t shards
+        void *scratch
+        fastnn_net_reduce_fn reduce
+        void *ctx
+    int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d)
+    fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d,
+                                        const void *X, const void *Y, int64_t rows,
+                                        const int64_t *index, int64_t n, int64_t batch_size,
+                                        uint64_t seed, double *loss_sum, int64_t *correct)

@@ -2,7 +2,10 @@
 # status code into an exception. Every public function here is re-exported by fastnn.ops.
 #
 # Rules for arguments (documented in fastnn.ops):
-#  - arrays are float32 or float64, all of one dtype; array-likes go through np.asarray;
+#  - arrays are float32 or float64 in native byte order and aligned to their item size, all
+#    of one dtype; anything else (float16, '>f4', a view at an odd byte offset) raises
+#    TypeError here, never reaching C; array-likes go through np.asarray. Integer arrays
+#    (labels, row indices) are converted to aligned native int64;
 #  - inputs that are not C-contiguous are copied (matmul instead reads strided views as they
 #    are, when one of their strides is the element size);
 #  - `out` is never copied: it must have the exact dtype and shape, be writable and
@@ -75,13 +78,38 @@ cdef inline str _sig(str fn, str arg):
     return f"{fn}: argument '{arg}'"
 
 
+cdef _check_buffer(cnp.ndarray a, str fn, str arg):
+    """The one check of what C may read or write: native byte order and aligned. (The type
+    number alone ignores byte order: a '>f4' array has NPY_FLOAT32's number.)"""
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise TypeError(f"{_sig(fn, arg)} must be in native byte order, got dtype "
+                        f"{a.dtype.str!r} (byte-swapped); convert it with "
+                        f"a.astype(a.dtype.newbyteorder('='))")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise TypeError(f"{_sig(fn, arg)} must be aligned to its item size "
+                        f"({cnp.PyArray_ITEMSIZE(a)} bytes), got an unaligned array (e.g. "
+                        f"np.frombuffer at an odd offset); copy it with np.array(a)")
+
+
 cdef cnp.ndarray _array(object x, str fn, str arg):
-    """x as an ndarray of float32/float64 (array-likes converted, not copied when possible)."""
+    """x as an ndarray of float32/float64 (array-likes converted, not copied when possible),
+    native byte order and aligned."""
     cdef cnp.ndarray a = x if type(x) is np.ndarray else np.asarray(x)
     cdef int tn = cnp.PyArray_TYPE(a)
     if tn != cnp.NPY_FLOAT32 and tn != cnp.NPY_FLOAT64:
         raise TypeError(f"{_sig(fn, arg)} must be a float32 or float64 array, got dtype {a.dtype}")
+    _check_buffer(a, fn, arg)
     return a
+
+
+cdef cnp.ndarray _int64(object x, str fn, str arg):
+    """An integer array as C-contiguous, aligned, native int64 (converted when needed)."""
+    cdef cnp.ndarray a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{_sig(fn, arg)} must hold integers, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{_sig(fn, arg)} holds a value above the int64 range")
+    return np.require(a, np.int64, ["C", "A"])
 
 
 cdef cnp.ndarray _input(object x, str fn, str arg, object dtype):
@@ -139,6 +167,7 @@ cdef cnp.ndarray _output(object out, str fn, tuple shape, object dtype, list inp
         raise ValueError(f"{_sig(fn, 'out')} must have shape {shape}, got {_shp(o)}")
     if not o.flags.writeable:
         raise ValueError(f"{_sig(fn, 'out')} must be writable, got a read-only array")
+    _check_buffer(o, fn, "out")
     if not cnp.PyArray_IS_C_CONTIGUOUS(o):
         raise ValueError(f"{_sig(fn, 'out')} must be C-contiguous, got strides {_strd(o)}")
     _check_disjoint(o, "out", fn, inputs, allow_inplace_first)
@@ -245,6 +274,7 @@ cdef tuple _gemm_args(str fn, a, b, out, alpha, beta):
         C = out
         if cnp.PyArray_TYPE(C) != cnp.PyArray_TYPE(A):
             raise TypeError(f"{_sig(fn, 'out')} must have dtype {A.dtype}, got {C.dtype}")
+        _check_buffer(C, fn, "out")
         if C.ndim != 2 or C.shape[0] != m or C.shape[1] != n:
             raise ValueError(f"{_sig(fn, 'out')} must have shape {(m, n)}, got {_shp(C)}")
         if not C.flags.writeable:
@@ -799,7 +829,7 @@ cdef cnp.ndarray _labels(object labels, str fn, int64_t rows):
     if lab.ndim != 1 or lab.shape[0] != rows:
         raise ValueError(f"{_sig(fn, 'labels')} must have shape ({rows},) (one label per row "
                          f"of 'logits'), got {_shp(lab)}")
-    return np.ascontiguousarray(lab, dtype=np.int64)
+    return _int64(lab, fn, "labels")
 
 
 def _cross_entropy(str fn, logits, labels, weight, label_smoothing, str reduction,
@@ -887,6 +917,7 @@ cdef cnp.ndarray _state(object a, str fn, str arg, cnp.ndarray p):
     if s.size != p.size:
         raise ValueError(f"{_sig(fn, arg)} must have {p.size} elements like 'param', "
                          f"got shape {_shp(s)}")
+    _check_buffer(s, fn, arg)
     if not cnp.PyArray_IS_C_CONTIGUOUS(s):
         raise ValueError(f"{_sig(fn, arg)} must be C-contiguous (it is updated in place), "
                          f"got strides {_strd(s)}")
@@ -1056,6 +1087,7 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
 # ---- fused training executor -----------------------------------------------------------------
 
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 cdef dict _NET_LOSSES = {"cross_entropy": FASTNN_NET_CROSS_ENTROPY, "mse": FASTNN_NET_MSE,
                          "l1": FASTNN_NET_L1, "huber": FASTNN_NET_HUBER,
@@ -1064,6 +1096,50 @@ cdef dict _NET_OPTIMS = {"sgd": FASTNN_OPT_SGD, "adam": FASTNN_OPT_ADAM,
                          "rmsprop": FASTNN_OPT_RMSPROP, "adagrad": FASTNN_OPT_ADAGRAD}
 _OPT_FIELDS = ("lr", "momentum", "dampening", "weight_decay", "beta1", "beta2", "eps", "alpha",
                "lr_decay", "nesterov", "maximize", "decoupled", "amsgrad", "centered")
+
+
+def _check_net_scalars(fn, optim, hyper, label_smoothing, loss, delta):
+    """FusedNet's hyper-parameters checked as the optimizers and losses check theirs (C's
+    fastnn_net_check repeats it), each with a message naming the argument."""
+    import math
+    for k in ("lr", "weight_decay", "eps", "momentum", "alpha", "lr_decay"):
+        v = float(hyper.get(k, 0.0))
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{fn}: hyper[{k!r}] must be a finite number >= 0, got {v!r}")
+    if not math.isfinite(float(hyper.get("dampening", 0.0))):
+        raise ValueError(f"{fn}: hyper['dampening'] must be finite, got {hyper['dampening']!r}")
+    if optim == "adam":
+        for k in ("beta1", "beta2"):
+            v = float(hyper.get(k, 0.0))
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{fn}: hyper[{k!r}] must be in [0, 1), got {v!r}")
+    if optim == "sgd" and hyper.get("nesterov") and (float(hyper.get("momentum", 0.0)) <= 0
+                                                    or float(hyper.get("dampening", 0.0)) != 0):
+        raise ValueError(f"{fn}: nesterov momentum requires a momentum > 0 and zero dampening")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{_sig(fn, 'label_smoothing')} must be in [0, 1], got {label_smoothing!r}")
+    if loss == "huber" and not (delta > 0 and math.isfinite(delta)):
+        raise ValueError(f"{_sig(fn, 'delta')} must be a finite number > 0, got {delta!r}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped because a batch's loss was NaN or infinite; no update was made for
+    that batch. ``step`` is the optimizer's step count at the failing batch (updates made)."""
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step
+cdef fastnn_status _reduce_grads(void *ctx, void *grads, int64_t n, int64_t step) noexcept nogil:
+    """fastnn_net_dist's reduce: calls the Python reduce(grads_array, step) kept in ctx;
+    an exception is kept for train_dist to raise and stops the loop."""
+    with gil:
+        holder = <list>ctx
+        try:
+            holder[0](holder[1], step)
+        except BaseException as e:
+            holder[2] = e
+            return FASTNN_EINVAL
+    return FASTNN_OK
 
 
 cdef class FusedNet:
@@ -1076,11 +1152,15 @@ cdef class FusedNet:
     pos_weight), delta. optim: a name of _NET_OPTIMS, its hyperparameters (torch names:
     lr, momentum, ..., betas as beta1/beta2, decoupled for AdamW), its state buffers
     (s1, s2, s3: arrays like params, or None) and step (updates done so far). The arrays are
-    used in place, never copied: the model and the optimizer see every update.
+    used in place, never copied: the model and the optimizer see every update. l2 (>= 0):
+    adds l2 * W / batch rows to every weight gradient, biases untouched (scikit-learn's
+    alpha; not part of the returned loss). adam_eps_uncorrected: Adam adds eps to the
+    uncorrected root of the second moment, as scikit-learn does (default: PyTorch's form).
     """
     cdef fastnn_net net
     cdef fastnn_unit *units
     cdef object keep
+    cdef object dist_scratch
     cdef readonly object dtype
     cdef readonly int64_t in_features, out_features, max_batch
 
@@ -1093,7 +1173,8 @@ cdef class FusedNet:
 
     def __init__(self, units, params, grads, *, loss="cross_entropy", reduction="mean",
                  label_smoothing=0.0, weight=None, delta=1.0, optim="sgd", hyper=None,
-                 states=(None, None, None), step=0, max_batch=256):
+                 states=(None, None, None), step=0, max_batch=256, l2=0.0,
+                 adam_eps_uncorrected=False):
         fn = "FusedNet"
         cdef cnp.ndarray P = _array(params, fn, "params")
         P = _state(P, fn, "params", P)
@@ -1115,8 +1196,24 @@ cdef class FusedNet:
         if self.units == NULL:
             raise MemoryError(fn)
         cdef int i
+        prev = None
         for i, u in enumerate(units):
+            if len(u) != 6:
+                raise ValueError(f"{_sig(fn, 'units')}[{i}] must be (in, out, weight_offset, "
+                                 f"bias_offset, activation, dropout), got {u!r}")
             fin, fout, w, b, act, drop = u
+            for name, v in (("in", fin), ("out", fout), ("weight_offset", w), ("bias_offset", b)):
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"{_sig(fn, 'units')}[{i}] {name} must be an int, got {v!r}")
+            # Python ints do not wrap: check the extents before C sees them
+            if fin < 1 or fout < 1 or (prev is not None and fin != prev):
+                raise ValueError(f"{_sig(fn, 'units')}[{i}] has in={fin}, out={fout}: sizes must "
+                                 f"be >= 1 and chain (in = the previous unit's out {prev})")
+            if w < 0 or w + fin * fout > P.size or b < -1 or (b >= 0 and b + fout > P.size):
+                raise ValueError(f"{_sig(fn, 'units')}[{i}] has weight_offset={w}, "
+                                 f"bias_offset={b} for a {fout}x{fin} layer: the weights and "
+                                 f"bias must lie inside 'params' ({P.size} elements)")
+            prev = fout
             code, p, p2 = _activation_spec(act, fn)
             self.units[i].in_ = fin
             self.units[i].out = fout
@@ -1158,6 +1255,7 @@ cdef class FusedNet:
         self.net.opt.amsgrad = self.net.opt.centered = 0
         for k, v in hyper.items():
             self._set_hyper(k, v)
+        _check_net_scalars(fn, optim, hyper, self.net.label_smoothing, loss, self.net.delta)
         slots = []
         for j, s in enumerate(states):
             S = None if s is None else _state(s, fn, f"states[{j}]", P)
@@ -1173,7 +1271,15 @@ cdef class FusedNet:
         self.net.opt.s3 = _optr(slots[2])
         self.net.opt.step = _step(step + 1, fn) - 1
         self.net.max_batch = max_batch
+        self.net.l2 = _float_arg(l2, fn, "l2")
+        if not self.net.l2 >= 0:
+            raise ValueError(f"{_sig(fn, 'l2')} must be >= 0, got {l2!r}")
+        self.net.adam_eps_uncorrected = bool(adam_eps_uncorrected)
+        self.net.nonfinite_ok = 0
         cdef int64_t nbytes = fastnn_net_arena_bytes(&self.net)
+        if nbytes <= 0:
+            raise ValueError(f"{_sig(fn, 'units')}: the plan's sizes are invalid or too large "
+                             f"for max_batch={max_batch} (a size overflows)")
         cdef cnp.ndarray arena = np.empty(nbytes // 8 + 8, dtype=np.float64)  # + 64-byte alignment
         cdef Py_ssize_t off = (64 - (<size_t>cnp.PyArray_DATA(arena)) % 64) % 64  # C %: unsigned
         self.net.arena = <char *>cnp.PyArray_DATA(arena) + off
@@ -1216,6 +1322,14 @@ cdef class FusedNet:
         def __set__(self, v):
             self.net.opt.step = _step(v + 1, "FusedNet") - 1
 
+    property nonfinite_ok:
+        """False (default): train() stops at the first batch whose loss is NaN or infinite,
+        before its update, and raises NonFiniteLossError. True: it trains on regardless."""
+        def __get__(self):
+            return bool(self.net.nonfinite_ok)
+        def __set__(self, v):
+            self.net.nonfinite_ok = bool(v)
+
     property lr:
         def __get__(self):
             return self.net.opt.lr
@@ -1246,7 +1360,7 @@ cdef class FusedNet:
             if Ya.ndim != 2 or Ya.shape[0] != rows or Ya.shape[1] != self.out_features:
                 raise ValueError(f"{_sig(fn, 'Y')} must have shape ({rows}, {self.out_features}), "
                                  f"got {_shp(Ya)}")
-        cdef cnp.ndarray I = np.ascontiguousarray(index, dtype=np.int64)
+        cdef cnp.ndarray I = _int64(index, fn, "index")
         if I.ndim != 1:
             raise ValueError(f"{_sig(fn, 'index')} must be 1-D, got shape {_shp(I)}")
         if I.size and (I.min() < 0 or I.max() >= rows):
@@ -1266,6 +1380,91 @@ cdef class FusedNet:
                                   &correct)
         if st == FASTNN_ELABEL:
             raise ValueError(f"{_sig(fn, 'Y')} must be class indices in [0, {self.out_features})")
+        if st == FASTNN_ENONFINITE:
+            raise NonFiniteLossError(f"{fn}: the loss of the batch after optimizer step "
+                                     f"{self.net.opt.step} is not finite; that batch made no "
+                                     f"update", self.net.opt.step)
+        _check(st, fn)
+        return loss_sum, correct
+
+    def _train_args(self, fn, X, Y, index, int64_t batch_size):
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
+        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
+            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
+                             f"got {_shp(Xa)}")
+        rows = Xa.shape[0]
+        if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
+            Ya = _labels(Y, fn, rows)
+        else:
+            Ya = _input(Y, fn, "Y", self.dtype)
+            if Ya.ndim != 2 or Ya.shape[0] != rows or Ya.shape[1] != self.out_features:
+                raise ValueError(f"{_sig(fn, 'Y')} must have shape ({rows}, {self.out_features}), "
+                                 f"got {_shp(Ya)}")
+        I = np.ascontiguousarray(index, dtype=np.int64)
+        if I.ndim != 1:
+            raise ValueError(f"{_sig(fn, 'index')} must be 1-D, got shape {_shp(I)}")
+        if I.size and (I.min() < 0 or I.max() >= rows):
+            raise ValueError(f"{_sig(fn, 'index')} must hold row numbers in [0, {rows})")
+        if batch_size < 1 or batch_size > self.max_batch:
+            raise ValueError(f"{_sig(fn, 'batch_size')} must be in [1, {self.max_batch}], "
+                             f"got {batch_size}")
+        return Xa, Ya, I
+
+    def train_dist(self, X, Y, index, int64_t batch_size, seed=0, *, reduce=None, int rank=0,
+                   int size=1, int64_t shards=0):
+        """Data-parallel train(): index[0:bs], index[bs:2bs], ... are global batches; this rank
+        computes the gradient of its part of each (rows [B rank / size, B (rank+1) / size),
+        or with shards > 0 its block of shards summed over a fixed tree: see
+        fastnn_net_train_dist), then calls reduce(grads, step) with the flat gradient array,
+        which must leave the gradient of the whole batch in it (in place), and updates the
+        parameters. reduce's exception is raised here. Returns this rank's shares
+        (loss sum, correct rows): sum them over the ranks."""
+        fn = "FusedNet.train_dist"
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"{_sig(fn, 'rank')} must be in [0, size={size}), got {rank}")
+        if shards < 0 or (shards and shards % size):
+            raise ValueError(f"{_sig(fn, 'shards')} must be 0 or a multiple of size ({size}), "
+                             f"got {shards}")
+        if reduce is None and size > 1:
+            raise ValueError(f"{_sig(fn, 'reduce')} is required with size > 1")
+        Xa, Ya, I = self._train_args(fn, X, Y, index, batch_size)
+        cdef fastnn_net_dist d
+        d.rank = rank
+        d.size = size
+        d.shards = shards
+        d.scratch = NULL
+        d.reduce = NULL
+        d.ctx = NULL
+        holder = [reduce, self.keep[1], None]
+        if reduce is not None:
+            d.reduce = _reduce_grads
+            d.ctx = <void *>holder
+        cdef int64_t nscratch = fastnn_net_dist_scratch(&self.net, &d)
+        cdef cnp.ndarray S
+        if nscratch > 0:
+            # zeros: the kernels never write the buffer's padding, which the tree adds up
+            if self.dist_scratch is None or self.dist_scratch.size < nscratch:
+                self.dist_scratch = np.zeros(nscratch, dtype=self.dtype)
+            S = self.dist_scratch
+            d.scratch = cnp.PyArray_DATA(S)
+        cdef double loss_sum = 0
+        cdef int64_t correct = 0, n = I.size, rows = Xa.shape[0]
+        cdef uint64_t s = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        cdef void *px = _ptr(Xa)
+        cdef void *py = _ptr(Ya)
+        cdef int64_t *pi = <int64_t *>_ptr(I)
+        cdef fastnn_status st
+        with nogil:
+            st = fastnn_net_train_dist(&self.net, &d, px, py, rows, pi, n, batch_size, s,
+                                       &loss_sum, &correct)
+        if holder[2] is not None:
+            raise holder[2]
+        if st == FASTNN_ELABEL:
+            raise ValueError(f"{_sig(fn, 'Y')} must be class indices in [0, {self.out_features})")
+        if st == FASTNN_ENONFINITE:
+            raise NonFiniteLossError(f"{fn}: the loss of the global batch after optimizer "
+                                     f"step {self.net.opt.step} is not finite (on some rank); "
+                                     f"no rank made that update", self.net.opt.step)
         _check(st, fn)
         return loss_sum, correct
 
@@ -1390,14 +1589,10 @@ def max_pool2d_backward(dy, x, indices, kernel_size, stride=None, padding=0):
     if _shp(DY) != (n, c, oh, ow):
         raise ValueError(f"{_sig(fn, 'dy')} must have the pooled shape {(n, c, oh, ow)}, "
                          f"got {_shp(DY)}")
-    cdef cnp.ndarray I = indices if isinstance(indices, np.ndarray) else np.asarray(indices)
-    if I.dtype != np.int64:
-        raise TypeError(f"{_sig(fn, 'indices')} must be an int64 array (from max_pool2d), "
-                        f"got dtype {I.dtype}")
+    cdef cnp.ndarray I = _int64(indices, fn, "indices")   # converted to native int64
     if _shp(I) != (n, c, oh, ow):
         raise ValueError(f"{_sig(fn, 'indices')} must have shape {(n, c, oh, ow)}, got "
                          f"{_shp(I)}")
-    I = np.ascontiguousarray(I)
     cdef cnp.ndarray DX = np.empty((n, c, h, w), X.dtype)
     cdef fastnn_dtype dt = _dt(X)
     cdef void *pdx = _ptr(DX)
@@ -1548,7 +1743,7 @@ cdef cnp.ndarray _channel_vec(object v, str fn, str arg, object dtype, int64_t c
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{_sig(fn, arg)} must be a numpy array (updated in place), got "
                             f"{type(v).__name__}")
-        a = v
+        a = _array(v, fn, arg)     # float32/float64, native byte order, aligned
         if a.dtype != dtype:
             raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype} like 'x', got {a.dtype}")
         if not a.flags.writeable or not cnp.PyArray_IS_C_CONTIGUOUS(a):
@@ -1781,3 +1976,52 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
                                            0.0)
     _check(st, fn)
     return DX, DW, DB
+
+
+# ---- test hooks: the C checks on their own, without the Python checks in front -------------
+
+def _c_net_check(units, int64_t nparams, int64_t max_batch, int loss=0):
+    """fastnn_net_arena_bytes and fastnn_net_check of a plan with these raw unit tuples
+    (in, out, w, b) over dummy buffers (never read): (arena bytes, status string). For tests
+    of the overflow checks that the Python front end would catch first."""
+    cdef fastnn_unit us[64]
+    cdef fastnn_net net
+    cdef char dummy[64]
+    cdef int i
+    if not 1 <= len(units) <= 64:
+        raise ValueError("1 to 64 units")
+    for i, (fin, fout, w, b) in enumerate(units):
+        us[i].in_ = fin
+        us[i].out = fout
+        us[i].w = w
+        us[i].b = b
+        us[i].act = FASTNN_ACT_IDENTITY
+        us[i].p = us[i].p2 = 0
+        us[i].drop = 0
+    memset(&net, 0, sizeof(net))
+    net.dt = FASTNN_F32
+    net.nunits = len(units)
+    net.units = us
+    net.nparams = nparams
+    net.params = net.grads = net.arena = dummy
+    net.loss = <fastnn_net_loss>loss
+    net.opt.kind = FASTNN_OPT_SGD
+    net.max_batch = max_batch
+    nbytes = fastnn_net_arena_bytes(&net)
+    return nbytes, fastnn_status_string(fastnn_net_check(&net)).decode()
+
+
+def _c_gemm_status(int transa, int transb, int64_t m, int64_t n, int64_t k, int64_t lda,
+                   int64_t ldb, int64_t ldc):
+    """fastnn_gemm's status for these sizes over a dummy buffer. Only for sizes that its
+    checks must refuse (the buffer is 64 bytes): tests of the overflow checks."""
+    cdef char dummy[64]
+    return fastnn_status_string(fastnn_gemm(FASTNN_F32, transa, transb, m, n, k, 1.0, dummy,
+                                            lda, dummy, ldb, 0.0, dummy, ldc)).decode()
+
+
+def _c_elementwise_status(int64_t n):
+    """fastnn_act_forward's status for n elements over a dummy buffer (refused sizes only)."""
+    cdef char dummy[64]
+    return fastnn_status_string(fastnn_act_forward(FASTNN_F32, FASTNN_ACT_RELU, 0, 0, dummy,
+                                                   dummy, n)).decode()

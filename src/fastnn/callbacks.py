@@ -8,8 +8,14 @@
 Batch logs are {"batch", "size", "loss"}; epoch logs hold "loss", the metrics, the "val_"
 entries, "lr" and "epoch_time". Setting ``self.model.stop_training = True`` ends fit after
 the current batch.
+
+fit calls each callback's ``_check_logs(keys)`` with the keys its epoch logs will hold before
+anything is trained: a callback that needs an entry this fit does not log (a ``monitor``, a
+``{val_loss}`` in a ModelCheckpoint path without validation data) raises ValueError then.
 """
 import math
+import os
+import string
 import sys
 import time
 
@@ -25,6 +31,10 @@ class Callback:
 
     def set_params(self, params):
         self.params = params
+
+    def _check_logs(self, keys):
+        """Raise ValueError if this callback needs an epoch-log entry that is not in keys
+        (called by fit before training; the base class needs none)."""
 
     def on_train_begin(self, logs=None):
         pass
@@ -63,6 +73,13 @@ class _Monitor(Callback):
     """A callback watching one entry of the epoch logs for improvement."""
 
     def __init__(self, monitor, mode, min_delta=0.0):
+        name = type(self).__name__
+        if not isinstance(monitor, str):
+            raise TypeError(f"{name}: monitor must be the name of a log entry (a str), got "
+                            f"{type(monitor).__name__}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) \
+                or not math.isfinite(min_delta):
+            raise ValueError(f"{name}: min_delta must be a finite number, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', "
                              f"got {mode!r}")
@@ -70,8 +87,8 @@ class _Monitor(Callback):
         self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def _check_monitor(self):
-        keys = self.params.get("metrics")
+    def _check_monitor(self, keys=None):
+        keys = self.params.get("metrics") if keys is None else keys
         if keys is not None and self.monitor not in keys:
             raise ValueError(f"{type(self).__name__}: monitor {self.monitor!r} is not logged "
                              f"by this fit (logged: {', '.join(keys)}); validation entries "
@@ -88,12 +105,22 @@ class _Monitor(Callback):
 
 class EarlyStopping(_Monitor):
     """Stop training when `monitor` has not improved by more than min_delta for `patience`
-    epochs; restore_best_weights sets the weights of the best epoch back at the end."""
+    epochs; restore_best_weights sets the weights of the best epoch back at the end.
+    verbose=1 prints a line when it stops training and when it restores weights (Keras's
+    messages, with the monitored values)."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
-                 restore_best_weights=False):
+                 restore_best_weights=False, verbose=0):
         super().__init__(monitor, mode, min_delta)
-        self.patience, self.restore_best_weights = int(patience), restore_best_weights
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        self.patience, self.restore_best_weights = int(patience), bool(restore_best_weights)
+        if verbose not in (0, 1, False, True):
+            raise ValueError(f"EarlyStopping: verbose must be 0 or 1, got {verbose!r}")
+        self.verbose = int(verbose)
+
+    def _check_logs(self, keys):
+        self._check_monitor(keys)
 
     def on_train_begin(self, logs=None):
         self._check_monitor()
@@ -111,10 +138,19 @@ class EarlyStopping(_Monitor):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
+            if self.verbose:
+                best = "no finite value yet" if self.best_epoch is None else \
+                    f"best {self.best:.6g} at epoch {self.best_epoch + 1}"
+                print(f"Epoch {epoch + 1}: early stopping: {self.monitor} did not improve "
+                      f"for {self.wait} epoch{'s' if self.wait != 1 else ''} ({best})",
+                      flush=True)
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1} ({self.monitor} {self.best:.6g})", flush=True)
 
 
 class ModelCheckpoint(_Monitor):
@@ -124,7 +160,38 @@ class ModelCheckpoint(_Monitor):
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto"):
         super().__init__(monitor, mode)
-        self.filepath, self.save_best_only = str(filepath), save_best_only
+        if not isinstance(filepath, (str, os.PathLike)):
+            raise TypeError(f"ModelCheckpoint: filepath must be a str or os.PathLike, got "
+                            f"{type(filepath).__name__}")
+        self.filepath, self.save_best_only = os.fspath(filepath), bool(save_best_only)
+        try:
+            self._fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath)
+                            if f is not None]
+        except ValueError as e:
+            raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} is not a valid "
+                             f"format string ({e})") from None
+        for f in self._fields:
+            if f == "" or f[0].isdigit():
+                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} must name its "
+                                 f"fields ({{epoch}}, {{val_loss:.3f}}, ...), got "
+                                 f"{{{f}}}")
+
+    def _check_logs(self, keys):
+        """Every {field} of the path is "epoch" or a log entry, and the path formats."""
+        if self.save_best_only:
+            self._check_monitor(keys)
+        for f in self._fields:
+            root = f.split(".")[0].split("[")[0]
+            if root != "epoch" and root not in keys:
+                raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} uses {{{root}}}, "
+                                 f"which this fit does not log (logged: epoch, "
+                                 f"{', '.join(keys)}); validation entries need "
+                                 f"validation_data or validation_split")
+        try:
+            self.filepath.format(epoch=1, **dict.fromkeys(keys, 0.5))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} cannot be formatted "
+                             f"with the epoch (an int) and the logs (floats): {e}") from None
 
     def on_train_begin(self, logs=None):
         if self.save_best_only:

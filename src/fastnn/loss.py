@@ -11,6 +11,7 @@ Targets are converted to the output's dtype (class labels to int64) and checked 
 import numpy as np
 
 from . import ops
+from ._arrays import native
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -31,7 +32,7 @@ class Loss:
         return self.forward(output, target)
 
     def forward(self, output, target):
-        output = np.asarray(output)
+        output = native(output)
         if output.dtype.kind != "f":
             raise TypeError(f"{type(self).__name__}: output must be a float array, got dtype "
                             f"{output.dtype}")
@@ -61,7 +62,7 @@ class Loss:
             else:
                 raise ValueError(f"{name} must have shape {tuple(output_shape)} like the "
                                  f"model's output, got {t.shape}")
-        t = np.ascontiguousarray(t, dtype=dtype)
+        t = np.require(t, dtype, ["C", "A"])    # native, aligned, contiguous
         _check_finite(t, name)
         return t
 
@@ -186,7 +187,7 @@ class CrossEntropyLoss(Loss):
         if bad.size:
             raise ValueError(f"{name} must hold class labels in [0, {c}), got {t[bad[0]]} at "
                              f"index {bad[0]}")
-        return np.ascontiguousarray(t, dtype=np.int64)
+        return np.require(t, np.int64, ["C", "A"])
 
     def _w(self, o):
         return None if self.weight is None else self.weight.astype(o.dtype)

@@ -91,18 +91,21 @@ BUILDERS = {"lenet": lenet5, "cnn": digits_cnn, "cifar": cifar_net}
 
 def train_cli(args, logger=None):
     """`fastnn train --model lenet|cnn`: build, train with the command's optimizer, lr,
-    epochs, batch size and seed, report the test accuracy, save with --save."""
+    epochs, batch size and seed, report the test accuracy, save with --save. Mistakes raise
+    fastnn.cli.UsageError (one line, exit status 2)."""
+    from .cli import UsageError
+
     if args.model not in ("lenet", "cnn"):
-        raise SystemExit(f"fastnn train: --model {args.model} has no bundled data set; "
+        raise UsageError(f"fastnn train: --model {args.model} has no bundled data set; "
                          f"use fastnn.models.{BUILDERS[args.model].__name__}() in Python")
     if args.model == "cnn" and args.data is not None:
-        raise SystemExit("fastnn train --model cnn: trains on the bundled digits; --data is "
+        raise UsageError("fastnn train --model cnn: trains on the bundled digits; --data is "
                          "for mlp and lenet")
     try:
         what, ((X, y), (Xv, yv), (Xt, yt)) = load_data(args.model, args.seed, args.data)
         model = BUILDERS[args.model](seed=args.seed)
     except (FileNotFoundError, RuntimeError) as e:
-        raise SystemExit(f"fastnn train --model {args.model}: {e}") from None
+        raise UsageError(f"--model {args.model}: {e}") from None
     opt_cls = getattr(fastnn, {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW",
                                "rmsprop": "RMSprop", "adagrad": "Adagrad"}[args.optimizer])
     opt = opt_cls(model.parameters(), **({} if args.lr is None else {"lr": args.lr}))

@@ -41,8 +41,10 @@ fastnn.load cannot rebuild it: pass ``model=`` to load its weights into one you 
 """
 import numpy as np
 
+from . import _guard
 from . import init as _init
 from . import ops
+from ._arrays import native
 
 _ALIGN = 16  # parameters start on 16-element boundaries of the flat buffer (64 bytes in f32)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -64,7 +66,8 @@ class Parameter(np.ndarray):
     """A parameter: an ndarray whose ``grad`` attribute is its gradient (same shape and dtype).
 
     Arithmetic on a Parameter gives plain ndarrays. ``Parameter(data)`` copies data into a new
-    C-contiguous array with a zero gradient.
+    C-contiguous, aligned array in native byte order with a zero gradient: float64 stays
+    float64, every other dtype (float16, '>f4', integers) becomes float32.
     """
 
     grad = None
@@ -73,8 +76,8 @@ class Parameter(np.ndarray):
 
     def __new__(cls, data, grad=None):
         a = np.array(data, copy=True, order="C")
-        if a.dtype.kind != "f":
-            a = a.astype(np.float32)
+        a = a.astype(np.float64 if a.dtype.kind == "f" and a.dtype.itemsize == 8 else np.float32,
+                     copy=False)
         p = a.view(cls)
         p.grad = np.zeros(a.shape, a.dtype) if grad is None else grad
         return p
@@ -101,7 +104,13 @@ class _FlatBuffer:
 
 
 class Module:
-    """Base class of layers and models (see the module docstring for writing one)."""
+    """Base class of layers and models (see the module docstring for writing one).
+
+    ``preprocess``: the fastnn.Preprocess saved with the model (set by fastnn.load; None
+    otherwise): ``model.preprocess.predict(model, X_raw)`` answers on raw data.
+    """
+
+    preprocess = None
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
@@ -238,7 +247,7 @@ class Module:
             if v.shape != p.shape:
                 raise ValueError(f"load_state_dict: '{name}' has shape {v.shape}, the model "
                                  f"expects {p.shape}")
-            if v.dtype != p.dtype:
+            if v.dtype.newbyteorder("=") != p.dtype:     # byte order is converted on copy
                 raise TypeError(f"load_state_dict: '{name}' has dtype {v.dtype}, the model "
                                 f"expects {p.dtype}")
 
@@ -325,13 +334,19 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
-    def predict(self, X, batch_size=256):
+    @_guard.for_reading
+    def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
-        X is converted to the model's dtype."""
-        X = np.asarray(X, dtype=param_dtype(self))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        X is converted to the model's dtype; a 1-D X is one sample and gives one row.
+        Several threads may predict at once only on a model in evaluation mode that no
+        thread trains (else RuntimeError). comm: split the rows between its ranks (see
+        fastnn.distributed.predict); every rank gets the whole output."""
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
+        X, one = self._predict_input(X, batch_size)
+        if one:
+            return self.predict(X, batch_size)[0]
         modes = [(m, m.training) for m in self.modules()]
         self.eval()
         try:
@@ -341,6 +356,104 @@ class Module:
             for m, mode in modes:
                 m.training = mode
         return np.concatenate(outs)
+
+    def _input_layer(self):
+        """The layer whose in_features fixes the model's input width (None: unknown)."""
+        return self if isinstance(getattr(self, "in_features", None), int) else None
+
+    def _in_features(self):
+        """The number of input features the model takes (None: unknown)."""
+        layer = self._input_layer()
+        return None if layer is None else layer.in_features
+
+    def _predict_input(self, X, batch_size):
+        """(X as a numpy array of the model's dtype, whether it was one 1-D sample); raises
+        ValueError naming X's shape when it cannot be the model's input."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        a = np.asarray(X)
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"predict: X must be a numeric array, got dtype {a.dtype}")
+        a = native(a, dtype=param_dtype(self))     # native byte order, aligned
+        k = self._in_features()
+        expect = "" if k is None else (f"; the model expects samples of {k} features: an "
+                                       f"array of shape (n_samples, {k}), or one sample of "
+                                       f"shape ({k},)")
+        if a.ndim == 0 or (k is not None and (a.ndim > 2 or a.shape[-1] != k)):
+            raise ValueError(f"predict: X has shape {a.shape}{expect}")
+        if a.ndim == 1:
+            return a[None], True
+        return a, False
+
+    def _last_layer(self):
+        return self
+
+    def predict_proba(self, X, batch_size=256):
+        """Class probabilities for X (n, features) -> (n, classes), or one sample (features,)
+        -> (classes,), in evaluation mode:
+
+        - a model ending in Softmax: its output;
+        - a single-output (binary) head: [1 - p, p] with p = sigmoid(logit) (or the output of a
+          final Sigmoid), so the shape is (n, 2) as in scikit-learn;
+        - any other multi-column head: the softmax of the logits.
+
+        float32 or float64 (the model's dtype). ValueError for a head whose output is not
+        (n, k) (and as predict for a bad X).
+        """
+        out = self.predict(X, batch_size)
+        one = out.ndim == 1
+        out = out[None] if one else out
+        if out.ndim != 2:
+            raise ValueError(f"predict_proba: the model's output has shape {out.shape}; "
+                             f"expected (n_samples, classes)")
+        last = self._last_layer()
+        out = np.ascontiguousarray(out)
+        if isinstance(last, Softmax):
+            p = out
+        elif out.shape[1] == 1:
+            pos = out if isinstance(last, Sigmoid) else ops.sigmoid(out)
+            p = np.concatenate([1 - pos, pos], axis=1)
+        else:
+            p = ops.softmax(out)
+        return p[0] if one else p
+
+    def summary(self, input_shape=None, print_fn=None):
+        """Print a Keras-style table of the layers: name (type), output shape (None for the
+        batch axis) and parameter count, then the totals. input_shape: the shape of one sample
+        (default: (in_features,) of the first Linear layer); layers other than the built-in
+        ones get their output shape from a forward pass of one zero sample in evaluation mode
+        ("?" when it fails). print_fn: called with each line (default: print). Returns None.
+        """
+        layers = list(self._summary_layers())
+        shape = tuple(input_shape) if input_shape is not None else (
+            None if self._in_features() is None else (self._in_features(),))
+        rows = []
+        for name, layer in layers:
+            shape = _output_shape(layer, shape)
+            shown = "?" if shape is None else str((None, *shape)).replace(",)", ")")
+            n = sum(p.size for p in layer.parameters())
+            rows.append((f"{name} ({type(layer).__name__})", shown, f"{n:,}"))
+        head = ("Layer (type)", "Output Shape", "Param #")
+        w = [max(len(r[i]) for r in rows + [head]) + 4 for i in range(3)]
+        line = lambda r: r[0].ljust(w[0]) + r[1].ljust(w[1]) + r[2].rjust(w[2] - 4)
+        total = sum(p.size for p in self.parameters())
+        nbytes = sum(p.nbytes for p in self.parameters())
+        size = f"{nbytes / 1024:.2f} KB" if nbytes < 1 << 20 else f"{nbytes / 2 ** 20:.2f} MB"
+        out = print_fn or print
+        out(f'Model: "{type(self).__name__}"')
+        out("=" * sum(w))
+        out(line(head))
+        out("=" * sum(w))
+        for i, r in enumerate(rows):
+            out(line(r))
+            out(("=" if i == len(rows) - 1 else "-") * sum(w))
+        out(f"Total params: {total:,} ({size})")
+        out(f"Trainable params: {total:,} ({size})")
+        out("Non-trainable params: 0 (0.00 B)")
+
+    def _summary_layers(self):
+        return iter([("0", self)]) if not self._modules else iter(self._modules.items())
 
     # ---- description ----
     def extra_repr(self):
@@ -454,22 +567,42 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def predict(self, X, batch_size=256):
-        """Forward pass over X in batches in evaluation mode; a model of Linear layers and
-        activations runs it in one native call (fastnn._fused), with the same numbers."""
+    @_guard.for_reading
+    def predict(self, X, batch_size=256, comm=None):
+        """Forward pass over X (n, features) in batches in evaluation mode -> (n, outputs); one
+        sample of shape (features,) gives one row (outputs,). A model of Linear layers and
+        activations runs it in one native call (fastnn._fused), with the same numbers.
+        ValueError naming X's shape when it does not fit the first Linear layer. Several
+        threads may predict at once only on a model in evaluation mode that no thread trains
+        (else RuntimeError). comm: the rows split between its ranks
+        (fastnn.distributed.predict)."""
         from . import _fused
+
+        if comm is not None:
+            from .distributed import predict
+            return predict(self, X, comm, batch_size)
 
         if self._device != "cpu":
             from .cuda import train as _cuda_train
             return _cuda_train.predict(self, X, batch_size)
-        X = np.asarray(X, dtype=param_dtype(self))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        X, one = self._predict_input(X, batch_size)
+        if one:
+            return self.predict(X, batch_size)[0]
         net = _fused.inference_net(self, batch_size) if X.ndim == 2 and len(X) else None
         if net is None or X.shape[1] != net.in_features:
             return super().predict(X, batch_size)
         return net.forward(X)
+
+    def _input_layer(self):
+        for layer in self:
+            if isinstance(layer, (_Activation, Dropout, Softmax)):
+                continue
+            return layer._input_layer()
+        return None
+
+    def _last_layer(self):
+        layers = list(self)
+        return layers[-1]._last_layer() if layers else self
 
     def backward(self, dout, input_grad=True):
         """Backward through the layers in reverse; returns d(loss)/d(input). input_grad=False
@@ -498,7 +631,7 @@ def _parse_device(device):
 
 
 def _check_float(layer, x):
-    x = np.asarray(x)
+    x = np.ascontiguousarray(native(x))     # what every kernel reads without a copy
     if x.dtype not in _FLOATS:
         raise TypeError(f"{layer._where()}: expected a float32 or float64 array, got dtype "
                         f"{x.dtype}")
@@ -570,7 +703,7 @@ class Linear(Module):
         input_grad is False)."""
         self._check_host()
         x = _need(self, self._x)
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
             raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
                              f"shape {(x.shape[0], self.out_features)}, got {dout.dtype} "
@@ -607,7 +740,7 @@ class _Activation(Module):
         return self._f(self._x)
 
     def backward(self, dout):
-        return self._df(np.asarray(dout), _need(self, self._x))
+        return self._df(native(dout), _need(self, self._x))
 
     def get_config(self):
         return {}
@@ -692,7 +825,7 @@ class Softmax(Module):
         return self._y
 
     def backward(self, dout):
-        return ops.softmax_backward(np.asarray(dout), _need(self, self._y))
+        return ops.softmax_backward(native(dout), _need(self, self._y))
 
     def extra_repr(self):
         return "dim=-1"
@@ -709,7 +842,7 @@ class Flatten(Module):
         self._shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         if x.ndim < 1:
             raise ValueError(f"{self._where()}: expected an array with a batch axis, got a "
                              f"scalar")
@@ -717,7 +850,7 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        return np.asarray(dout).reshape(_need(self, self._shape))
+        return native(dout).reshape(_need(self, self._shape))
 
     def get_config(self):
         return {}
@@ -753,7 +886,7 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dout):
-        dout = np.asarray(dout)
+        dout = native(dout)
         return dout if self._mask is None else dout * self._mask
 
     def extra_repr(self):
@@ -761,6 +894,33 @@ class Dropout(Module):
 
     def get_config(self):
         return {"p": self.p}
+
+
+def _output_shape(layer, shape):
+    """The output shape of one sample of `shape` through layer (None: unknown)."""
+    if isinstance(layer, Linear):
+        return (layer.out_features,) if shape is None or len(shape) == 1 else \
+            (*shape[:-1], layer.out_features)
+    if isinstance(layer, (_Activation, Dropout, Softmax)):
+        return shape
+    if shape is None:
+        return None
+    if isinstance(layer, Flatten):
+        return (int(np.prod(shape)),)
+    if isinstance(layer, Sequential):
+        for sub in layer:
+            shape = _output_shape(sub, shape)
+        return shape
+    modes = [(m, m.training) for m in layer.modules()]
+    layer.eval()
+    try:
+        return tuple(np.asarray(layer.forward(np.zeros((1, *shape), param_dtype(layer))))
+                     .shape[1:])
+    except Exception:  # a custom layer that cannot run on zeros: shown as "?"
+        return None
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 LAYERS = {c.__name__: c for c in (Sequential, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU,

@@ -1,6 +1,8 @@
 """Every fastnn kernel on numpy arrays.
 
-Arrays are float32 or float64 (one dtype per call). Inputs that are not C-contiguous are
+Arrays are float32 or float64 (one dtype per call), in native byte order and aligned to
+their item size: anything else (float16, a byte-swapped '>f4' array, a view at an odd byte
+offset) raises TypeError naming the argument. Inputs that are not C-contiguous are
 copied; ``out`` is never copied: it must have the exact dtype and shape, be writable and
 C-contiguous, and must not overlap an input, except that element-wise kernels accept
 ``out`` being their first input (in place). ``matmul`` reads row-major arrays, views of their

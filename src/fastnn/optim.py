@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import _guard, ops
 from .nn import Parameter
 
 
@@ -63,7 +63,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
-        self.param_groups, self._groups_chunks = [], []
+        self.param_groups, self._groups_chunks, self._guard_keys = [], [], [self]
         for g in groups:
             self.add_param_group(g)
 
@@ -87,12 +87,16 @@ class Optimizer:
         self._check(full)
         self.param_groups.append(full)
         self._groups_chunks.append(_chunks(params))
+        keys = {id(k): k for k in self._guard_keys + [_guard.param_key(p) for p in params]}
+        self._guard_keys = list(keys.values())   # the optimizer and its parameters' storage
+        with _guard._lock:
+            self._guards = _guard.guards_of(self._guard_keys)
 
     def _check(self, group):
-        for key in ("lr", "weight_decay", "eps", "momentum"):
-            if key in group and not group[key] >= 0.0:
+        for key in ("lr", "weight_decay", "eps", "momentum", "lr_decay", "alpha"):
+            if key in group and not 0.0 <= group[key] < float("inf"):
                 raise ValueError(f"{type(self).__name__}: invalid {key} {group[key]!r} "
-                                 f"(must be >= 0)")
+                                 f"(must be a finite number >= 0)")
 
     def zero_grad(self):
         """Set the gradients of all parameters to zero."""
@@ -101,11 +105,14 @@ class Optimizer:
                 c.grad.fill(0)
 
     def step(self):
-        """One update of every parameter from its current gradient."""
-        for group, chunks in zip(self.param_groups, self._groups_chunks):
-            for c in chunks:
-                c.step += 1
-                self._update(c, group)
+        """One update of every parameter from its current gradient. RuntimeError when
+        another thread is in fit or step on these parameters (nothing is changed)."""
+        with _guard.guarded(None, "exclusive", f"{type(self).__name__}.step",
+                            guards=self._guards):
+            for group, chunks in zip(self.param_groups, self._groups_chunks):
+                for c in chunks:
+                    c.step += 1
+                    self._update(c, group)
 
     # ---- state ----
     def _members(self):
@@ -198,6 +205,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay
     (torch.optim.SGD: the momentum buffer starts as the first gradient)."""
 
+    _state_names = ("momentum_buffer",)
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, maximize=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
@@ -222,6 +231,7 @@ class Adam(Optimizer):
     weight_decay * param to the gradient (L2), see AdamW for decoupled decay."""
 
     _decoupled = False
+    _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False):
@@ -257,6 +267,8 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """RMSprop with optional momentum and centering (torch.optim.RMSprop)."""
 
+    _state_names = ("square_avg", "momentum_buffer", "grad_avg")
+
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, maximize=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
@@ -278,6 +290,8 @@ class RMSprop(Optimizer):
 
 class Adagrad(Optimizer):
     """Adagrad with learning-rate decay (torch.optim.Adagrad)."""
+
+    _state_names = ("sum",)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, maximize=False):
@@ -303,10 +317,30 @@ OPTIMIZERS = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
     """Scale the gradients in place so that their global norm is at most max_norm, as
     torch.nn.utils.clip_grad_norm_ (factor max_norm / (norm + 1e-6), capped at 1). Returns
-    the norm before clipping (a float; inf or nan when a gradient is not finite)."""
-    grads = [p.grad for p in (parameters if not isinstance(parameters, np.ndarray)
-                              else [parameters])]
-    norm_type = float(norm_type)
+    the norm before clipping (a float; inf or nan when a gradient is not finite).
+
+    parameters: a Parameter or an iterable of Parameters (``model.parameters()``).
+    max_norm: a number >= 0 (inf: never clip). norm_type: a number > 0, or inf (the largest
+    absolute value). Raises ValueError for a negative or NaN max_norm (PyTorch would reverse
+    or wipe the gradients) or a norm_type that is not > 0, TypeError for non-numbers or
+    arrays without a gradient.
+    """
+    params = [parameters] if isinstance(parameters, np.ndarray) else list(parameters)
+    for p in params:
+        if getattr(p, "grad", None) is None:
+            raise TypeError(f"clip_grad_norm_: parameters must be fastnn Parameters "
+                            f"(model.parameters()), got {type(p).__name__} without a grad")
+    grads = [p.grad for p in params]
+    for name, value in (("max_norm", max_norm), ("norm_type", norm_type)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)):
+            raise TypeError(f"clip_grad_norm_: {name} must be a number, got "
+                            f"{type(value).__name__}")
+    max_norm, norm_type = float(max_norm), float(norm_type)
+    if not max_norm >= 0.0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
+    if not norm_type > 0.0:
+        raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type!r}")
     if not grads:
         return 0.0
     if norm_type == math.inf:

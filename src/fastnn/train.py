@@ -22,9 +22,10 @@ import time
 
 import numpy as np
 
-from . import _fused
+from . import _fused, _guard
+from ._kernels import NonFiniteLossError
 from . import init as _init
-from .callbacks import Callback, History, ProgressLogger
+from .callbacks import Callback, History, ProgressLogger, TerminateOnNaN
 from .loss import CrossEntropyLoss, Loss, _check_finite
 from .lr_scheduler import LRScheduler, ReduceLROnPlateau
 from .nn import Dropout, Module, Sequential, param_dtype
@@ -39,9 +40,10 @@ def _metric_sums(names, output, target, loss):
     for name in names:
         if name == "accuracy" and isinstance(loss, CrossEntropyLoss):
             labels = target if target.ndim == 1 else target.argmax(axis=1)
-            sums[name] = float(np.sum(output.argmax(axis=1) == labels))
+            hits = (output.argmax(axis=1) == labels) & ~np.isnan(output).any(axis=1)
+            sums[name] = float(np.sum(hits))     # a row with a NaN is never right
         elif name == "accuracy":  # binary: logit > 0 against target > 0.5, per column
-            hits = (output > 0) == (target > 0.5)
+            hits = ((output > 0) == (target > 0.5)) & ~np.isnan(output)
             sums[name] = float(hits.reshape(len(hits), -1).mean(axis=1).sum())
         else:
             err = (output - target).reshape(len(output), -1)
@@ -80,7 +82,7 @@ def _as_X(X, name, dtype):
         raise ValueError(f"{name} must have shape (samples, features...), got {a.shape}")
     if len(a) == 0:
         raise ValueError(f"{name} is empty: it has no samples")
-    a = np.ascontiguousarray(a, dtype=dtype)
+    a = np.require(a, dtype, ["C", "A"])    # native, aligned, contiguous (copied if not)
     _check_finite(a, name)
     return a
 
@@ -103,21 +105,34 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     if y.ndim == 0 or len(y) != len(X):
         raise ValueError(f"{name_X} and {name_y} have different lengths: {len(X)} and "
                          f"{len(y) if y.ndim else 'a scalar'}")
+    first = model._input_layer()
+    if first is not None and (X.ndim != 2 or X.shape[1] != first.in_features):
+        raise ValueError(f"{first._where()}: expected input with {first.in_features} features, "
+                         f"got {X.shape[-1]} ({name_X} has shape {X.shape})")
     out = model.predict(X[:1])
     y = loss.check_target(y, (len(X),) + out.shape[1:], out.dtype, name_y)
     return X, y
 
 
-def evaluate(model, loss, X, y, batch_size=256, metrics=None):
+@_guard.for_reading
+def evaluate(model, loss, X, y, batch_size=256, metrics=None, comm=None):
     """{"loss": value, "accuracy" (classifiers) or "mae" (regression): value} on (X, y), with
-    the model in evaluation mode (its mode is restored)."""
+    the model in evaluation mode (its mode is restored). An output row holding a NaN never
+    counts as correct. RuntimeError while another thread trains the model (see fit).
+    comm (an mpi4py communicator or a fastnn.distributed.Communicator): the rows are split
+    between the ranks and every rank gets the result for all of (X, y)."""
     names = _metric_names(metrics, loss)
     X, y = _prepare(model, loss, X, y, "X", "y")
-    return _evaluate(model, loss, X, y, names, batch_size)
+    dist = None
+    if comm is not None:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, False)
+    return _evaluate(model, loss, X, y, names, batch_size, dist)
 
 
-def _evaluate(model, loss, X, y, names, batch_size=256):
-    out = model.predict(X, batch_size=batch_size)
+def _evaluate(model, loss, X, y, names, batch_size=256, dist=None):
+    out = (model.predict(X, batch_size=batch_size) if dist is None
+           else dist.predict(model, X, batch_size))
     logs = {"loss": loss.forward(out, y)}
     logs.update({k: v / len(X) for k, v in _metric_sums(names, out, y, loss).items()})
     return logs
@@ -132,7 +147,16 @@ def _check_callbacks(callbacks):
     return callbacks
 
 
-def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs):
+def _nonfinite(epoch, batch, steps):
+    return FloatingPointError(
+        f"fit: the training loss is not finite (NaN or infinity) at epoch {epoch + 1}, batch "
+        f"{batch + 1} of {steps}: training stopped before that batch's update, and the model "
+        f"keeps the weights of the last step with a finite loss. Lower the learning rate, "
+        f"scale the inputs, or pass error_if_nonfinite=False to train on regardless.")
+
+
+def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed, epoch, cbs,
+                 dist=None):
     """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
     batch of each call with the mean loss of its batches."""
     seen, loss_sum, correct = 0, 0.0, 0
@@ -140,22 +164,33 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
     for b0 in range(0, steps, chunk):
         b1 = min(steps, b0 + chunk)
         idx = order[b0 * batch_size:b1 * batch_size]
-        part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+        step0 = plan.chunk.step
+        try:
+            if dist is None:
+                part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
+            else:
+                part_loss, part_correct = plan.train(X, y, idx, batch_size, key, dist, model)
+        except NonFiniteLossError as e:
+            raise _nonfinite(epoch, b0 + (e.step - step0), steps) from None
+        if dist is not None:
+            dist.check(plan.net_params, plan.chunk.step)
         seen += len(idx)
         loss_sum += part_loss
         correct += part_correct
         for c in cbs:
             c.on_batch_end(b1 - 1, {"batch": b1 - 1, "size": len(idx),
                                     "loss": part_loss / len(idx)})
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
     sums = {"accuracy": float(correct)} if names else {}
     return seen, loss_sum, sums
 
 
+@_guard.for_training
 def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=None,
         validation_split=0.0, shuffle=True, seed=None, metrics=None, callbacks=(), verbose=1,
-        scheduler=None, initial_epoch=0):
+        scheduler=None, initial_epoch=0, error_if_nonfinite=None, comm=None,
+        deterministic=False):
     """Train model on (X, y) and return a History.
 
     validation_data: (X_val, y_val), or validation_split: the fraction of samples, taken from
@@ -165,6 +200,24 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per epoch (ReduceLROnPlateau with val_loss, or loss without validation). initial_epoch:
     resume at this epoch (epochs is the index to stop at, as in Keras). verbose: 0 silent,
     1 progress bar on a terminal (else a line per epoch), 2 a line per epoch.
+    error_if_nonfinite: True stops at the first batch whose loss is NaN or infinite, before
+    that batch's update, and raises FloatingPointError naming the epoch and batch; the model
+    keeps the weights of the last step with a finite loss. False trains on regardless (as
+    PyTorch and Keras do). None (default): True, unless a TerminateOnNaN callback is given
+    (it then ends training quietly after that batch, as in Keras).
+
+    Callbacks are checked against the log entries this fit will produce before training
+    (ValueError, e.g. a ModelCheckpoint path with {val_loss} without validation data).
+    Threads: fit holds the model, its parameters and the optimizer while it runs; another
+    thread's fit, evaluate, predict or Optimizer.step on them raises RuntimeError at once and
+    the running fit goes on undisturbed. Train each model (with its optimizer) from one
+    thread at a time; several threads may predict or evaluate one model at once when it is
+    in evaluation mode (``model.eval()``) and no thread trains it.
+
+    comm: data-parallel training over the ranks of an mpi4py communicator (or a
+    fastnn.distributed.Communicator); every rank passes the same arguments and batch_size is
+    the global batch. deterministic=True (or a shard count): the exact mode, whose weights
+    are the same bits for any number of ranks. See fastnn.distributed.
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
@@ -172,6 +225,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     initial_epoch = _int_arg(initial_epoch, "initial_epoch", 0, epochs)
     verbose = _int_arg(verbose, "verbose", 0, 2)
     callbacks = _check_callbacks(callbacks)
+    if error_if_nonfinite is None:
+        error_if_nonfinite = not any(isinstance(c, TerminateOnNaN) for c in callbacks)
     names = _metric_names(metrics, loss) if isinstance(loss, Loss) else []
     if scheduler is not None and (not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau))
                                   or scheduler.optimizer is not optimizer):
@@ -184,6 +239,12 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     if validation_split and validation_data is not None:
         raise ValueError("pass validation_data or validation_split, not both")
 
+    dist = None
+    if comm is not None or deterministic:
+        from . import distributed as _dist
+        dist = _dist.Session(comm, deterministic)
+        if dist.rank != 0:
+            verbose = 0          # progress and checkpoints from rank 0 only
     X, y = _prepare(model, loss, X, y, "X", "y")
     val = None
     if validation_split:
@@ -201,13 +262,19 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     batch_size = _int_arg(batch_size, "batch_size", 1, n)
     if seed is None:
         seed = int(_init.default_generator().integers(2 ** 63))
+    if dist is not None:
+        seed = dist.seed(seed)
 
     keys = ["loss", *names] + (["val_loss", *("val_" + m for m in names)] if val else [])
     steps = -(-n // batch_size)
     history = History()
-    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + callbacks
+    cbs = [history] + ([ProgressLogger(verbose)] if verbose else []) + (
+        callbacks if dist is None or dist.rank == 0 else
+        [c for c in callbacks if not _dist.rank0_only(c)])
     params = {"epochs": epochs, "steps": steps, "samples": n, "batch_size": batch_size,
               "metrics": keys + ["lr", "epoch_time"]}
+    for c in cbs:
+        c._check_logs(params["metrics"])   # e.g. {val_loss} in a path without validation
     for c in cbs:
         c.set_model(model)
         c.set_params(params)
@@ -223,6 +290,12 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
     chunk = 1 if per_batch else max(1, 8192 // batch_size)
+    if plan is not None:
+        plan.net.nonfinite_ok = not error_if_nonfinite
+    if dist is not None:
+        dist.start(plan, model, loss, optimizer, X, y, val, batch_size=batch_size, epochs=epochs,
+                   initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, chunk=chunk,
+                   metrics=names, scheduler=type(scheduler).__name__)
 
     for c in cbs:
         c.on_train_begin({})
@@ -240,14 +313,23 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         seen, loss_sum, sums = 0, 0.0, dict.fromkeys(names, 0.0)
         if gpu is not None:
             seen, loss_sum, sums = gpu.epoch(order, lr, cbs, per_batch)
+            if error_if_nonfinite and not np.isfinite(loss_sum):
+                # the GPU loop does not wait for each batch's loss: it is checked per epoch
+                raise FloatingPointError(
+                    f"fit: the training loss is not finite (NaN or infinity) in epoch "
+                    f"{epoch + 1} on the GPU (checked once per epoch there, so this epoch's "
+                    f"updates were made). Lower the learning rate or scale the inputs, or pass "
+                    f"error_if_nonfinite=False.")
         elif plan is not None:
             seen, loss_sum, sums = _fused_epoch(plan, model, X, y, order, batch_size, steps,
-                                                chunk, names, seed, epoch, cbs)
+                                                chunk, names, seed, epoch, cbs, dist)
         for b in range(steps if plan is None and gpu is None else 0):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = X[idx], y[idx]
             out = model.forward(xb)
             value = loss.forward(out, yb)
+            if error_if_nonfinite and not np.isfinite(value):
+                raise _nonfinite(epoch, b, steps)
             optimizer.zero_grad()
             if isinstance(model, Sequential):
                 model.backward(loss.backward(), input_grad=False)
@@ -265,7 +347,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         logs = {"loss": loss_sum / seen, **{k: v / seen for k, v in sums.items()}}
         if val:
             logs.update({"val_" + k: v for k, v in
-                         _evaluate(model, loss, *val, names).items()})
+                         _evaluate(model, loss, *val, names, dist=dist).items()})
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - t0
         if isinstance(scheduler, ReduceLROnPlateau):
@@ -274,8 +356,10 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             scheduler.step()
         for c in cbs:
             c.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if model.stop_training if dist is None else dist.stop(model):
             break
+    if dist is not None and plan is not None:
+        dist.check(plan.net_params, plan.chunk.step, force=True)
     for c in cbs:
         c.on_train_end({})
     return history

@@ -25,7 +25,8 @@ typedef enum {
     FASTNN_ENULL = 2,    /* a required pointer is NULL while its size is > 0 */
     FASTNN_ENOMEM = 3,   /* an internal buffer could not be allocated */
     FASTNN_ELABEL = 4,   /* a class label is outside [0, classes) */
-    FASTNN_EARCH = 5     /* the requested kernel table is not compiled or not supported by this CPU */
+    FASTNN_EARCH = 5,    /* the requested kernel table is not compiled or not supported by this CPU */
+    FASTNN_ENONFINITE = 6 /* training stopped: a batch's loss was NaN or infinite (no update made) */
 } fastnn_status;
 
 typedef enum { FASTNN_F32 = 0, FASTNN_F64 = 1 } fastnn_dtype;

@@ -62,14 +62,22 @@ typedef struct {
     double delta, label_smoothing;  /* huber; cross-entropy */
     const void *loss_weight;        /* cross-entropy class weights or BCE pos_weight; may be NULL */
     fastnn_optim opt;
+    int nonfinite_ok;               /* 1: a NaN/inf loss does not stop training (0: it does) */
     int64_t max_batch;              /* the arena holds batches up to this size */
     void *arena;                    /* fastnn_net_arena_bytes(net) bytes, 64-byte aligned */
+    double l2;                      /* >= 0: adds l2 * W / batch rows to each weight gradient,
+                                       biases untouched (scikit-learn's alpha); 0: off */
+    int adam_eps_uncorrected;       /* 1: Adam adds eps to the uncorrected root of the second
+                                       moment, as scikit-learn does (PyTorch: the corrected) */
 } fastnn_net;
 
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
 int64_t fastnn_net_arena_bytes(const fastnn_net *net);
 
-/* Check the plan: sizes chain, offsets inside the parameter buffer, parameters valid. */
+/* Check the plan: sizes chain, offsets inside the parameter buffer (all size arithmetic
+ * overflow-checked), the optimizer's and loss's scalars in range (lr, weight_decay, eps,
+ * momentum, alpha, lr_decay finite and >= 0; Adam's betas in [0, 1); label_smoothing in
+ * [0, 1]; Huber delta > 0), the state buffers given. */
 fastnn_status fastnn_net_check(const fastnn_net *net);
 
 /* Train on the mini-batches index[0:bs], index[bs:2bs], ... of index[0:n] (the last one may
@@ -79,7 +87,9 @@ fastnn_status fastnn_net_check(const fastnn_net *net);
  * a counter-based generator keyed by (seed, opt.step, element): the same for any thread count.
  * Adds to *loss_sum the sum over batches of (batch loss * batch rows), to *correct the rows
  * whose argmax matches the label (cross-entropy only). Returns FASTNN_ELABEL, before any
- * change, if a label of a batch is out of range (earlier batches stay applied). */
+ * change, if a label of a batch is out of range (earlier batches stay applied), and
+ * FASTNN_ENONFINITE when a batch's loss is NaN or infinite: that batch makes no update, so
+ * opt.step counts the updates made and the parameters are those of the last finite step. */
 /* Threads one training call uses for batches of batch_size rows: 1, or a team that runs all
  * of the call's steps in one parallel region (by the step's size, capped by
  * fastnn_set_num_threads). Every thread count gives bit-identical results. */
@@ -88,6 +98,38 @@ int fastnn_net_threads(const fastnn_net *net, int64_t batch_size);
 fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, int64_t rows,
                                const int64_t *index, int64_t n, int64_t batch_size, uint64_t seed,
                                double *loss_sum, int64_t *correct);
+
+/* Data-parallel training (fastnn.distributed). Every rank passes the same X, Y and index;
+ * index[s : s + batch_size] is the global batch. Default mode (shards == 0): rank r computes
+ * the gradient of rows [B r / size, B (r+1) / size) of each global batch of B rows. Exact mode
+ * (shards > 0): the batch is cut into `shards` shards (shard j: rows [B j / K, B (j+1) / K)),
+ * each shard's gradient is computed alone and the shards are summed over a fixed pairwise
+ * tree (sum(lo, hi) = sum(lo, mid) + sum(mid, hi), mid = lo + (hi - lo) / 2); rank r computes
+ * the subtree of shards [m r, m (r+1)), m = shards / size; with size a power of two these
+ * blocks are nodes of the tree, so the result does not depend on size when reduce adds the
+ * tree's top levels (fastnn.distributed: recursive doubling). In both
+ * modes the loss is normalised by the whole global batch (the ranks' gradients add up to the
+ * batch gradient). After each backward pass thread 0 calls reduce(ctx, grads, nparams, step)
+ * (step: the update about to run, from 1), which must leave in grads the gradient of the
+ * whole batch; then the optimizer update runs. Dropout masks are keyed by the row's place in
+ * the global batch. *loss_sum and *correct get this rank's share (sum them over ranks). */
+typedef fastnn_status (*fastnn_net_reduce_fn)(void *ctx, void *grads, int64_t n, int64_t step);
+
+typedef struct {
+    int rank, size;                /* this process among size ranks */
+    int64_t shards;                /* 0: default mode; > 0: exact mode with this many shards */
+    void *scratch;                 /* exact mode: fastnn_net_dist_scratch(net, d) elements */
+    fastnn_net_reduce_fn reduce;   /* may be NULL with size 1 */
+    void *ctx;
+} fastnn_net_dist;
+
+/* Elements of scratch the exact mode needs (0 in the default mode). */
+int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d);
+
+fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, const void *X,
+                                    const void *Y, int64_t rows, const int64_t *index,
+                                    int64_t n, int64_t batch_size, uint64_t seed,
+                                    double *loss_sum, int64_t *correct);
 
 /* Inference: out [rows, out_last] = the network on X [rows, in0], no dropout, in batches of
  * at most max_batch rows. */

@@ -1,7 +1,7 @@
 """fastnn.cuda: the fastnn kernels on NVIDIA GPUs, written with Numba CUDA.
 
 Importing fastnn (or this package) never imports numba; ``fastnn.cuda.ops`` does, on first
-access. Install the GPU extra with ``pip install fastnn[cuda]`` (numba, numba-cuda; a CUDA
+access. Install the GPU extra with ``pip install fastnn-core[cuda]`` (numba, numba-cuda; a CUDA
 toolkit for numba-cuda, e.g. ``pip install numba-cuda[cu12]``, where none is installed).
 
     import fastnn.cuda as fc
@@ -46,7 +46,7 @@ def _why_unavailable():
         from numba import cuda
     except ImportError as e:
         return (f"numba with CUDA support is not installed ({e}); install the GPU extra: "
-                f"pip install fastnn[cuda]")
+                f"pip install fastnn-core[cuda]")
     try:
         if cuda.is_available():
             return None

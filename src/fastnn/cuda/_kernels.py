@@ -106,6 +106,14 @@ def _build(ns, T, nbT):
     NEG_INF = T(-np.inf)
 
     @_inline
+    def sigmoid2(u):
+        """sigmoid(2u) without overflowing exp (the simulator's math.exp raises)."""
+        if u >= ZERO:
+            return ONE / (ONE + math.exp(-TWO * u))
+        e = math.exp(TWO * u)
+        return e / (ONE + e)
+
+    @_inline
     def act_f(code, x, p, p2):
         """f(x) for activation `code` (p, p2: negative slope, or softplus beta, threshold)."""
         if code == RELU:
@@ -117,9 +125,9 @@ def _build(ns, T, nbT):
         if code == TANH:
             return math.tanh(x)
         if code == GELU:
-            return HALF * x * (ONE + math.erf(x * SQRT1_2))
-        if code == GELU_TANH:
-            return HALF * x * (ONE + math.tanh(GELU_K * (x + GELU_C * x * x * x)))
+            return HALF * x * math.erfc(-x * SQRT1_2)       # keeps the negative tail
+        if code == GELU_TANH:                               # 1 + tanh(u) = 2 sigmoid(2u)
+            return x * sigmoid2(GELU_K * (x + GELU_C * x * x * x))
         if code == SILU:
             return x / (ONE + math.exp(-x))
         if code == SOFTPLUS:
@@ -141,14 +149,14 @@ def _build(ns, T, nbT):
             t = math.tanh(x)
             return dy * (ONE - t * t)
         if code == GELU:
-            cdf = HALF * (ONE + math.erf(x * SQRT1_2))
+            cdf = HALF * math.erfc(-x * SQRT1_2)
             pdf = math.exp(-HALF * x * x) * INV_SQRT_2PI
             return dy * (cdf + x * pdf)
         if code == GELU_TANH:
             x2 = x * x
-            t = math.tanh(GELU_K * (x + GELU_C * x2 * x))
+            s = sigmoid2(GELU_K * (x + GELU_C * x2 * x))
             du = GELU_K * (ONE + GELU_C3 * x2)
-            return dy * (HALF * (ONE + t) + HALF * x * (ONE - t * t) * du)
+            return dy * (s + TWO * x * s * (ONE - s) * du)
         if code == SILU:
             s = ONE / (ONE + math.exp(-x))
             return dy * s * (ONE + x * (ONE - s))
@@ -246,9 +254,9 @@ def _build(ns, T, nbT):
             s = row_reduce(sh, s, False)
             if ok:
                 if log_:
-                    lse = m + math.log(s)
+                    ls = math.log(s)                # (x - max) - log(sum), see C
                     for c in range(lane, cols, LANES):
-                        y[r, c] = x[r, c] - lse
+                        y[r, c] = (x[r, c] - m) - ls
                 else:
                     inv = ONE / s
                     for c in range(lane, cols, LANES):
@@ -345,10 +353,12 @@ def _build(ns, T, nbT):
                 t = Tg[i]
                 pw = PW[i % cols] if has_pw else ONE
                 lw = ONE + (pw - ONE) * t
-                sp = (-z if z < ZERO else ZERO) + math.log1p(math.exp(-abs(z)))  # softplus(-z)
+                # as in C: a zero coefficient times an infinite logit counts as 0
+                cz = (ONE - t) if z >= ZERO else -pw * t
+                lin = ZERO if cz == ZERO else cz * z
+                l = lin + lw * math.log1p(math.exp(-abs(z)))
                 if z != z:
-                    sp = z
-                l = (ONE - t) * z + lw * sp
+                    l = z
                 if z >= ZERO:
                     e = math.exp(-z)
                     sig_neg = e / (ONE + e)
@@ -433,20 +443,20 @@ def _build(ns, T, nbT):
                 for c in range(lane, cols, LANES):
                     se += math.exp(Z[r, c] - m)
                     if eps > ZERO:
-                        wz += (W[c] if has_w else ONE) * Z[r, c]
+                        wz += (W[c] if has_w else ONE) * (m - Z[r, c])
             se = row_reduce(sh, se, False)
             if eps > ZERO:
                 wz = row_reduce(sh, wz, False)
             if ok:
-                lse = m + math.log(se)
+                lse = math.log(se)          # relative to the max m, as in C
                 if bad:
                     wy = NAN
                     l = NAN
                 else:
                     wy = W[y] if has_w else ONE
-                    l = (ONE - eps) * wy * (lse - Z[r, y])
+                    l = (ONE - eps) * wy * ((m - Z[r, y]) + lse)
                     if eps > ZERO:
-                        l += eps / C * (wtot * lse - wz)
+                        l += eps / C * (wz + wtot * lse)
                 if lane == 0:
                     a += l
                     b += wy
@@ -456,7 +466,7 @@ def _build(ns, T, nbT):
                     coef = (ONE - eps) * wy + eps / C * wtot
                     s = GO[r] if has_go else scale
                     for c in range(lane, cols, LANES):
-                        g = math.exp(Z[r, c] - lse) * coef
+                        g = math.exp((Z[r, c] - m) - lse) * coef
                         if eps > ZERO:
                             g -= eps / C * (W[c] if has_w else ONE)
                         if c == y:
@@ -541,7 +551,8 @@ def _build(ns, T, nbT):
             if centered:
                 a = ga[i] + (ONE - alpha) * (gi - ga[i])
                 ga[i] = a
-                avg = math.sqrt(s - a * a)
+                v = s - a * a               # rounding can make it negative
+                avg = math.sqrt(v if v > ZERO else ZERO)
             else:
                 avg = math.sqrt(s)
             avg = avg + eps

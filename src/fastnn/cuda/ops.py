@@ -973,10 +973,13 @@ def _correct_count_kernel(Z, Y, acc):
     r = cuda.grid(1)
     if r < Z.shape[0]:
         best = 0
+        nan = Z[r, 0] != Z[r, 0]
         for c in range(1, Z.shape[1]):
-            if Z[r, c] > Z[r, best]:
+            if Z[r, c] != Z[r, c]:
+                nan = True            # a row holding a NaN never counts as correct
+            elif Z[r, c] > Z[r, best]:
                 best = c
-        if best == Y[r]:
+        if not nan and best == Y[r]:
             cuda.atomic.add(acc, 0, 1.0)
 
 
@@ -1001,7 +1004,8 @@ def _acc_out(acc, fn):
 
 def correct_count_add(logits, labels, acc):
     """acc[0] += the number of rows of logits (N, C) whose first maximum is at labels[r]
-    (numpy's argmax), in one launch; acc: a float64 (1,) device array. Returns acc."""
+    (numpy's argmax), in one launch; a row holding a NaN never counts. acc: a float64 (1,)
+    device array. Returns acc."""
     fn = "correct_count_add"
     Z = _float(logits, fn, "logits", ndim=2, contiguous=False)
     Y = _labels(labels, fn, Z.shape[0], Z.shape[1], False)

@@ -1,0 +1,375 @@
+"""Data-parallel training over several processes (and machines) with MPI.
+
+Install ``pip install "fastnn[mpi]"`` (mpi4py and the ``mpich`` wheel: no system MPI needed;
+an mpi4py built against a system MPI works too) and run the same script on every rank::
+
+    # train.py
+    from mpi4py import MPI
+    import fastnn as fn
+    X, y = ...                                    # the same arrays on every rank (a memmap works)
+    model = fn.Sequential(fn.Linear(784, 256), fn.ReLU(), fn.Linear(256, 10), seed=0)
+    opt = fn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=5, batch_size=256, seed=0,
+           comm=MPI.COMM_WORLD)                   # batch_size is the global batch
+    fn.evaluate(model, fn.CrossEntropyLoss(), Xt, yt, comm=MPI.COMM_WORLD)
+
+    $ mpiexec -n 4 python -m mpi4py train.py
+
+How it works. Every rank draws the same seeded permutation; each global batch of
+``batch_size`` rows is split between the ranks (rank r: rows ``[B r / P, B (r+1) / P)``),
+each rank's fused C step computes the gradient of its rows with the loss normalised over the
+whole global batch, pauses where the gradient is complete while one in-place ``Allreduce``
+sums the flat gradient buffer over the ranks, and then runs the optimizer update in C. So
+``mpiexec -n P`` trains the model one process trains with the same ``batch_size``, up to the
+rounding of the sum (the default mode). Rank 0's initial weights and optimizer state are
+broadcast at the start, so they stay identical on every rank; every ``check_every`` steps the
+ranks compare a hash of the parameters and stop with an error if they diverged.
+
+Exact mode, ``fit(..., deterministic=True)``: each global batch is cut into ``shards`` fixed
+shards (8 by default; ``deterministic=K`` picks K), each shard's gradient is computed alone,
+and the shards are added over a fixed pairwise tree in shard order: each rank adds the
+subtree of its block of shards in C, and the ranks add the top of the tree by recursive
+doubling (``log2 P`` exchanges of the gradient buffer). The tree does not depend on the
+number of ranks, so P = 1, 2, 4, 8 give bit-identical weights. P must be a power of two that
+divides ``shards``.
+
+Validation loss and metrics, ``evaluate`` and ``predict`` split the rows between the ranks
+and gather the outputs, so every rank gets the same numbers. Progress output and
+``ModelCheckpoint`` run on rank 0 only; write other files from rank 0
+(``if comm.Get_rank() == 0``).
+
+Failures: run scripts with ``python -m mpi4py script.py``, whose runner aborts the whole job
+when a rank raises (else the other ranks would wait for it forever); ``fastnn train
+--distributed`` does the same. Mismatched data shapes, models, optimizer hyper-parameters or
+fit arguments across ranks raise a ValueError on every rank before the first step.
+
+Another engine plugs in through the ``Communicator`` protocol below (``fit(comm=...)`` takes
+any object with these methods, or an mpi4py communicator).
+"""
+import zlib
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+EXACT_SHARDS = 8          # shards per global batch in exact mode (deterministic=True)
+CHECK_EVERY = 1000        # steps between parameter-hash comparisons
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """What fit needs from a communication engine. Buffers are C-contiguous numpy arrays
+    (float32, float64 or int64); every method is collective (all ranks call it in the same
+    order) except abort."""
+
+    rank: int
+    size: int
+
+    def allreduce(self, buf):
+        """Sum buf over the ranks, in place."""
+
+    def bcast(self, buf, root=0):
+        """Overwrite buf with root's buf, in place."""
+
+    def barrier(self):
+        """Wait for every rank."""
+
+    def allgather(self, obj):
+        """A list of every rank's obj (a small picklable object), in rank order."""
+
+    def sendrecv(self, sendbuf, recvbuf, peer):
+        """Send sendbuf to rank peer and receive peer's into recvbuf (same shape/dtype)."""
+
+    def abort(self, code=1):
+        """End the whole job now (all ranks) with this exit code."""
+
+
+class SelfCommunicator:
+    """The one-rank communicator (no MPI): fit(comm=SelfCommunicator(), deterministic=True)
+    runs the exact mode in a single process, with the weights mpiexec -n P gives."""
+
+    rank, size = 0, 1
+
+    def __init__(self, check_every=CHECK_EVERY):
+        self.check_every = check_every
+
+    def allreduce(self, buf):
+        pass
+
+    def bcast(self, buf, root=0):
+        pass
+
+    def barrier(self):
+        pass
+
+    def allgather(self, obj):
+        return [obj]
+
+    def sendrecv(self, sendbuf, recvbuf, peer):
+        raise ValueError(f"sendrecv: a one-rank communicator has no peer {peer}")
+
+    def abort(self, code=1):
+        raise SystemExit(code)
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("fastnn.distributed needs mpi4py: pip install \"fastnn[mpi]\" "
+                          "(mpi4py and the mpich wheel)") from e
+    return MPI
+
+
+class MPICommunicator:
+    """The Communicator over an mpi4py communicator (default MPI.COMM_WORLD). check_every:
+    steps between parameter-hash comparisons in fit."""
+
+    def __init__(self, comm=None, check_every=CHECK_EVERY):
+        MPI = _mpi()
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(self.comm, MPI.Comm):
+            raise TypeError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+        self.check_every = check_every
+
+    def allreduce(self, buf):
+        if self.size > 1:
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def bcast(self, buf, root=0):
+        if self.size > 1:
+            self.comm.Bcast(buf, root=root)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def sendrecv(self, sendbuf, recvbuf, peer):
+        self.comm.Sendrecv(sendbuf, dest=peer, sendtag=17, recvbuf=recvbuf, source=peer,
+                           recvtag=17)
+
+    def abort(self, code=1):
+        self.comm.Abort(code)
+
+
+def as_communicator(comm):
+    """comm as a Communicator: an mpi4py communicator is wrapped in MPICommunicator; an object
+    with the protocol's methods is used as it is. Raises TypeError otherwise."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        MPI = None
+    if MPI is not None and isinstance(comm, MPI.Comm):
+        return MPICommunicator(comm)
+    if isinstance(comm, Communicator):
+        return comm
+    raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or a "
+                    f"fastnn.distributed.Communicator, got {type(comm).__name__}")
+
+
+def _shards(deterministic, size):
+    """The exact mode's shard count (0: default mode), checked against the rank count."""
+    if deterministic is False or deterministic is None or deterministic == 0:
+        return 0
+    k = EXACT_SHARDS if deterministic is True else deterministic
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"deterministic must be True, False or a shard count >= 1, got "
+                         f"{deterministic!r}")
+    if size & (size - 1) or k % size:
+        raise ValueError(f"deterministic=True: the number of ranks must be a power of two that "
+                         f"divides the shard count {k} (deterministic=K sets it), got {size} "
+                         f"ranks")
+    return int(k)
+
+
+def params_hash(buffer):
+    """CRC-32 of a parameter buffer's bytes."""
+    return zlib.crc32(np.ascontiguousarray(buffer).view(np.uint8))
+
+
+class Session:
+    """The distributed side of one fit: the communicator, the mode, the checks."""
+
+    def __init__(self, comm, deterministic):
+        self.comm = SelfCommunicator() if comm is None else as_communicator(comm)
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.shards = _shards(deterministic, self.size)
+        self.check_every = getattr(self.comm, "check_every", CHECK_EVERY)
+        self.since_check = 0
+        self._recv = None
+
+    # -- the start ---------------------------------------------------------------------------
+    def agree(self, what):
+        """Raise ValueError on every rank when a rank's `what` (a dict of comparable values)
+        differs from rank 0's."""
+        all_ = self.comm.allgather(what)
+        bad = []
+        for r, other in enumerate(all_[1:], 1):
+            for k in all_[0]:
+                if other.get(k) != all_[0][k]:
+                    bad.append(f"{k}: rank 0 has {all_[0][k]!r}, rank {r} has {other.get(k)!r}")
+        if bad:
+            raise ValueError("fit(comm=...): the ranks disagree; every rank must pass the same "
+                             "data, model, loss, optimizer and fit arguments:\n  "
+                             + "\n  ".join(bad[:20]))
+
+    def start(self, plan, model, loss, optimizer, X, y, val, **args):
+        """Check that every rank passes the same things, then broadcast rank 0's parameters
+        and optimizer state. Raises ValueError (on every rank) before the first step."""
+        import fastnn
+
+        what = {"fused step": plan is not None, "X": _digest(X), "y": _digest(y),
+                "validation": None if val is None else (_digest(val[0]), _digest(val[1])),
+                "model": repr(model), "parameter dtype": str(getattr(plan, "net_params",
+                                                                     np.empty(0)).dtype),
+                "loss": _describe(loss), "optimizer": type(optimizer).__name__,
+                "optimizer hyper-parameters": {k: _plain(v) for k, v in
+                                               optimizer.param_groups[0].items()
+                                               if k != "params"},
+                "optimizer step": None if plan is None else plan.chunk.step,
+                "fastnn": fastnn.__version__, "kernel table": fastnn.arch(),
+                "exact mode shards": self.shards, **{k: _plain(v) for k, v in args.items()}}
+        self.agree(what)
+        if plan is None:
+            raise ValueError("fit(comm=...) runs the fused C step: the model must be a "
+                             "Sequential of Linear layers, activations and Dropout on the CPU, "
+                             "with 2-D inputs, a built-in loss and a built-in optimizer with one "
+                             f"parameter group; got {type(model).__name__}, "
+                             f"{type(loss).__name__}, {type(optimizer).__name__}")
+        self.broadcast_state([plan.net_params, *plan.states])
+        self.since_check = 0
+
+    def seed(self, seed):
+        """Rank 0's seed, on every rank (seed=None draws one per rank otherwise)."""
+        return self.comm.allgather(seed)[0]
+
+    def broadcast_state(self, buffers):
+        for b in buffers:
+            self.comm.bcast(b, root=0)
+
+    # -- the step ----------------------------------------------------------------------------
+    def reduce(self, grads, step):
+        """fastnn_net_train_dist's reduce: the batch gradient from the ranks' parts."""
+        if self.size == 1:
+            return
+        if not self.shards:
+            self.comm.allreduce(grads)
+            return
+        # exact mode: the top log2(P) levels of the shard tree, by recursive doubling; every
+        # rank adds the same two subtrees (IEEE addition commutes), so all get the same bits
+        if self._recv is None or self._recv.shape != grads.shape or self._recv.dtype != grads.dtype:
+            self._recv = np.empty_like(grads)
+        bit = 1
+        while bit < self.size:
+            self.comm.sendrecv(grads, self._recv, self.rank ^ bit)
+            np.add(grads, self._recv, out=grads)
+            bit <<= 1
+
+    def train(self, net, X, y, idx, batch_size, seed, model):
+        """One chunk of global batches; (loss sum, correct) over all ranks."""
+        loss_sum, correct = net.train_dist(X, y, idx, batch_size, seed, reduce=self.reduce,
+                                           rank=self.rank, size=self.size, shards=self.shards)
+        sums = np.array([loss_sum, correct], dtype=np.float64)
+        self.comm.allreduce(sums)
+        self.since_check += -(-len(idx) // batch_size)
+        return float(sums[0]), int(round(sums[1]))
+
+    def stop(self, model):
+        """After the callbacks: if any rank's model.stop_training is set, every rank's is (the
+        ranks must leave the loop together)."""
+        flag = np.array([float(bool(model.stop_training))])
+        self.comm.allreduce(flag)
+        model.stop_training = bool(flag[0])
+        return model.stop_training
+
+    def check(self, buffer, step, force=False):
+        """Compare the parameter hash over the ranks every check_every steps (or now)."""
+        if self.size == 1 or not (force or self.since_check >= self.check_every):
+            return
+        self.since_check = 0
+        hashes = self.comm.allgather(params_hash(buffer))
+        if len(set(hashes)) > 1:
+            raise RuntimeError(f"fit(comm=...): the ranks' parameters diverged by step {step} "
+                               f"(CRC-32 per rank: {', '.join(f'{h:08x}' for h in hashes)}); "
+                               f"every rank must run the same fastnn build, data and arguments")
+
+    # -- inference ---------------------------------------------------------------------------
+    def predict(self, model, X, batch_size=256):
+        """model.predict over X, the rows split between the ranks; every rank gets it all."""
+        n = len(X)
+        lo, hi = n * self.rank // self.size, n * (self.rank + 1) // self.size
+        part = model.predict(X[lo:hi], batch_size=batch_size) if hi > lo else None
+        parts = [p for p in self.comm.allgather(part) if p is not None]
+        return np.concatenate(parts)
+
+
+def _plain(v):
+    """v as comparable plain Python (arrays as lists)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _describe(obj):
+    return [type(obj).__name__, {k: _plain(v) for k, v in sorted(vars(obj).items())
+                                 if not k.startswith("_") and
+                                 isinstance(v, (int, float, str, bool, tuple, list, np.ndarray,
+                                                np.generic, type(None)))}]
+
+
+def _digest(a):
+    """(shape, dtype, CRC-32 of up to 64 evenly spaced rows): cheap even for a memory-map."""
+    a = np.asarray(a)
+    rows = np.unique(np.linspace(0, len(a) - 1, num=min(64, len(a))).astype(np.int64))
+    return [list(a.shape), a.dtype.str,
+            zlib.crc32(np.ascontiguousarray(a[rows]).view(np.uint8)) if len(a) else 0]
+
+
+def rank0_only(callback):
+    """Whether a callback runs on rank 0 only (progress output, checkpoint files)."""
+    from .callbacks import ModelCheckpoint, ProgressLogger
+
+    return isinstance(callback, (ModelCheckpoint, ProgressLogger)) or \
+        getattr(callback, "rank0_only", False)
+
+
+def predict(model, X, comm, batch_size=256):
+    """model.predict(X) with the rows split between comm's ranks; every rank gets the whole
+    output (shape (len(X), ...) like model.predict)."""
+    X = np.asarray(X)
+    if X.ndim == 0 or len(X) == 0:
+        raise ValueError(f"predict: X must have at least one sample, got shape {X.shape}")
+    return Session(comm, False).predict(model, X, batch_size)
+
+
+def launch_cli():
+    """For `fastnn train --distributed`: MPI.COMM_WORLD's communicator; on ranks other than 0
+    standard output goes to /dev/null, and an exception on any rank prints its traceback and
+    aborts the whole job (as `python -m mpi4py` does)."""
+    import os
+    import sys
+    import traceback
+
+    comm = MPICommunicator()
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")
+
+    def abort_on_error(kind, value, tb):
+        traceback.print_exception(kind, value, tb)
+        sys.stderr.flush()
+        comm.abort(1)
+
+    if comm.size > 1:
+        sys.excepthook = abort_on_error
+    return comm

@@ -1,0 +1,90 @@
+"""Run by tests/test_distributed.py under `mpiexec -n P python -m mpi4py tests/mpi_worker.py
+JOB OUT`: one job of data-parallel training; rank 0 writes its results to OUT (.npz)."""
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import fastnn as fn
+from mpi_worker_data import CASES, data, flat, mlp, resume, train, write
+
+fn.set_num_threads(1)
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+
+
+class Fail(fn.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if rank == 1 and batch == 3:
+            raise RuntimeError("rank 1 failed on purpose at batch 3")
+
+
+class StopOnRank1(fn.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if rank == 1 and batch == 5:
+            self.model.stop_training = True
+
+
+class Perturb(fn.Callback):
+    def on_batch_end(self, batch, logs=None):
+        if rank == 1 and batch == 2:
+            self.model[0].weight[0, 0] += 1e-3
+
+
+def main(job, out):
+    results = {}
+    if job == "compare":
+        for name, opt, det, drop, dtype in CASES:
+            results[name] = train(opt, det, drop, dtype, comm)
+        X, y = data()
+        model = mlp()
+        results["evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
+                                                        comm=comm).values()))
+        results["predict"] = model.predict(X, comm=comm)
+    elif job in ("fail", "mismatch", "diverge"):
+        X, y = data()
+        model = mlp()
+        lr = 0.1 if (job == "mismatch" and rank == 1) else 0.05
+        cbs = {"fail": [Fail()], "diverge": [Perturb()]}.get(job, [])
+        c = fn.distributed.MPICommunicator(comm, check_every=4) if job == "diverge" else comm
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=lr, momentum=0.9),
+               X, y, epochs=2, batch_size=32, seed=1, verbose=0, callbacks=cbs, comm=c)
+    elif job == "stop":                  # rank 1 alone asks to stop: every rank stops there
+        X, y = data()
+        model = mlp()
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        history = fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=3, batch_size=32,
+                         seed=1, verbose=0, callbacks=[StopOnRank1()], comm=comm)
+        results["steps"] = np.array(comm.allgather(opt.state_dict()["state"][0]["step"]))
+        results["epochs"] = np.array(len(history.history["loss"]))
+    elif job == "nonfinite":           # a huge row reaches rank 1 alone, in the 4th batch
+        X, y = data()
+        X = X.copy()
+        X[3 * 32 + 20] = 1e38            # finite, but its logits overflow: rank 1's loss is inf
+        model = mlp()
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        try:
+            fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=32,
+                   shuffle=False, seed=1, verbose=0, comm=comm)
+            message = ""
+        except FloatingPointError as e:
+            message = str(e)
+        results["steps"] = np.array(comm.allgather(opt.state_dict()["state"][0]["step"]))
+        results["stopped"] = np.array(comm.allgather(message.split(":")[1] if message
+                                                     else ""))
+        weights = flat(model)
+        results["same"] = np.array(all(np.array_equal(w, weights)
+                                       for w in comm.allgather(weights)))
+        results["finite"] = np.array(np.isfinite(weights).all())
+    elif job.startswith("write:"):
+        results["final"] = write(job[len("write:"):], comm, rank)
+    elif job.startswith("resume:"):
+        results["final"] = resume(job[len("resume:"):], comm)
+    else:
+        raise SystemExit(f"unknown job {job!r}")
+    if rank == 0:
+        np.savez(out, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
