@@ -27,6 +27,9 @@ __all__ = [
     "cross_entropy", "cross_entropy_backward",
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step",
     "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "batch_norm", "batch_norm_backward",
+    "layer_norm", "layer_norm_backward",
 ]
 
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
@@ -506,3 +509,186 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
                     "nohw,oc->nchw", dyg, w[g * og:(g + 1) * og, :, r, s])
     dx = dxp[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]]
     return dx, dw_, dy.sum(axis=(0, 2, 3))
+
+
+# ---- pooling and normalization (NCHW) --------------------------------------------------------
+# Windows as PyTorch: window (i, j) covers rows i*sh - ph ... + kh - 1 and columns
+# j*sw - pw ... + kw - 1 of the image; positions outside it are padding.
+
+def _pool_windows(x, kernel_size, stride, padding):
+    """(x, xp, inside, geometry): x as float64, x zero-padded by (ph, pw) on each side, the
+    mask of the padded plane's in-image positions, and (kh, kw, sh, sw, ph, pw, oh, ow)."""
+    x = _f64(x)
+    kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
+    stride = kernel_size if stride is None else stride
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    inside = np.zeros((h + 2 * ph, w + 2 * pw), bool)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    inside[ph:ph + h, pw:pw + w] = True
+    return x, xp, inside, (kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """(y, indices): window maxima over in-image pixels (NaN wins, the first maximum wins
+    ties) and their positions h*W + w in the input plane."""
+    x, xp, inside, (kh, kw, sh, sw, ph, pw, oh, ow) = _pool_windows(x, kernel_size, stride,
+                                                                     padding)
+    n, c, h, w = x.shape
+    y = np.empty((n, c, oh, ow))
+    idx = np.empty((n, c, oh, ow), np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            best = np.full((n, c), -np.inf)
+            arg = np.full((n, c), -1, np.int64)
+            for a in range(i * sh, i * sh + kh):
+                for b in range(j * sw, j * sw + kw):
+                    if not inside[a, b]:
+                        continue
+                    v = xp[:, :, a, b]
+                    take = (arg < 0) | (v > best) | np.isnan(v)
+                    best = np.where(take, v, best)
+                    arg = np.where(take, (a - ph) * w + (b - pw), arg)
+            y[:, :, i, j], idx[:, :, i, j] = best, arg
+    return y, idx
+
+
+def max_pool2d_backward(dy, x, indices):
+    """dx: dy summed into the argmax positions."""
+    dy, x = _f64(dy), _f64(x)
+    n, c, h, w = x.shape
+    dx = np.zeros((n * c, h * w))
+    flat_dy, flat_i = dy.reshape(n * c, -1), np.asarray(indices).reshape(n * c, -1)
+    for p in range(n * c):
+        np.add.at(dx[p], flat_i[p], flat_dy[p])
+    return dx.reshape(x.shape)
+
+
+def _avg_divisors(inside, geom, count_include_pad):
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    div = np.empty((oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = inside[i * sh:i * sh + kh, j * sw:j * sw + kw]
+            div[i, j] = kh * kw if count_include_pad else win.sum()
+    return div
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Window sums (padding adds zero) over kh*kw or over the in-image pixel count."""
+    x, xp, inside, geom = _pool_windows(x, kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    y = np.empty(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            y[:, :, i, j] = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].sum(axis=(2, 3))
+    return y / _avg_divisors(inside, geom, count_include_pad)
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    x, xp, inside, geom = _pool_windows(x, kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    g = _f64(dy) / _avg_divisors(inside, geom, count_include_pad)
+    dxp = np.zeros_like(xp)
+    for i in range(oh):
+        for j in range(ow):
+            dxp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += g[:, :, i:i + 1, j:j + 1]
+    n, c, h, w = x.shape
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def adaptive_avg_pool2d(x):
+    """Global average pool: (N, C, 1, 1)."""
+    return _f64(x).mean(axis=(2, 3), keepdims=True)
+
+
+def adaptive_avg_pool2d_backward(dy, x):
+    x = _f64(x)
+    return np.broadcast_to(_f64(dy) / (x.shape[2] * x.shape[3]), x.shape).copy()
+
+
+def _bn_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _bn_bcast(v, x):
+    return np.asarray(v, np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """(y, new_running_mean, new_running_var, mean, invstd) as PyTorch's batch_norm; x of
+    shape (N, C), (N, C, L) or (N, C, H, W); the running statistics are returned, not
+    updated (None stays None)."""
+    x = _f64(x)
+    ax = _bn_axes(x)
+    if training:
+        m = x.size // x.shape[1]
+        mean = x.mean(axis=ax)
+        var = ((x - _bn_bcast(mean, x)) ** 2).mean(axis=ax)
+        rm = None if running_mean is None else \
+            (1 - momentum) * _f64(running_mean) + momentum * mean
+        rv = None if running_var is None else \
+            (1 - momentum) * _f64(running_var) + momentum * var * m / (m - 1)
+    else:
+        mean, var = _f64(running_mean), _f64(running_var)
+        rm, rv = mean, var
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - _bn_bcast(mean, x)) * _bn_bcast(invstd, x)
+    if weight is not None:
+        y = y * _bn_bcast(weight, x)
+    if bias is not None:
+        y = y + _bn_bcast(bias, x)
+    return y, rm, rv, mean, invstd
+
+
+def batch_norm_backward(dy, x, mean, invstd, weight=None, training=True):
+    """(dx, dweight, dbias) of batch_norm (training: through the batch statistics)."""
+    dy, x = _f64(dy), _f64(x)
+    ax = _bn_axes(x)
+    m = x.size // x.shape[1]
+    xhat = (x - _bn_bcast(mean, x)) * _bn_bcast(invstd, x)
+    dbias = dy.sum(axis=ax)
+    dweight = (dy * xhat).sum(axis=ax)
+    g = _bn_bcast(1.0 if weight is None else np.full(x.shape[1], 1.0) * _f64(weight), x)
+    if training:
+        dx = g * _bn_bcast(invstd, x) * (dy - _bn_bcast(dbias / m, x)
+                                         - xhat * _bn_bcast(dweight / m, x))
+    else:
+        dx = g * _bn_bcast(invstd, x) * dy
+    return dx, dweight, dbias
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(y, mean, rstd) over the trailing normalized_shape axes."""
+    x = _f64(x)
+    ns = (normalized_shape,) if np.isscalar(normalized_shape) else tuple(normalized_shape)
+    ax = tuple(range(x.ndim - len(ns), x.ndim))
+    mean = x.mean(axis=ax, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=ax, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean) * rstd
+    if weight is not None:
+        y = y * _f64(weight)
+    if bias is not None:
+        y = y + _f64(bias)
+    lead = x.shape[:x.ndim - len(ns)]
+    return y, mean.reshape(lead), rstd.reshape(lead)
+
+
+def layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5):
+    """(dx, dweight, dbias) of layer_norm (statistics recomputed in float64)."""
+    dy, x = _f64(dy), _f64(x)
+    ns = (normalized_shape,) if np.isscalar(normalized_shape) else tuple(normalized_shape)
+    ax = tuple(range(x.ndim - len(ns), x.ndim))
+    lead_ax = tuple(range(x.ndim - len(ns)))
+    mean = x.mean(axis=ax, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=ax, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    g = dy if weight is None else dy * _f64(weight)
+    dx = rstd * (g - g.mean(axis=ax, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=ax, keepdims=True))
+    return dx, (dy * xhat).sum(axis=lead_ax), dy.sum(axis=lead_ax)

@@ -24,7 +24,7 @@ F = np.float32
 
 # Arguments that a kernel updates in place (never copied) and outputs.
 INPLACE = {"param", "momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg",
-           "grad_avg", "state_sum", "out"}
+           "grad_avg", "state_sum", "out", "running_mean", "running_var"}
 
 
 def _a(*shape, positive=False, dtype=F):
@@ -82,6 +82,28 @@ def _recipes():
         r[name] = ({"dy": _a(2, 4, 5, 6), "x": cx, "weight": cw}, {"padding": 1})
     r["conv2d_output_shape"] = ({}, {"input_shape": (2, 3, 5, 6), "weight_shape": (4, 3, 3, 3),
                                      "padding": 1})
+    # pooling and normalization (NCHW)
+    img = _a(2, 3, 6, 5)
+    pooled, idx = ops.max_pool2d(img, 2, return_indices=True)
+    r["max_pool2d"] = ({"x": img}, {"kernel_size": 2, "return_indices": True})
+    r["max_pool2d_backward"] = ({"dy": _a(*pooled.shape), "x": img, "indices": idx},
+                                {"kernel_size": 2})
+    r["avg_pool2d"] = ({"x": img}, {"kernel_size": 3, "stride": 1, "padding": 1})
+    r["avg_pool2d_backward"] = ({"dy": _a(2, 3, 6, 5), "x": img},
+                                {"kernel_size": 3, "stride": 1, "padding": 1})
+    r["adaptive_avg_pool2d"] = ({"x": img}, {})
+    r["adaptive_avg_pool2d_backward"] = ({"dy": _a(2, 3, 1, 1), "x": img}, {})
+    r["batch_norm"] = ({"x": img, "running_mean": _a(3), "running_var": _a(3, positive=True),
+                        "weight": _a(3), "bias": _a(3)},
+                       {"training": True, "return_stats": True})
+    y, mean, invstd = ops.batch_norm(img, None, None, training=True, return_stats=True)
+    r["batch_norm_backward"] = ({"dy": _a(2, 3, 6, 5), "x": img, "save_mean": mean,
+                                 "save_invstd": invstd, "weight": _a(3)}, {})
+    y, mean, rstd = ops.layer_norm(x, 7, return_stats=True)
+    r["layer_norm"] = ({"x": x, "weight": _a(7), "bias": _a(7)},
+                       {"normalized_shape": 7, "return_stats": True})
+    r["layer_norm_backward"] = ({"dy": _a(6, 7), "x": x, "mean": mean, "rstd": rstd,
+                                 "weight": _a(7)}, {"normalized_shape": 7})
     return r
 
 
@@ -139,12 +161,11 @@ def _call(name, arrays, scalars, as_is=None):
 
 
 def _same(a, b):
-    if isinstance(a, tuple):    # several results (conv2d_backward: dx, dweight, dbias)
+    if isinstance(a, tuple):        # (y, indices), (y, mean, invstd), (dx, dweight, dbias)
         assert isinstance(b, tuple) and len(a) == len(b)
         for u, v in zip(a, b):
             _same(u, v)
-        return
-    if isinstance(a, np.ndarray):
+    elif isinstance(a, np.ndarray):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     else:
         assert a == b or (np.isnan(a) and np.isnan(b))

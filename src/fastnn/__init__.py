@@ -46,6 +46,14 @@ from .nn import (
     Softmax,
     Tanh,
 )
+from .nn import (  # pooling and normalization layers
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    LayerNorm,
+    MaxPool2d,
+)
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm_
 from .train import evaluate, fit
 
@@ -86,3 +94,7 @@ __all__ = [
     "LabelEncoder", "Preprocess",
     "batches", "save", "load", "save_checkpoint", "load_checkpoint",
 ]
+from . import models  # noqa: E402  (convolutional model builders)
+
+__all__ += ["models", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+            "LayerNorm"]

@@ -81,6 +81,85 @@ cdef extern from "fastnn/fastnn.h" nogil:
                                  double lr, double lr_decay, double weight_decay, double eps,
                                  int maximize, int64_t step)
 
+    # pooling and normalization (csrc/layers/pool.c, norm.c; references csrc/ref/pool.c, norm.c)
+    int64_t fastnn_pool_out_size(int64_t inp, int64_t k, int64_t stride, int64_t pad)
+    fastnn_status fastnn_maxpool2d(fastnn_dtype dt, void *y, int64_t *argmax, const void *x,
+                                   int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw)
+    fastnn_status fastnn_maxpool2d_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                            const int64_t *argmax, int64_t n, int64_t c,
+                                            int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                            int64_t sh, int64_t sw, int64_t ph, int64_t pw)
+    fastnn_status fastnn_avgpool2d(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                   int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                   int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                   int count_include_pad)
+    fastnn_status fastnn_avgpool2d_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                            int64_t n, int64_t c, int64_t h, int64_t w,
+                                            int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                            int64_t ph, int64_t pw, int count_include_pad)
+    fastnn_status fastnn_global_avgpool(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                        int64_t c, int64_t hw)
+    fastnn_status fastnn_global_avgpool_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                                 int64_t n, int64_t c, int64_t hw)
+    fastnn_status fastnn_batchnorm(fastnn_dtype dt, int training, void *y, void *save_mean,
+                                   void *save_invstd, void *running_mean, void *running_var,
+                                   const void *x, const void *weight, const void *bias,
+                                   int64_t n, int64_t c, int64_t hw, double momentum,
+                                   double eps)
+    fastnn_status fastnn_batchnorm_backward(fastnn_dtype dt, int training, void *dx,
+                                            void *dweight, void *dbias, const void *dy,
+                                            const void *x, const void *save_mean,
+                                            const void *save_invstd, const void *weight,
+                                            int64_t n, int64_t c, int64_t hw, double beta)
+    fastnn_status fastnn_layernorm(fastnn_dtype dt, void *y, void *save_mean, void *save_rstd,
+                                   const void *x, const void *weight, const void *bias,
+                                   int64_t rows, int64_t d, double eps)
+    fastnn_status fastnn_layernorm_backward(fastnn_dtype dt, void *dx, void *dweight,
+                                            void *dbias, const void *dy, const void *x,
+                                            const void *save_mean, const void *save_rstd,
+                                            const void *weight, int64_t rows, int64_t d,
+                                            double beta)
+    fastnn_status fastnn_maxpool2d_ref(fastnn_dtype dt, void *y, int64_t *argmax,
+                                       const void *x, int64_t n, int64_t c, int64_t h,
+                                       int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                                       int64_t sw, int64_t ph, int64_t pw)
+    fastnn_status fastnn_maxpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                                const int64_t *argmax, int64_t n, int64_t c,
+                                                int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                                int64_t sh, int64_t sw, int64_t ph, int64_t pw)
+    fastnn_status fastnn_avgpool2d_ref(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                       int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                       int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                       int count_include_pad)
+    fastnn_status fastnn_avgpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                                int64_t n, int64_t c, int64_t h, int64_t w,
+                                                int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                                int64_t ph, int64_t pw, int count_include_pad)
+    fastnn_status fastnn_global_avgpool_ref(fastnn_dtype dt, void *y, const void *x,
+                                            int64_t n, int64_t c, int64_t hw)
+    fastnn_status fastnn_global_avgpool_backward_ref(fastnn_dtype dt, void *dx,
+                                                     const void *dy, int64_t n, int64_t c,
+                                                     int64_t hw)
+    fastnn_status fastnn_batchnorm_ref(fastnn_dtype dt, int training, void *y, void *save_mean,
+                                       void *save_invstd, void *running_mean,
+                                       void *running_var, const void *x, const void *weight,
+                                       const void *bias, int64_t n, int64_t c, int64_t hw,
+                                       double momentum, double eps)
+    fastnn_status fastnn_batchnorm_backward_ref(fastnn_dtype dt, int training, void *dx,
+                                                void *dweight, void *dbias, const void *dy,
+                                                const void *x, const void *save_mean,
+                                                const void *save_invstd, const void *weight,
+                                                int64_t n, int64_t c, int64_t hw, double beta)
+    fastnn_status fastnn_layernorm_ref(fastnn_dtype dt, void *y, void *save_mean,
+                                       void *save_rstd, const void *x, const void *weight,
+                                       const void *bias, int64_t rows, int64_t d, double eps)
+    fastnn_status fastnn_layernorm_backward_ref(fastnn_dtype dt, void *dx, void *dweight,
+                                                void *dbias, const void *dy, const void *x,
+                                                const void *save_mean, const void *save_rstd,
+                                                const void *weight, int64_t rows, int64_t d,
+                                                double beta)
+
 cdef extern from "fastnn/net.h" nogil:
     ctypedef struct fastnn_unit:
         int64_t in_ "in"

@@ -1487,6 +1487,497 @@ cdef class FusedNet:
         return O
 
 
+# ---- pooling and normalization (NCHW) ------------------------------------------------------
+# Each function calls the kernel of csrc/layers/ or, after _use_reference(True), its naive
+# reference of csrc/ref/ (the tests compare the two).
+
+cdef bint _POOLNORM_REF = False
+
+
+def _use_reference(flag):
+    """Route the pooling and normalization functions below to their naive C references
+    (True) or to the kernels (False); returns the previous setting. For tests."""
+    global _POOLNORM_REF
+    cdef bint old = _POOLNORM_REF
+    _POOLNORM_REF = bool(flag)
+    return old
+
+
+cdef tuple _pair(object v, str fn, str arg, int64_t low):
+    """An int or a pair of ints, each >= low, as (a, b)."""
+    cdef tuple t
+    if isinstance(v, (tuple, list)):
+        t = tuple(v)
+    else:
+        t = (v, v)
+    if len(t) != 2 or any(isinstance(e, bool) or not isinstance(e, (int, np.integer))
+                          for e in t):
+        raise TypeError(f"{_sig(fn, arg)} must be an int or a pair of ints, got {v!r}")
+    if t[0] < low or t[1] < low:
+        raise ValueError(f"{_sig(fn, arg)} must be >= {low}, got {v!r}")
+    return (int(t[0]), int(t[1]))
+
+
+cdef cnp.ndarray _image(object x, str fn, str arg, object dtype):
+    cdef cnp.ndarray X = _input(x, fn, arg, dtype)
+    if X.ndim != 4:
+        raise ValueError(f"{_sig(fn, arg)} must be a 4-D array (N, C, H, W), got shape "
+                         f"{_shp(X)}")
+    if X.shape[2] < 1 or X.shape[3] < 1:
+        raise ValueError(f"{_sig(fn, arg)} must have H and W >= 1, got shape {_shp(X)}")
+    return X
+
+
+cdef tuple _pool_geometry(str fn, cnp.ndarray X, kernel_size, stride, padding):
+    """(kh, kw, sh, sw, ph, pw, oh, ow) checked against X (N, C, H, W)."""
+    kh, kw = _pair(kernel_size, fn, "kernel_size", 1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        sh, sw = kh, kw
+    else:
+        sh, sw = _pair(stride, fn, "stride", 1)
+    ph, pw = _pair(padding, fn, "padding", 0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"{_sig(fn, 'padding')} must be at most half of kernel_size "
+                         f"{(kh, kw)}, got {(ph, pw)}")
+    cdef int64_t oh = fastnn_pool_out_size(X.shape[2], kh, sh, ph)
+    cdef int64_t ow = fastnn_pool_out_size(X.shape[3], kw, sw, pw)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{_sig(fn, 'x')} of shape {_shp(X)} is smaller than kernel_size "
+                         f"{(kh, kw)} with padding {(ph, pw)}")
+    return kh, kw, sh, sw, ph, pw, oh, ow
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
+    """Max pooling of x (N, C, H, W) float32/float64 over kernel_size windows (int or pair)
+    moved by stride (default: kernel_size) over x padded by padding (<= kernel_size / 2) with
+    -inf: y (N, C, OH, OW), OH = (H + 2 padding - kernel) // stride + 1. The first maximum
+    of a window wins ties; a NaN in a window is its maximum. return_indices: also the int64
+    array (N, C, OH, OW) of each maximum's position h * W + w in its input plane, which
+    max_pool2d_backward needs. Raises TypeError (dtype, argument types), ValueError (shapes,
+    padding, window larger than the padded image)."""
+    fn = "max_pool2d"
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, X, kernel_size, stride, padding)
+    cdef int64_t n = X.shape[0], c = X.shape[1], h = X.shape[2], w = X.shape[3]
+    cdef cnp.ndarray Y = np.empty((n, c, oh, ow), X.dtype)
+    cdef cnp.ndarray I = np.empty((n, c, oh, ow), np.int64)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef int64_t *pi = <int64_t *>_ptr(I)
+    cdef int64_t kh_ = kh, kw_ = kw, sh_ = sh, sw_ = sw, ph_ = ph, pw_ = pw
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_maxpool2d_ref(dt, py, pi, px, n, c, h, w, kh_, kw_, sh_, sw_, ph_, pw_)
+        else:
+            st = fastnn_maxpool2d(dt, py, pi, px, n, c, h, w, kh_, kw_, sh_, sw_, ph_, pw_)
+    _check(st, fn)
+    return (Y, I) if return_indices else Y
+
+
+def max_pool2d_backward(dy, x, indices, kernel_size, stride=None, padding=0):
+    """Gradient of max_pool2d with respect to x (N, C, H, W): dy (N, C, OH, OW) summed into
+    the positions given by indices (from max_pool2d(..., return_indices=True)). Returns dx of
+    x's shape and dtype. Raises ValueError when an index is outside [0, H W)."""
+    fn = "max_pool2d_backward"
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, X, kernel_size, stride, padding)
+    cdef int64_t n = X.shape[0], c = X.shape[1], h = X.shape[2], w = X.shape[3]
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    if _shp(DY) != (n, c, oh, ow):
+        raise ValueError(f"{_sig(fn, 'dy')} must have the pooled shape {(n, c, oh, ow)}, "
+                         f"got {_shp(DY)}")
+    cdef cnp.ndarray I = _int64(indices, fn, "indices")   # converted to native int64
+    if _shp(I) != (n, c, oh, ow):
+        raise ValueError(f"{_sig(fn, 'indices')} must have shape {(n, c, oh, ow)}, got "
+                         f"{_shp(I)}")
+    cdef cnp.ndarray DX = np.empty((n, c, h, w), X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdy = _ptr(DY)
+    cdef int64_t *pi = <int64_t *>_ptr(I)
+    cdef int64_t kh_ = kh, kw_ = kw, sh_ = sh, sw_ = sw, ph_ = ph, pw_ = pw
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_maxpool2d_backward_ref(dt, pdx, pdy, pi, n, c, h, w, kh_, kw_, sh_,
+                                               sw_, ph_, pw_)
+        else:
+            st = fastnn_maxpool2d_backward(dt, pdx, pdy, pi, n, c, h, w, kh_, kw_, sh_, sw_,
+                                           ph_, pw_)
+    if st == FASTNN_EINVAL:
+        raise ValueError(f"{_sig(fn, 'indices')} must hold positions in [0, {h * w}) of the "
+                         f"input planes")
+    _check(st, fn)
+    return DX
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Average pooling of x (N, C, H, W) float32/float64: each window's sum over its pixels
+    inside the image, divided by kernel_h * kernel_w (count_include_pad=True, zero padding
+    counted) or by the number of its pixels inside the image. Geometry and errors as
+    max_pool2d. Returns y (N, C, OH, OW)."""
+    fn = "avg_pool2d"
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, X, kernel_size, stride, padding)
+    cdef int64_t n = X.shape[0], c = X.shape[1], h = X.shape[2], w = X.shape[3]
+    cdef cnp.ndarray Y = np.empty((n, c, oh, ow), X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef int64_t kh_ = kh, kw_ = kw, sh_ = sh, sw_ = sw, ph_ = ph, pw_ = pw
+    cdef int cip = 1 if count_include_pad else 0
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_avgpool2d_ref(dt, py, px, n, c, h, w, kh_, kw_, sh_, sw_, ph_, pw_, cip)
+        else:
+            st = fastnn_avgpool2d(dt, py, px, n, c, h, w, kh_, kw_, sh_, sw_, ph_, pw_, cip)
+    _check(st, fn)
+    return Y
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Gradient of avg_pool2d with respect to x (N, C, H, W) given dy (N, C, OH, OW)."""
+    fn = "avg_pool2d_backward"
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    kh, kw, sh, sw, ph, pw, oh, ow = _pool_geometry(fn, X, kernel_size, stride, padding)
+    cdef int64_t n = X.shape[0], c = X.shape[1], h = X.shape[2], w = X.shape[3]
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    if _shp(DY) != (n, c, oh, ow):
+        raise ValueError(f"{_sig(fn, 'dy')} must have the pooled shape {(n, c, oh, ow)}, "
+                         f"got {_shp(DY)}")
+    cdef cnp.ndarray DX = np.empty((n, c, h, w), X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdy = _ptr(DY)
+    cdef int64_t kh_ = kh, kw_ = kw, sh_ = sh, sw_ = sw, ph_ = ph, pw_ = pw
+    cdef int cip = 1 if count_include_pad else 0
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_avgpool2d_backward_ref(dt, pdx, pdy, n, c, h, w, kh_, kw_, sh_, sw_,
+                                               ph_, pw_, cip)
+        else:
+            st = fastnn_avgpool2d_backward(dt, pdx, pdy, n, c, h, w, kh_, kw_, sh_, sw_, ph_,
+                                           pw_, cip)
+    _check(st, fn)
+    return DX
+
+
+cdef _check_output_size_one(object output_size, str fn):
+    if output_size not in (1, (1, 1), [1, 1]):
+        raise ValueError(f"{_sig(fn, 'output_size')} must be 1 or (1, 1) (global average "
+                         f"pooling; other sizes are not supported), got {output_size!r}")
+
+
+def adaptive_avg_pool2d(x, output_size=1):
+    """Global average pooling: y (N, C, 1, 1) = the mean of each plane of x (N, C, H, W).
+    Only output_size 1 / (1, 1) is supported (ValueError otherwise)."""
+    fn = "adaptive_avg_pool2d"
+    _check_output_size_one(output_size, fn)
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    cdef int64_t n = X.shape[0], c = X.shape[1], hw = X.shape[2] * X.shape[3]
+    cdef cnp.ndarray Y = np.empty((n, c, 1, 1), X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *px = _ptr(X)
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_global_avgpool_ref(dt, py, px, n, c, hw)
+        else:
+            st = fastnn_global_avgpool(dt, py, px, n, c, hw)
+    _check(st, fn)
+    return Y
+
+
+def adaptive_avg_pool2d_backward(dy, x, output_size=1):
+    """Gradient of adaptive_avg_pool2d: dx (N, C, H, W) = dy (N, C, 1, 1) / (H W)."""
+    fn = "adaptive_avg_pool2d_backward"
+    _check_output_size_one(output_size, fn)
+    cdef cnp.ndarray X = _image(x, fn, "x", None)
+    cdef int64_t n = X.shape[0], c = X.shape[1], hw = X.shape[2] * X.shape[3]
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    if _shp(DY) != (n, c, 1, 1):
+        raise ValueError(f"{_sig(fn, 'dy')} must have shape {(n, c, 1, 1)}, got {_shp(DY)}")
+    cdef cnp.ndarray DX = np.empty(_shp(X), X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdy = _ptr(DY)
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_global_avgpool_backward_ref(dt, pdx, pdy, n, c, hw)
+        else:
+            st = fastnn_global_avgpool_backward(dt, pdx, pdy, n, c, hw)
+    _check(st, fn)
+    return DX
+
+
+cdef tuple _bn_shape(cnp.ndarray X, str fn):
+    """(n, c, hw) of a batch-norm input (N, C), (N, C, L) or (N, C, H, W)."""
+    if X.ndim < 2 or X.ndim > 4:
+        raise ValueError(f"{_sig(fn, 'x')} must be (N, C), (N, C, L) or (N, C, H, W), got "
+                         f"shape {_shp(X)}")
+    cdef int64_t hw = 1
+    for d in _shp(X)[2:]:
+        hw *= d
+    return X.shape[0], X.shape[1], hw
+
+
+cdef cnp.ndarray _channel_vec(object v, str fn, str arg, object dtype, int64_t c, bint inplace):
+    """None, or a (c,) array of dtype; inplace: it is updated, so it must be the caller's
+    own writable C-contiguous array (never a copy)."""
+    if v is None:
+        return None
+    cdef cnp.ndarray a
+    if inplace:
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"{_sig(fn, arg)} must be a numpy array (updated in place), got "
+                            f"{type(v).__name__}")
+        a = _array(v, fn, arg)     # float32/float64, native byte order, aligned
+        if a.dtype != dtype:
+            raise TypeError(f"{_sig(fn, arg)} must have dtype {dtype} like 'x', got {a.dtype}")
+        if not a.flags.writeable or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError(f"{_sig(fn, arg)} must be writable and C-contiguous (it is "
+                             f"updated in place)")
+    else:
+        a = _input(v, fn, arg, dtype)
+    if _shp(a) != (c,):
+        raise ValueError(f"{_sig(fn, arg)} must have shape ({c},) (one value per channel), "
+                         f"got {_shp(a)}")
+    return a
+
+
+cdef inline void *_ptr_or_null(cnp.ndarray a):
+    return NULL if a is None else cnp.PyArray_DATA(a)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, return_stats=False):
+    """Batch normalization of x (N, C), (N, C, L) or (N, C, H, W) per channel, as
+    torch.nn.functional.batch_norm: training uses the batch mean and (biased, two-pass)
+    variance over N*L or N*H*W values and, when running_mean / running_var (C,) arrays are
+    given, updates them in place to (1 - momentum) running + momentum batch (unbiased batch
+    variance); training=False normalizes with the running statistics (required).
+    y = (x - mean) / sqrt(var + eps) * weight + bias (weight, bias (C,) or None).
+    return_stats: return (y, save_mean, save_invstd), the (C,) statistics used, which
+    batch_norm_backward needs. Raises ValueError for fewer than 2 values per channel in
+    training (as PyTorch), for bad shapes or momentum outside [0, 1]; TypeError for dtypes."""
+    fn = "batch_norm"
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    n, c, hw = _bn_shape(X, fn)
+    cdef bint tr = bool(training)
+    cdef cnp.ndarray RM = _channel_vec(running_mean, fn, "running_mean", X.dtype, c, True)
+    cdef cnp.ndarray RV = _channel_vec(running_var, fn, "running_var", X.dtype, c, True)
+    cdef cnp.ndarray W = _channel_vec(weight, fn, "weight", X.dtype, c, False)
+    cdef cnp.ndarray B = _channel_vec(bias, fn, "bias", X.dtype, c, False)
+    if (RM is None) != (RV is None):
+        raise ValueError(f"{fn}: pass both 'running_mean' and 'running_var' or neither")
+    if not tr and RM is None:
+        raise ValueError(f"{_sig(fn, 'running_mean')} is required when training=False")
+    cdef double mom = _float_arg(momentum, fn, "momentum")
+    cdef double ep = _float_arg(eps, fn, "eps")
+    if not 0.0 <= mom <= 1.0:
+        raise ValueError(f"{_sig(fn, 'momentum')} must be in [0, 1], got {momentum!r}")
+    if not ep >= 0.0:
+        raise ValueError(f"{_sig(fn, 'eps')} must be >= 0, got {eps!r}")
+    if tr and c > 0 and n * hw < 2:
+        raise ValueError(f"{fn}: expected more than 1 value per channel when training, got "
+                         f"input of shape {_shp(X)}")
+    for a, name in ((RM, "running_mean"), (RV, "running_var")):
+        if a is not None and _overlap(a, X):
+            raise ValueError(f"{_sig(fn, name)} overlaps input 'x' in memory")
+    cdef cnp.ndarray Y = np.empty(_shp(X), X.dtype)
+    cdef cnp.ndarray SM = np.empty(c, X.dtype)
+    cdef cnp.ndarray SI = np.empty(c, X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *psm = _ptr(SM)
+    cdef void *psi = _ptr(SI)
+    cdef void *prm = _ptr_or_null(RM)
+    cdef void *prv = _ptr_or_null(RV)
+    cdef void *px = _ptr(X)
+    cdef void *pw = _ptr_or_null(W)
+    cdef void *pb = _ptr_or_null(B)
+    cdef int64_t n_ = n, c_ = c, hw_ = hw
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_batchnorm_ref(dt, tr, py, psm, psi, prm, prv, px, pw, pb, n_, c_, hw_,
+                                      mom, ep)
+        else:
+            st = fastnn_batchnorm(dt, tr, py, psm, psi, prm, prv, px, pw, pb, n_, c_, hw_,
+                                  mom, ep)
+    _check(st, fn)
+    return (Y, SM, SI) if return_stats else Y
+
+
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, training=True):
+    """Gradients of batch_norm given dy and x (same shape), the save_mean / save_invstd (C,)
+    that batch_norm(..., return_stats=True) returned and its weight (None: 1). Returns
+    (dx, dweight, dbias): dbias = sum of dy per channel, dweight = sum of dy * xhat;
+    training=True includes the gradient through the batch statistics, training=False treats
+    the statistics as constants (evaluation mode)."""
+    fn = "batch_norm_backward"
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    n, c, hw = _bn_shape(X, fn)
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    _same_shape(X, "x", DY, "dy", fn)
+    cdef cnp.ndarray SM = _channel_vec(save_mean, fn, "save_mean", X.dtype, c, False)
+    cdef cnp.ndarray SI = _channel_vec(save_invstd, fn, "save_invstd", X.dtype, c, False)
+    if SM is None or SI is None:
+        raise ValueError(f"{fn}: 'save_mean' and 'save_invstd' are required (from "
+                         f"batch_norm(..., return_stats=True))")
+    cdef cnp.ndarray W = _channel_vec(weight, fn, "weight", X.dtype, c, False)
+    cdef bint tr = bool(training)
+    cdef cnp.ndarray DX = np.empty(_shp(X), X.dtype)
+    cdef cnp.ndarray DW = np.empty(c, X.dtype)
+    cdef cnp.ndarray DB = np.empty(c, X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdw = _ptr(DW)
+    cdef void *pdb = _ptr(DB)
+    cdef void *pdy = _ptr(DY)
+    cdef void *px = _ptr(X)
+    cdef void *psm = _ptr(SM)
+    cdef void *psi = _ptr(SI)
+    cdef void *pw = _ptr_or_null(W)
+    cdef int64_t n_ = n, c_ = c, hw_ = hw
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_batchnorm_backward_ref(dt, tr, pdx, pdw, pdb, pdy, px, psm, psi, pw,
+                                               n_, c_, hw_, 0.0)
+        else:
+            st = fastnn_batchnorm_backward(dt, tr, pdx, pdw, pdb, pdy, px, psm, psi, pw, n_,
+                                           c_, hw_, 0.0)
+    _check(st, fn)
+    return DX, DW, DB
+
+
+cdef tuple _ln_shape(cnp.ndarray X, object normalized_shape, str fn):
+    """(rows, d, tuple(normalized_shape)): the trailing axes of X must equal it."""
+    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+        ns = (int(normalized_shape),)
+    elif isinstance(normalized_shape, (tuple, list)) and all(
+            isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+            for e in normalized_shape) and len(normalized_shape) > 0:
+        ns = tuple(int(e) for e in normalized_shape)
+    else:
+        raise TypeError(f"{_sig(fn, 'normalized_shape')} must be an int or a non-empty tuple "
+                        f"of ints, got {normalized_shape!r}")
+    k = len(ns)
+    if X.ndim < k or _shp(X)[X.ndim - k:] != ns or any(e < 1 for e in ns):
+        raise ValueError(f"{_sig(fn, 'x')} must end with the normalized_shape {ns}, got shape "
+                         f"{_shp(X)}")
+    cdef int64_t d = 1, rows = 1
+    for e in ns:
+        d *= e
+    for e in _shp(X)[:X.ndim - k]:
+        rows *= e
+    return rows, d, ns
+
+
+cdef cnp.ndarray _elem_param(object v, str fn, str arg, object dtype, tuple ns):
+    if v is None:
+        return None
+    cdef cnp.ndarray a = _input(v, fn, arg, dtype)
+    if _shp(a) != ns:
+        raise ValueError(f"{_sig(fn, arg)} must have the normalized_shape {ns}, got "
+                         f"{_shp(a)}")
+    return a
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False):
+    """Layer normalization over the trailing normalized_shape axes of x (..., *shape), as
+    torch.nn.functional.layer_norm: y = (x - mean) / sqrt(var + eps) * weight + bias with the
+    mean and (biased, two-pass) variance of each row of prod(shape) values; weight and bias of
+    shape normalized_shape or None. return_stats: (y, mean, rstd), the statistics of each row
+    with shape x.shape[:-len(normalized_shape)], which layer_norm_backward needs."""
+    fn = "layer_norm"
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    rows, d, ns = _ln_shape(X, normalized_shape, fn)
+    cdef cnp.ndarray W = _elem_param(weight, fn, "weight", X.dtype, ns)
+    cdef cnp.ndarray B = _elem_param(bias, fn, "bias", X.dtype, ns)
+    cdef double ep = _float_arg(eps, fn, "eps")
+    if not ep >= 0.0:
+        raise ValueError(f"{_sig(fn, 'eps')} must be >= 0, got {eps!r}")
+    lead = _shp(X)[:X.ndim - len(ns)]
+    cdef cnp.ndarray Y = np.empty(_shp(X), X.dtype)
+    cdef cnp.ndarray M = np.empty(lead, X.dtype)
+    cdef cnp.ndarray R = np.empty(lead, X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *py = _ptr(Y)
+    cdef void *pm = _ptr(M)
+    cdef void *pr = _ptr(R)
+    cdef void *px = _ptr(X)
+    cdef void *pw = _ptr_or_null(W)
+    cdef void *pb = _ptr_or_null(B)
+    cdef int64_t rows_ = rows, d_ = d
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_layernorm_ref(dt, py, pm, pr, px, pw, pb, rows_, d_, ep)
+        else:
+            st = fastnn_layernorm(dt, py, pm, pr, px, pw, pb, rows_, d_, ep)
+    _check(st, fn)
+    return (Y, M, R) if return_stats else Y
+
+
+def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None):
+    """Gradients of layer_norm given dy and x (same shape) and the mean / rstd it returned
+    with return_stats=True. Returns (dx, dweight, dbias), the last two of normalized_shape
+    (sums over the rows of dy * xhat and of dy)."""
+    fn = "layer_norm_backward"
+    cdef cnp.ndarray X = _input(x, fn, "x", None)
+    rows, d, ns = _ln_shape(X, normalized_shape, fn)
+    cdef cnp.ndarray DY = _input(dy, fn, "dy", X.dtype)
+    _same_shape(X, "x", DY, "dy", fn)
+    lead = _shp(X)[:X.ndim - len(ns)]
+    cdef cnp.ndarray M = _input(mean, fn, "mean", X.dtype)
+    cdef cnp.ndarray R = _input(rstd, fn, "rstd", X.dtype)
+    if _shp(M) != lead or _shp(R) != lead:
+        raise ValueError(f"{fn}: 'mean' and 'rstd' must have shape {lead}, got {_shp(M)} and "
+                         f"{_shp(R)}")
+    cdef cnp.ndarray W = _elem_param(weight, fn, "weight", X.dtype, ns)
+    cdef cnp.ndarray DX = np.empty(_shp(X), X.dtype)
+    cdef cnp.ndarray DW = np.empty(ns, X.dtype)
+    cdef cnp.ndarray DB = np.empty(ns, X.dtype)
+    cdef fastnn_dtype dt = _dt(X)
+    cdef void *pdx = _ptr(DX)
+    cdef void *pdw = _ptr(DW)
+    cdef void *pdb = _ptr(DB)
+    cdef void *pdy = _ptr(DY)
+    cdef void *px = _ptr(X)
+    cdef void *pm = _ptr(M)
+    cdef void *pr = _ptr(R)
+    cdef void *pw = _ptr_or_null(W)
+    cdef int64_t rows_ = rows, d_ = d
+    cdef bint ref = _POOLNORM_REF
+    cdef fastnn_status st
+    with nogil:
+        if ref:
+            st = fastnn_layernorm_backward_ref(dt, pdx, pdw, pdb, pdy, px, pm, pr, pw, rows_,
+                                               d_, 0.0)
+        else:
+            st = fastnn_layernorm_backward(dt, pdx, pdw, pdb, pdy, px, pm, pr, pw, rows_, d_,
+                                           0.0)
+    _check(st, fn)
+    return DX, DW, DB
+
+
 # ---- test hooks: the C checks on their own, without the Python checks in front -------------
 
 def _c_net_check(units, int64_t nparams, int64_t max_batch, int loss=0):

@@ -227,6 +227,10 @@ def _check_train_args(args):
 
 
 def _train(args):
+    if args.model != "mlp":   # convolutional models: fastnn.models
+        from . import models
+        cols = ("loss", "accuracy", "val_loss", "val_accuracy")
+        return models.train_cli(args, _TableLogger(args.verbose, cols) if args.verbose else None)
     hidden = _check_train_args(args)
     _set_threads(args)
     comm = fastnn.distributed.launch_cli() if args.distributed else None
@@ -470,6 +474,11 @@ def _add_train(sub, common):
     t.add_argument("--task", choices=["classify", "regress"],
                    help="default: inferred from the target (text labels, or few distinct "
                         "integers: classify; otherwise regress), with the reason printed")
+    t.add_argument("--model", choices=("mlp", "lenet", "cnn"), default="mlp",
+                   help="mlp (default); lenet: LeNet-5 on Fashion-MNIST (Debian package "
+                        "dataset-fashion-mnist, or --data its folder; the issue's recipe is "
+                        "--epochs 5 --batch-size 64); cnn: a small CNN on the digits as "
+                        "1x8x8 images (fastnn.models; --hidden, --activation, --task are for mlp)")
     t.add_argument("--hidden", default="256", help="hidden layer widths (default %(default)s)")
     t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu")
     t.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam")

@@ -143,7 +143,18 @@ def _param_specs(arch, where="model", prefix="", depth=0, out=None):
             raise ValueError(f"fastnn.load: bad arguments for Conv2d ({where}): {e}") from None
         for name, p in layer.named_parameters():
             out[prefix + name] = (p.shape, p.dtype)
+    elif arch["class"] in ("BatchNorm1d", "BatchNorm2d", "LayerNorm"):
+        # parameters and running statistics of the layer its config builds (draws nothing)
+        layer = _rebuild(arch, where)
+        for k, v in _state_items(layer):
+            out[prefix + k] = (v.shape, v.dtype)
     return out
+
+
+def _state_items(model):
+    """(name, array) of the parameters and the buffers (running statistics) of a model: the
+    tensors of its file."""
+    return list(model.named_parameters()) + list(model.named_buffers())
 
 
 def _rebuild(arch, where="model"):
@@ -361,8 +372,9 @@ def _header(tensors, metadata):
 
 
 def _write(path, tensors, metadata):
-    tensors = {k: np.ascontiguousarray(v).astype(np.asarray(v).dtype.newbyteorder("<"),
-                                                 copy=False)
+    # reshape: np.ascontiguousarray turns a 0-d array (num_batches_tracked) into shape (1,)
+    tensors = {k: np.ascontiguousarray(v).reshape(np.shape(v))
+               .astype(np.asarray(v).dtype.newbyteorder("<"), copy=False)
                for k, v in tensors.items()}
     header = _header(tensors, metadata)
 
@@ -616,10 +628,10 @@ def load(path, model=None):
         f.check(specs, prefix, "its architecture")
         model = _rebuild(arch)   # a new model: the data goes straight into its parameters
         f.read([prefix + k for k in specs],
-               into={prefix + k: p for k, p in model.named_parameters()})
+               into={prefix + k: p for k, p in _state_items(model)})
         model.preprocess = preprocess
         return model
-    specs = {k: (p.shape, p.dtype) for k, p in model.named_parameters()}
+    specs = {k: (p.shape, p.dtype) for k, p in _state_items(model)}
     f.check(specs, prefix, "the model")
     tensors = f.read([prefix + k for k in specs])   # all verified before the model changes
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
@@ -763,7 +775,7 @@ def load_checkpoint(path, model, optimizer, scheduler=None):
             raise bad("optimizer", f"options: {e}") from None
 
     # tensors: names, shapes and dtypes before reading any data
-    specs = {k: (q.shape, q.dtype) for k, q in model.named_parameters()}
+    specs = {k: (q.shape, q.dtype) for k, q in _state_items(model)}
     f.check(specs, "model.", "the model")
     members = [q for g in optimizer.param_groups for q in g["params"]]
     allowed = getattr(optimizer, "_state_names", None)

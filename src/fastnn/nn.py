@@ -1,4 +1,5 @@
-"""Models and layers: Module, Sequential, Linear, Conv2d, activations, Dropout, Flatten.
+"""Models and layers: Module, Sequential, Linear, Conv2d, activations, Dropout, Flatten, and
+for images (NCHW) MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, LayerNorm.
 
 A layer has an explicit ``forward(x)`` and ``backward(dout)``: backward takes d(loss)/d(output),
 adds the gradients of the layer's parameters into their ``.grad`` (gradients accumulate until
@@ -178,6 +179,16 @@ class Module:
     def parameters(self):
         return (p for _, p in self.named_parameters())
 
+    def named_buffers(self):
+        """(name, ndarray) of the state that is not a parameter but is saved with the model
+        (BatchNorm's running_mean, running_var, num_batches_tracked, as PyTorch names them):
+        the attributes a module lists in ``_buffer_names`` that are not None."""
+        for prefix, m in self.named_modules():
+            for name in getattr(m, "_buffer_names", ()):
+                b = getattr(m, name, None)
+                if b is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), b
+
     # ---- training state ----
     def zero_grad(self):
         """Set every parameter's gradient to zero."""
@@ -201,7 +212,9 @@ class Module:
         """Copies of the parameters by name ("0.weight", "0.bias", ...). On a model moved to
         cuda the CPU parameter views are refreshed from the device first."""
         self._sync_to_host()
-        return {name: np.array(p) for name, p in self.named_parameters()}
+        state = {name: np.array(p) for name, p in self.named_parameters()}
+        state.update((name, np.array(b)) for name, b in self.named_buffers())
+        return state
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` into the parameters. Everything is checked (keys, shapes,
@@ -211,6 +224,9 @@ class Module:
         for name, p in self.named_parameters():
             if name in state:
                 p[...] = state[name]
+        for name, b in self.named_buffers():
+            if name in state:
+                b[...] = state[name]
         self._sync_to_device()
 
     def _check_state(self, state, strict=True):
@@ -218,6 +234,7 @@ class Module:
             raise TypeError(f"load_state_dict: expected a dict of arrays, got "
                             f"{type(state).__name__}")
         params = dict(self.named_parameters())
+        params.update(self.named_buffers())
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         if strict and (missing or unexpected):
@@ -517,6 +534,9 @@ class Sequential(Module):
                 new[id(p)] = q
         for name, m in self.named_modules():
             m._parameters.update({k: new[id(p)] for k, p in m._parameters.items()})
+            if self._cast is not None and hasattr(m, "_cast_buffers"):
+                m._cast_buffers(self._cast)   # running statistics follow dtype=
+
             if name:
                 m._label = f"{m._short()} at index {name}"
 
@@ -1042,3 +1062,335 @@ class Conv2d(Module):
 
 LAYERS = {c.__name__: c for c in (Sequential, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU,
                                   SiLU, Softmax, Dropout, Flatten, Conv2d)}
+
+
+# ---- pooling and normalization layers (NCHW images) ------------------------------------------
+
+def _int_or_pair(value, where, name, low, allow_none=False):
+    """value as given (int or 2-sequence of ints, each >= low) after checking it."""
+    if value is None and allow_none:
+        return None
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(items) not in (1, 2) or (len(items) == 1 and isinstance(value, (tuple, list))) \
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
+                   for v in items):
+        raise ValueError(f"{where}: {name} must be an int >= {low} or a pair of them, got "
+                         f"{value!r}")
+    return tuple(int(v) for v in items) if isinstance(value, (tuple, list)) else int(value)
+
+
+def _check_image(layer, x):
+    x = _check_float(layer, x)
+    if x.ndim != 4:
+        raise ValueError(f"{layer._where()}: expected a 4-D input (N, C, H, W), got shape "
+                         f"{x.shape}")
+    return x
+
+
+class MaxPool2d(Module):
+    """Max pooling over (N, C, H, W) inputs as torch.nn.MaxPool2d: windows of kernel_size
+    (int or pair) moved by stride (default kernel_size), input padded by padding (<= half the
+    kernel) with -inf. Output (N, C, (H + 2 padding - kernel) // stride + 1, ...). The first
+    maximum of a window wins ties (its gradient goes there); NaN propagates."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _int_or_pair(kernel_size, "MaxPool2d", "kernel_size", 1)
+        self.stride = _int_or_pair(stride, "MaxPool2d", "stride", 1, allow_none=True)
+        if self.stride is None:
+            self.stride = self.kernel_size
+        self.padding = _int_or_pair(padding, "MaxPool2d", "padding", 0)
+        self._x = self._idx = None
+
+    def forward(self, x):
+        x = _check_image(self, x)
+        try:
+            y, self._idx = ops.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                          return_indices=True)
+        except ValueError as e:
+            raise ValueError(f"{self._where()}: {e}") from None
+        self._x = x
+        return y
+
+    def backward(self, dout):
+        return ops.max_pool2d_backward(np.asarray(dout), _need(self, self._x), self._idx,
+                                       self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def get_config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding}
+
+
+class AvgPool2d(Module):
+    """Average pooling over (N, C, H, W) inputs as torch.nn.AvgPool2d (geometry as
+    MaxPool2d): each window's sum over kernel_h * kernel_w (count_include_pad=True, the zero
+    padding counted) or over its pixels inside the image."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = _int_or_pair(kernel_size, "AvgPool2d", "kernel_size", 1)
+        self.stride = _int_or_pair(stride, "AvgPool2d", "stride", 1, allow_none=True)
+        if self.stride is None:
+            self.stride = self.kernel_size
+        self.padding = _int_or_pair(padding, "AvgPool2d", "padding", 0)
+        self.count_include_pad = bool(count_include_pad)
+        self._x = None
+
+    def forward(self, x):
+        x = _check_image(self, x)
+        try:
+            y = ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                               self.count_include_pad)
+        except ValueError as e:
+            raise ValueError(f"{self._where()}: {e}") from None
+        self._x = x
+        return y
+
+    def backward(self, dout):
+        return ops.avg_pool2d_backward(np.asarray(dout), _need(self, self._x),
+                                       self.kernel_size, self.stride, self.padding,
+                                       self.count_include_pad)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, count_include_pad={self.count_include_pad}")
+
+    def get_config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding, "count_include_pad": self.count_include_pad}
+
+
+class AdaptiveAvgPool2d(Module):
+    """Global average pooling, torch.nn.AdaptiveAvgPool2d(1): (N, C, H, W) -> (N, C, 1, 1).
+    Only output_size 1 (or (1, 1)) is supported."""
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        if output_size not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be 1 or (1, 1) (global "
+                             f"average pooling; other sizes are not supported), got "
+                             f"{output_size!r}")
+        self.output_size = 1 if output_size == 1 else (1, 1)
+        self._x = None
+
+    def forward(self, x):
+        self._x = _check_image(self, x)
+        return ops.adaptive_avg_pool2d(self._x)
+
+    def backward(self, dout):
+        return ops.adaptive_avg_pool2d_backward(np.asarray(dout), _need(self, self._x))
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def get_config(self):
+        return {"output_size": self.output_size}
+
+
+class _BatchNorm(Module):
+    """Batch normalization per channel (see BatchNorm1d / BatchNorm2d)."""
+
+    _ndims = ()
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"{name}: num_features must be an int >= 1, got {num_features!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
+        if momentum is not None and (isinstance(momentum, bool)
+                                     or not isinstance(momentum, (int, float))
+                                     or not 0 <= momentum <= 1):
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None (cumulative "
+                             f"average), got {momentum!r}")
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        dt = _float_dtype(dtype, name)
+        c = self.num_features
+        self.weight = Parameter(np.ones(c, dt)) if self.affine else None
+        self.bias = Parameter(np.zeros(c, dt)) if self.affine else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(c, dt)
+            self.running_var = np.ones(c, dt)
+            self.num_batches_tracked = np.zeros((), np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self._saved = None
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self, rng=None):
+        """Running statistics to 0 / 1, weight to 1, bias to 0 (as PyTorch; draws nothing)."""
+        self.reset_running_stats()
+        if self.affine:
+            self.weight[...] = 1
+            self.bias[...] = 0
+
+    def _cast_buffers(self, dtype):
+        """Sequential(dtype=...) casts the running statistics with the parameters."""
+        if self.track_running_stats:
+            self.running_mean = self.running_mean.astype(dtype)
+            self.running_var = self.running_var.astype(dtype)
+
+    def _dtype(self):
+        return self.weight.dtype if self.affine else (
+            self.running_mean.dtype if self.track_running_stats else None)
+
+    def forward(self, x):
+        self._check_host()
+        x = _check_float(self, x)
+        if x.ndim not in self._ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{self._where()}: expected a {' or '.join(map(str, self._ndims))}"
+                             f"-D input with {self.num_features} channels on axis 1, got shape "
+                             f"{x.shape}")
+        dt = self._dtype()
+        if dt is not None and x.dtype != dt:
+            raise TypeError(f"{self._where()}: expected {dt} input like the weights and "
+                            f"running statistics, got {x.dtype} (use .astype(np.{dt}))")
+        batch_stats = self.training or not self.track_running_stats
+        momentum = self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        try:
+            y, mean, invstd = ops.batch_norm(
+                x, self.running_mean if self.track_running_stats else None,
+                self.running_var if self.track_running_stats else None,
+                self.weight, self.bias, training=batch_stats,
+                momentum=0.0 if momentum is None else momentum, eps=self.eps,
+                return_stats=True)
+        except ValueError as e:
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked -= 1
+            raise ValueError(f"{self._where()}: {e}") from None
+        self._saved = (x, mean, invstd, batch_stats)
+        return y
+
+    def backward(self, dout):
+        self._check_host()
+        x, mean, invstd, batch_stats = _need(self, self._saved)
+        dout = np.asarray(dout)
+        if dout.shape != x.shape or dout.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
+                             f"shape {x.shape}, got {dout.dtype} {dout.shape}")
+        dx, dw, db = ops.batch_norm_backward(dout, x, mean, invstd, self.weight,
+                                             training=batch_stats)
+        if self.affine:
+            self.weight.grad += dw
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def get_config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine, "track_running_stats": self.track_running_stats,
+                "dtype": str(self._dtype() or np.dtype(np.float32))}
+
+
+class BatchNorm1d(_BatchNorm):
+    """torch.nn.BatchNorm1d over (N, C) or (N, C, L): per channel, the batch mean and
+    (biased) variance in train() — updating running_mean and the unbiased running_var with
+    momentum (None: cumulative average) — the running statistics in eval();
+    y = (x - mean) / sqrt(var + eps) * weight + bias. weight (C,) starts at 1, bias at 0.
+    Training needs more than one value per channel (ValueError, as PyTorch)."""
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """torch.nn.BatchNorm2d over (N, C, H, W): as BatchNorm1d, statistics over N*H*W values
+    per channel."""
+    _ndims = (4,)
+
+
+class LayerNorm(Module):
+    """torch.nn.LayerNorm: normalizes over the trailing normalized_shape axes (int or tuple)
+    of each sample with its own mean and (biased) variance; y = (x - mean) / sqrt(var + eps)
+    * weight + bias, weight (ones) and bias (zeros) of shape normalized_shape when
+    elementwise_affine (bias=False drops the bias)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 dtype=np.float32):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+            else tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else None
+        if not shape or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                            for v in shape):
+            raise ValueError(f"LayerNorm: normalized_shape must be an int >= 1 or a non-empty "
+                             f"tuple of them, got {normalized_shape!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"LayerNorm: eps must be a number >= 0, got {eps!r}")
+        self.normalized_shape = tuple(int(v) for v in shape)
+        self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
+        dt = _float_dtype(dtype, "LayerNorm")
+        self.weight = Parameter(np.ones(self.normalized_shape, dt)) \
+            if self.elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dt)) \
+            if self.elementwise_affine and bias else None
+        self._dt = dt
+        self._saved = None
+
+    def reset_parameters(self, rng=None):
+        """Weight to 1, bias to 0 (as PyTorch; draws nothing)."""
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def forward(self, x):
+        self._check_host()
+        x = _check_float(self, x)
+        dt = self.weight.dtype if self.weight is not None else x.dtype
+        if x.dtype != dt:
+            raise TypeError(f"{self._where()}: expected {dt} input like the weights, got "
+                            f"{x.dtype} (use .astype(np.{dt}))")
+        try:
+            y, mean, rstd = ops.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                                           self.eps, return_stats=True)
+        except ValueError as e:
+            raise ValueError(f"{self._where()}: {e}") from None
+        self._saved = (x, mean, rstd)
+        return y
+
+    def backward(self, dout):
+        self._check_host()
+        x, mean, rstd = _need(self, self._saved)
+        dout = np.asarray(dout)
+        if dout.shape != x.shape or dout.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: backward expected a {x.dtype} gradient of "
+                             f"shape {x.shape}, got {dout.dtype} {dout.shape}")
+        dx, dw, db = ops.layer_norm_backward(dout, x, self.normalized_shape, mean, rstd,
+                                             self.weight)
+        if self.weight is not None:
+            self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+    def get_config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.bias is not None,
+                "dtype": str(self.weight.dtype if self.weight is not None else self._dt)}
+
+
+LAYERS.update({c.__name__: c for c in (MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d,
+                                       BatchNorm2d, LayerNorm)})

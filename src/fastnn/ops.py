@@ -63,5 +63,17 @@ from ._kernels import (
     tanh,
     tanh_backward,
 )
+from ._kernels import (  # pooling and normalization (NCHW)
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    avg_pool2d,
+    avg_pool2d_backward,
+    batch_norm,
+    batch_norm_backward,
+    layer_norm,
+    layer_norm_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -215,6 +215,127 @@ fastnn_status fastnn_conv2d_backward_weight_ref(fastnn_dtype dt, void *dw, void 
  * groups dividing c_in and c_out, pads >= 0). */
 fastnn_status fastnn_conv2d_check(const fastnn_conv2d_geom *g);
 
+/* ---- pooling and normalization (csrc/layers/pool.c, norm.c; naive references with the
+ * suffix _ref in csrc/ref/pool.c, norm.c) ----------------------------------------------
+ * Images are NCHW, contiguous: x[n, c, h, w]. A pooling window of kh x kw moves by sh, sw
+ * over the input padded by ph, pw on each side (0 <= ph <= kh / 2, 0 <= pw <= kw / 2, as
+ * PyTorch); the output is y[n, c, oh, ow] with oh = (h + 2 ph - kh) / sh + 1 (floor) and
+ * ow alike; h, w >= 1, h + 2 ph >= kh and w + 2 pw >= kw. Work is split over (n, c) planes (or rows for
+ * layer norm); every reduction is summed in double in a fixed order, so the results are
+ * bit-identical for any thread count. Outputs are overwritten, except the parameter
+ * gradients of the norms, which take beta (0: overwrite, 1: accumulate) as fastnn_bias_grad. */
+
+/* Output extent of a pooling window: (in + 2 pad - k) / stride + 1, or -1 when the
+ * arguments are out of range (k, stride >= 1, 0 <= pad <= k / 2, in + 2 pad >= k). */
+int64_t fastnn_pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad);
+
+/* Max pool: y = the window maximum (padding counts as -inf); argmax[n, c, oh, ow] (int64,
+ * may be NULL) = h_in * w + w_in of the first maximum in row-major window order (a NaN in
+ * the window is the maximum, as PyTorch). */
+fastnn_status fastnn_maxpool2d(fastnn_dtype dt, void *y, int64_t *argmax, const void *x,
+                               int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                               int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+/* dx[n, c, h, w] = sum of dy over the outputs whose argmax is that pixel (overwrites dx).
+ * Returns FASTNN_EINVAL, writing nothing, when an index is outside [0, h w). */
+fastnn_status fastnn_maxpool2d_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                        const int64_t *argmax, int64_t n, int64_t c,
+                                        int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                        int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+/* Average pool: y = (sum of the window's input pixels) / divisor, divisor = kh kw when
+ * count_include_pad, else the number of the window's pixels inside the image. */
+fastnn_status fastnn_avgpool2d(fastnn_dtype dt, void *y, const void *x, int64_t n, int64_t c,
+                               int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                               int64_t sw, int64_t ph, int64_t pw, int count_include_pad);
+/* dx[n, c, h, w] = sum over the windows holding the pixel of dy / divisor (overwrites dx). */
+fastnn_status fastnn_avgpool2d_backward(fastnn_dtype dt, void *dx, const void *dy, int64_t n,
+                                        int64_t c, int64_t h, int64_t w, int64_t kh,
+                                        int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                        int64_t pw, int count_include_pad);
+/* Global average pool: y[n, c] = mean of x[n, c, :] over its hw pixels (hw >= 1). */
+fastnn_status fastnn_global_avgpool(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                    int64_t c, int64_t hw);
+/* dx[n, c, i] = dy[n, c] / hw. */
+fastnn_status fastnn_global_avgpool_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                             int64_t n, int64_t c, int64_t hw);
+
+/* Batch norm over x[n, c, hw] per channel c (BatchNorm1d: hw = 1 or the length,
+ * BatchNorm2d: hw = h w). weight, bias [c] may be NULL (no affine: 1 and 0).
+ * training != 0: mean = the batch mean over m = n hw values, var = mean((x - mean)^2)
+ * (two passes), y = (x - mean) / sqrt(var + eps) * weight + bias; save_mean = mean,
+ * save_invstd = 1 / sqrt(var + eps); when running_mean / running_var are not NULL they become
+ * (1 - momentum) running + momentum batch, with the unbiased var * m / (m - 1) for
+ * running_var. Needs m >= 2 (FASTNN_EINVAL otherwise, writing nothing).
+ * training == 0: the running statistics (not NULL) are used and left unchanged; save_mean and
+ * save_invstd receive running_mean and 1 / sqrt(running_var + eps). save_* may be NULL. */
+fastnn_status fastnn_batchnorm(fastnn_dtype dt, int training, void *y, void *save_mean,
+                               void *save_invstd, void *running_mean, void *running_var,
+                               const void *x, const void *weight, const void *bias, int64_t n,
+                               int64_t c, int64_t hw, double momentum, double eps);
+/* Gradients of fastnn_batchnorm given its input x and its save_mean / save_invstd:
+ * xhat = (x - mean) invstd, dbias = sum dy, dweight = sum dy xhat (per channel, beta as
+ * fastnn_bias_grad; each may be NULL); training: dx = weight invstd (dy - dbias / m
+ * - xhat dweight / m), the batch statistics' own gradient included; training == 0:
+ * dx = weight invstd dy (fixed running statistics). dx may be NULL. */
+fastnn_status fastnn_batchnorm_backward(fastnn_dtype dt, int training, void *dx,
+                                        void *dweight, void *dbias, const void *dy,
+                                        const void *x, const void *save_mean,
+                                        const void *save_invstd, const void *weight,
+                                        int64_t n, int64_t c, int64_t hw, double beta);
+
+/* Layer norm over the last d values of each of the rows of x[rows, d]: mean, var =
+ * mean((x - mean)^2) (two passes), y = (x - mean) rstd * weight + bias with
+ * rstd = 1 / sqrt(var + eps); weight, bias [d] may be NULL; save_mean, save_rstd [rows] may
+ * be NULL. d >= 1. */
+fastnn_status fastnn_layernorm(fastnn_dtype dt, void *y, void *save_mean, void *save_rstd,
+                               const void *x, const void *weight, const void *bias,
+                               int64_t rows, int64_t d, double eps);
+/* g = dy weight; dx = rstd (g - mean(g) - xhat mean(g xhat)) per row; dweight = sum over
+ * rows of dy xhat, dbias = sum of dy (beta as fastnn_bias_grad; each may be NULL). */
+fastnn_status fastnn_layernorm_backward(fastnn_dtype dt, void *dx, void *dweight, void *dbias,
+                                        const void *dy, const void *x, const void *save_mean,
+                                        const void *save_rstd, const void *weight,
+                                        int64_t rows, int64_t d, double beta);
+
+/* The naive references of the kernels above: same arguments and results (up to the
+ * rounding of sums, which they add in the same order), one thread, written to be read. */
+fastnn_status fastnn_maxpool2d_ref(fastnn_dtype dt, void *y, int64_t *argmax, const void *x,
+                                   int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+fastnn_status fastnn_maxpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                            const int64_t *argmax, int64_t n, int64_t c,
+                                            int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                            int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+fastnn_status fastnn_avgpool2d_ref(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                   int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                   int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                   int count_include_pad);
+fastnn_status fastnn_avgpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                            int64_t n, int64_t c, int64_t h, int64_t w,
+                                            int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                            int64_t ph, int64_t pw, int count_include_pad);
+fastnn_status fastnn_global_avgpool_ref(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                        int64_t c, int64_t hw);
+fastnn_status fastnn_global_avgpool_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                                 int64_t n, int64_t c, int64_t hw);
+fastnn_status fastnn_batchnorm_ref(fastnn_dtype dt, int training, void *y, void *save_mean,
+                                   void *save_invstd, void *running_mean, void *running_var,
+                                   const void *x, const void *weight, const void *bias,
+                                   int64_t n, int64_t c, int64_t hw, double momentum,
+                                   double eps);
+fastnn_status fastnn_batchnorm_backward_ref(fastnn_dtype dt, int training, void *dx,
+                                            void *dweight, void *dbias, const void *dy,
+                                            const void *x, const void *save_mean,
+                                            const void *save_invstd, const void *weight,
+                                            int64_t n, int64_t c, int64_t hw, double beta);
+fastnn_status fastnn_layernorm_ref(fastnn_dtype dt, void *y, void *save_mean, void *save_rstd,
+                                   const void *x, const void *weight, const void *bias,
+                                   int64_t rows, int64_t d, double eps);
+fastnn_status fastnn_layernorm_backward_ref(fastnn_dtype dt, void *dx, void *dweight,
+                                            void *dbias, const void *dy, const void *x,
+                                            const void *save_mean, const void *save_rstd,
+                                            const void *weight, int64_t rows, int64_t d,
+                                            double beta);
+
 #ifdef __cplusplus
 }
 #endif

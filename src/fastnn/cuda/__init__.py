@@ -106,7 +106,7 @@ def to_host(array):
 
 
 def __getattr__(name):
-    if name in ("ops", "mlp", "conv"):    # the modules that import numba
+    if name in ("ops", "mlp", "conv", "poolnorm"):   # the modules that import numba
         require()
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

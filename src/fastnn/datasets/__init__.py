@@ -1,6 +1,8 @@
 """Data sets: the bundled 8x8 digits, and MNIST-style files the user has.
 
     X, y = fn.datasets.load_digits()                          # (1797, 64) float32, int64
+    X, y = fn.datasets.load_digits(images=True)               # (1797, 1, 8, 8)
+    (x_train, y_train), (x_test, y_test) = fn.datasets.load_fashion_mnist()  # (60000, 1, 28, 28)
     (x_train, y_train), (x_test, y_test) = fn.datasets.load_mnist("path/to/mnist")
 """
 import gzip
@@ -12,13 +14,15 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_digits():
+def load_digits(images=False):
     """The UCI "Optical Recognition of Handwritten Digits" test set (Alpaydin & Kaynak 1998,
     CC BY 4.0; see datasets/data/README.md): X float32 (1797, 64), pixel counts 0..16 of
-    8x8 images row by row; y int64 (1797,) labels 0..9."""
+    8x8 images row by row; y int64 (1797,) labels 0..9. images=True: X as NCHW images
+    (1797, 1, 8, 8) for convolutional models."""
     with gzip.open(os.path.join(_HERE, "data", "digits.csv.gz"), "rt") as f:
         data = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return data[:, :-1], data[:, -1].astype(np.int64)
+    X = data[:, :-1]
+    return (X.reshape(-1, 1, 8, 8) if images else X), data[:, -1].astype(np.int64)
 
 
 # IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/ format)
@@ -88,3 +92,40 @@ def load_mnist(path):
             raise ValueError(f"{path}: {len(x)} {part} images but {len(y)} labels")
         arrays[f"y_{part}"] = y.astype(np.int64)
     return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def load_fashion_mnist(path=None):
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, MIT licence): 70,000 28x28 grey images of
+    10 clothing classes (names in FASHION_MNIST_CLASSES), as
+    ((X_train, y_train), (X_test, y_test)): X float32 (60000 / 10000, 1, 28, 28) NCHW with
+    pixels scaled to [0, 1], y int64 labels 0..9.
+
+    path: a folder with the four gzipped IDX files; default FASHION_MNIST_DIR, where
+    Debian's package dataset-fashion-mnist puts them (``apt-get install
+    dataset-fashion-mnist``). Raises FileNotFoundError naming that package when they are
+    absent, ValueError for a corrupt file.
+    """
+    folder = FASHION_MNIST_DIR if path is None else os.fspath(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: {folder} does not exist. Install Debian's package "
+            f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist), or pass "
+            f"path= a folder with its four IDX files")
+    try:
+        (xtr, ytr), (xte, yte) = load_mnist(folder)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Fashion-MNIST incomplete: {e}. Reinstall Debian's package "
+                                f"dataset-fashion-mnist, or pass path=") from None
+    for name, x in (("train", xtr), ("test", xte)):
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"{folder}: {name} images of shape {x.shape}, expected "
+                             f"(n, 28, 28)")
+
+    def scale(x):
+        return (x.astype(np.float32) / np.float32(255.0)).reshape(len(x), 1, 28, 28)
+    return (scale(xtr), ytr), (scale(xte), yte)

@@ -1,0 +1,95 @@
+/* Naive references of the pooling kernels (csrc/layers/pool.c): the same arguments, checks
+ * and results, one thread. */
+#include <math.h>
+#include "ref/common.h"
+#include "layers/geom.h"
+
+#define FASTNN_TEMPLATE "ref/pool.inc"
+#include "ref/template.h"
+
+fastnn_status fastnn_maxpool2d_ref(fastnn_dtype dt, void *y, int64_t *argmax, const void *x,
+                               int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                               int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    FASTNN_POOL_CHECK();
+    FASTNN_CHECK_PTR(y, planes * oh * ow);
+    FASTNN_CHECK_PTR(x, planes * h * w);
+    if (planes * oh * ow == 0) return FASTNN_OK;
+    if (dt == FASTNN_F32) maxpool2d_ref_f32(y, argmax, x, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw);
+    else if (dt == FASTNN_F64) maxpool2d_ref_f64(y, argmax, x, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw);
+    else return FASTNN_EINVAL;
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_maxpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                        const int64_t *argmax, int64_t n, int64_t c,
+                                        int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                        int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    FASTNN_POOL_CHECK();
+    FASTNN_CHECK_PTR(dx, planes * h * w);
+    FASTNN_CHECK_PTR(dy, planes * oh * ow);
+    FASTNN_CHECK_PTR(argmax, planes * oh * ow);
+    if (dt != FASTNN_F32 && dt != FASTNN_F64) return FASTNN_EINVAL;
+    for (int64_t i = 0; i < planes * oh * ow; i++)
+        if (argmax[i] < 0 || argmax[i] >= h * w) return FASTNN_EINVAL;
+    if (planes * h * w == 0) return FASTNN_OK;
+    if (dt == FASTNN_F32) maxpool2d_backward_ref_f32(dx, dy, argmax, planes, h * w, oh * ow);
+    else maxpool2d_backward_ref_f64(dx, dy, argmax, planes, h * w, oh * ow);
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_avgpool2d_ref(fastnn_dtype dt, void *y, const void *x, int64_t n, int64_t c,
+                               int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                               int64_t sw, int64_t ph, int64_t pw, int count_include_pad) {
+    FASTNN_POOL_CHECK();
+    FASTNN_CHECK_PTR(y, planes * oh * ow);
+    FASTNN_CHECK_PTR(x, planes * h * w);
+    if (planes * oh * ow == 0) return FASTNN_OK;
+    int cip = count_include_pad != 0;
+    if (dt == FASTNN_F32) avgpool2d_ref_f32(y, x, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cip);
+    else if (dt == FASTNN_F64) avgpool2d_ref_f64(y, x, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cip);
+    else return FASTNN_EINVAL;
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_avgpool2d_backward_ref(fastnn_dtype dt, void *dx, const void *dy, int64_t n,
+                                        int64_t c, int64_t h, int64_t w, int64_t kh,
+                                        int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                        int64_t pw, int count_include_pad) {
+    FASTNN_POOL_CHECK();
+    FASTNN_CHECK_PTR(dx, planes * h * w);
+    FASTNN_CHECK_PTR(dy, planes * oh * ow);
+    if (planes * h * w == 0) return FASTNN_OK;
+    int cip = count_include_pad != 0;
+    if (dt == FASTNN_F32)
+        avgpool2d_backward_ref_f32(dx, dy, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cip);
+    else if (dt == FASTNN_F64)
+        avgpool2d_backward_ref_f64(dx, dy, planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cip);
+    else return FASTNN_EINVAL;
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_global_avgpool_ref(fastnn_dtype dt, void *y, const void *x, int64_t n,
+                                    int64_t c, int64_t hw) {
+    FASTNN_CHECK_N(n);
+    FASTNN_CHECK_N(c);
+    if (hw < 1) return FASTNN_EINVAL;
+    FASTNN_CHECK_PTR(y, n * c);
+    FASTNN_CHECK_PTR(x, n * c);
+    if (dt == FASTNN_F32) global_avgpool_ref_f32(y, x, n * c, hw);
+    else if (dt == FASTNN_F64) global_avgpool_ref_f64(y, x, n * c, hw);
+    else return FASTNN_EINVAL;
+    return FASTNN_OK;
+}
+
+fastnn_status fastnn_global_avgpool_backward_ref(fastnn_dtype dt, void *dx, const void *dy,
+                                             int64_t n, int64_t c, int64_t hw) {
+    FASTNN_CHECK_N(n);
+    FASTNN_CHECK_N(c);
+    if (hw < 1) return FASTNN_EINVAL;
+    FASTNN_CHECK_PTR(dx, n * c);
+    FASTNN_CHECK_PTR(dy, n * c);
+    if (dt == FASTNN_F32) global_avgpool_backward_ref_f32(dx, dy, n * c, hw);
+    else if (dt == FASTNN_F64) global_avgpool_backward_ref_f64(dx, dy, n * c, hw);
+    else return FASTNN_EINVAL;
+    return FASTNN_OK;
+}
