@@ -10,16 +10,26 @@
 The graph is the model in evaluation mode: Linear -> Gemm (transB=1, W as stored), ReLU ->
 Relu, LeakyReLU -> LeakyRelu, Sigmoid, Tanh, GELU -> Gelu from opset 20 (before: its
 decomposition through Erf, or Tanh for approximate="tanh"), SiLU -> x * Sigmoid(x),
-Softmax -> Softmax(axis=-1), Flatten -> Flatten(axis=1), Dropout -> Identity. The exporter is
-a table of per-layer converters (CONVERTERS): a new layer adds one function that appends its
-nodes and initializers.
+Softmax -> Softmax(axis=-1), Flatten -> Flatten(axis=1), Dropout -> Identity.
+
+Convolutional layers take and give NCHW arrays, as fastnn's: Conv2d -> Conv (explicit pads,
+also for padding="same"; strides, dilations, group, bias), MaxPool2d -> MaxPool,
+AvgPool2d -> AveragePool (count_include_pad), AdaptiveAvgPool2d(1) -> GlobalAveragePool,
+BatchNorm1d/2d -> BatchNormalization in its inference form (running_mean, running_var, eps;
+weight 1 and bias 0 when affine=False), LayerNorm -> LayerNormalization from opset 17 (before:
+ReduceMean, Sub, Mul, Add, Sqrt, Div). A model that starts with Conv2d needs
+input_shape=(C, H, W).
+
+The exporter is a table of per-layer converters (CONVERTERS): a new layer adds one function
+that appends its nodes and initializers.
 """
 import os
 
 import numpy as np
 
-from .nn import (GELU, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, SiLU,
-                 Softmax, Tanh, param_dtype)
+from .nn import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
+                 Flatten, LayerNorm, LeakyReLU, Linear, MaxPool2d, ReLU, Sequential, Sigmoid,
+                 SiLU, Softmax, Tanh, param_dtype)
 
 __all__ = ["export", "CONVERTERS"]
 
@@ -108,6 +118,95 @@ def _dropout(g, layer, x, prefix):
     return g.node("Identity", [x], "dropout")   # evaluation mode
 
 
+def _where(layer, prefix):
+    return f"layer {prefix.rstrip('.') or 'the model'} ({type(layer).__name__})"
+
+
+def _conv2d(g, layer, x, prefix):
+    (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+    if layer.padding == "valid":
+        pads = [0, 0, 0, 0]
+    elif layer.padding == "same":     # stride 1; PyTorch puts the odd pixel at the end
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = [th // 2, tw // 2, th - th // 2, tw - tw // 2]
+    else:
+        ph, pw = layer.padding
+        pads = [ph, pw, ph, pw]
+    inputs = [x, g.const(prefix + "weight", layer.weight)]
+    if layer.bias is not None:
+        inputs.append(g.const(prefix + "bias", layer.bias))
+    return g.node("Conv", inputs, "conv", kernel_shape=[kh, kw], strides=list(layer.stride),
+                  pads=pads, dilations=[dh, dw], group=layer.groups)
+
+
+def _pair(v):   # the pooling layers keep an int as given
+    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(e) for e in v]
+
+
+def _pool_attrs(layer):
+    ph, pw = _pair(layer.padding)
+    return dict(kernel_shape=_pair(layer.kernel_size), strides=_pair(layer.stride),
+                pads=[ph, pw, ph, pw])
+
+
+def _max_pool(g, layer, x, prefix):
+    return g.node("MaxPool", [x], "maxpool", **_pool_attrs(layer))
+
+
+def _avg_pool(g, layer, x, prefix):
+    return g.node("AveragePool", [x], "avgpool", count_include_pad=int(layer.count_include_pad),
+                  **_pool_attrs(layer))
+
+
+def _global_avg_pool(g, layer, x, prefix):
+    return g.node("GlobalAveragePool", [x], "globalavgpool")
+
+
+def _batch_norm(g, layer, x, prefix):
+    if not layer.track_running_stats:
+        raise ValueError(f"fastnn.onnx.export: {_where(layer, prefix)} has "
+                         f"track_running_stats=False, so it normalizes with each batch's own "
+                         f"statistics even in evaluation mode; ONNX BatchNormalization's "
+                         f"inference form needs running statistics")
+    c = layer.num_features
+    if layer.affine:
+        scale, bias = layer.weight, layer.bias
+    else:
+        scale, bias = np.ones(c), np.zeros(c)
+    inputs = [x, g.const(prefix + ("weight" if layer.affine else "scale"), scale),
+              g.const(prefix + "bias" if layer.affine else g.fresh(prefix + "zero_bias"), bias),
+              g.const(prefix + "running_mean", layer.running_mean),
+              g.const(prefix + "running_var", layer.running_var)]
+    return g.node("BatchNormalization", inputs, "batchnorm", epsilon=float(layer.eps))
+
+
+def _layer_norm(g, layer, x, prefix):
+    k = len(layer.normalized_shape)
+    shape = layer.normalized_shape
+    if g.opset >= 17:
+        scale = layer.weight if layer.weight is not None else np.ones(shape)
+        inputs = [x, g.const(prefix + "weight" if layer.weight is not None
+                             else g.fresh(prefix + "scale"), scale)]
+        if layer.bias is not None:
+            inputs.append(g.const(prefix + "bias", layer.bias))
+        return g.node("LayerNormalization", inputs, "layernorm", axis=-k,
+                      epsilon=float(layer.eps))
+    # Before opset 17: (x - mean) / sqrt(var + eps) * weight + bias over the last k axes
+    # (ReduceMean takes its axes as an attribute up to opset 17).
+    axes = list(range(-k, 0))
+    mean = g.node("ReduceMean", [x], "mean", axes=axes, keepdims=1)
+    d = g.node("Sub", [x, mean], "centered")
+    var = g.node("ReduceMean", [g.node("Mul", [d, d], "sq")], "var", axes=axes, keepdims=1)
+    std = g.node("Sqrt", [g.node("Add", [var, g.const(g.fresh("eps"), layer.eps)], "add")],
+                 "std")
+    y = g.node("Div", [d, std], "normalized")
+    if layer.weight is not None:
+        y = g.node("Mul", [y, g.const(prefix + "weight", layer.weight)], "mul")
+    if layer.bias is not None:
+        y = g.node("Add", [y, g.const(prefix + "bias", layer.bias)], "layernorm")
+    return y
+
+
 def _sequential(g, layer, x, prefix):
     for i, sub in enumerate(layer):
         x = _convert(g, sub, x, f"{prefix}{i}.")
@@ -119,6 +218,9 @@ CONVERTERS = {
     Sequential: _sequential, Linear: _linear, ReLU: _unary("Relu"), LeakyReLU: _leaky,
     Sigmoid: _unary("Sigmoid"), Tanh: _unary("Tanh"), GELU: _gelu, SiLU: _silu,
     Softmax: _softmax, Flatten: _flatten, Dropout: _dropout,
+    Conv2d: _conv2d, MaxPool2d: _max_pool, AvgPool2d: _avg_pool,
+    AdaptiveAvgPool2d: _global_avg_pool, BatchNorm1d: _batch_norm, BatchNorm2d: _batch_norm,
+    LayerNorm: _layer_norm,
 }
 
 
@@ -126,9 +228,8 @@ def _convert(g, layer, x, prefix):
     fn = CONVERTERS.get(type(layer))
     if fn is None:
         names = ", ".join(sorted(c.__name__ for c in CONVERTERS))
-        where = prefix.rstrip(".") or "the model"
-        raise TypeError(f"fastnn.onnx.export: layer {where} ({type(layer).__name__}) has no "
-                        f"ONNX converter; supported layers: {names}")
+        raise TypeError(f"fastnn.onnx.export: {_where(layer, prefix)} has no ONNX converter; "
+                        f"supported layers: {names}")
     return fn(g, layer, x, prefix)
 
 
@@ -143,6 +244,10 @@ def _sample_shape(model, input_shape):
     for layer in layers:
         if isinstance(layer, Linear):
             return (layer.in_features,)
+        if isinstance(layer, Conv2d):
+            raise ValueError(f"fastnn.onnx.export: the model starts with Conv2d, whose input "
+                             f"size is not fixed; pass input_shape=({layer.in_channels}, H, W) "
+                             f"for one NCHW sample")
         if not isinstance(layer, (ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Dropout)):
             break
     raise ValueError("fastnn.onnx.export: cannot tell the input's shape from the model; pass "
@@ -152,12 +257,15 @@ def _sample_shape(model, input_shape):
 def export(model, path, opset=17, input_shape=None, input_name="input", output_name="output"):
     """Write model (a fastnn Sequential, in evaluation mode) to path as an ONNX file.
 
-    opset: 13 to 21 (17 by default; Gelu is a single operator from 20). input_shape: the shape
-    of one sample, needed when the model does not start with a Linear (e.g. Flatten first).
+    opset: 13 to 21 (17 by default; Gelu is a single operator from 20, LayerNormalization from
+    17). input_shape: the shape of one sample, needed when the model does not start with a
+    Linear (e.g. Flatten first; (C, H, W) for a model that starts with Conv2d, NCHW).
     The input is (batch, *input_shape) with a dynamic batch dimension; dtype float32 (float64
     for a float64 model). Returns the onnx.ModelProto, checked with onnx.checker.
-    Raises TypeError naming a layer without a converter, ValueError for a bad opset or shape,
-    ImportError without the onnx package.
+    Raises TypeError naming a layer without a converter, ValueError for a bad opset or shape
+    or for a layer configuration ONNX cannot express (BatchNorm with
+    track_running_stats=False, which uses batch statistics in evaluation mode), ImportError
+    without the onnx package.
     """
     onnx, helper, numpy_helper = _import_onnx()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in _IR_VERSION:
