@@ -207,6 +207,23 @@ def test_layernorm_operator_or_decomposition(tmp_path, opset):
     assert ("ReduceMean" in _ops(proto)) == (opset < 17)
 
 
+def test_batchnorm_before_opset14(tmp_path):
+    """Opset 13 keeps BatchNormalization (one output: the inference form). onnx's reference
+    evaluator (1.23) mis-evaluates that form before opset 14 (it applies the schema's default
+    momentum to the running statistics; onnx/onnx PR 8442), so this checks onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    shape, model = _edge_models()["batchnorm"]
+    export(model, tmp_path / "m.onnx", opset=13, input_shape=shape)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert _ops(proto).count("BatchNormalization") == 3
+    assert all(len(n.output) == 1 for n in proto.graph.node if n.op_type == "BatchNormalization")
+    X = np.random.default_rng(3).normal(size=(6,) + shape).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": X})[0], model.predict(X), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_cnn_errors_name_the_layer(tmp_path):
     model = fn.Sequential(fn.Conv2d(3, 4, 3), fn.BatchNorm2d(4, track_running_stats=False))
     with pytest.raises(ValueError, match=r"input_shape=\(3, H, W\)"):

@@ -262,6 +262,8 @@ def export(model, path, opset=17, input_shape=None, input_name="input", output_n
     Linear (e.g. Flatten first; (C, H, W) for a model that starts with Conv2d, NCHW).
     The input is (batch, *input_shape) with a dynamic batch dimension; dtype float32 (float64
     for a float64 model). Returns the onnx.ModelProto, checked with onnx.checker.
+    onnxruntime's CPU provider has no float64 Conv: a float64 CNN runs in other runtimes (onnx's
+    reference evaluator) only.
     Raises TypeError naming a layer without a converter, ValueError for a bad opset or shape
     or for a layer configuration ONNX cannot express (BatchNorm with
     track_running_stats=False, which uses batch statistics in evaluation mode), ImportError
