@@ -692,20 +692,7 @@ def test_load_fashion_mnist_missing_names_the_package(tmp_path):
 
 
 # ---- model builders and `fastnn train --model` ---------------------------------------------------
-# Conv2d comes from another branch; until both are merged the builders are tested only where
-# fastnn.Conv2d exists.
 
-needs_conv = pytest.mark.skipif(not hasattr(fn, "Conv2d"), reason="fastnn.Conv2d not built")
-
-
-@pytest.mark.skipif(hasattr(fn, "Conv2d"), reason="fastnn.Conv2d exists")
-def test_model_builders_without_conv2d_say_so():
-    for build in (fn.models.lenet5, fn.models.digits_cnn, fn.models.cifar_net):
-        with pytest.raises(RuntimeError, match="no Conv2d"):
-            build()
-
-
-@needs_conv
 def test_model_builders_shapes():
     rng = np.random.default_rng(0)
     for build, shape in ((fn.models.lenet5, (2, 1, 28, 28)), (fn.models.digits_cnn, (2, 1, 8, 8)),
@@ -714,7 +701,6 @@ def test_model_builders_shapes():
         assert model.predict(rng.standard_normal(shape).astype(np.float32)).shape == (2, 10)
 
 
-@needs_conv
 def test_cli_trains_the_digits_cnn(capsys, tmp_path):
     from fastnn import cli
     assert cli.main(["train", "--model", "cnn", "--epochs", "2", "--verbose", "0",

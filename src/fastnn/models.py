@@ -5,8 +5,7 @@
     model = fn.models.cifar_net()       # 3x32x32: 3 -> 32 -> 64 -> 128 channels, BatchNorm2d
 
 Each builder returns a fastnn.Sequential (PyTorch layer names, so ``model.state_dict()``
-loads into the same torch.nn.Sequential). They need ``fastnn.Conv2d``; without it they raise
-RuntimeError.
+loads into the same torch.nn.Sequential).
 """
 import numpy as np
 
@@ -16,11 +15,7 @@ MODELS = ("lenet", "cnn", "cifar")
 
 
 def _conv(*args, **kwargs):
-    conv = getattr(fastnn, "Conv2d", None)
-    if conv is None:
-        raise RuntimeError("fastnn.models: this fastnn has no Conv2d layer, which the "
-                           "convolutional models need")
-    return conv(*args, **kwargs)
+    return fastnn.Conv2d(*args, **kwargs)
 
 
 def lenet5(num_classes=10, in_channels=1, seed=None):
