@@ -3,6 +3,7 @@
 #define _GNU_SOURCE   /* syscall() for the futex of fastnn_team_barrier */
 #endif
 #include <pthread.h>
+#include <stdint.h>
 #include <sched.h>
 #include <string.h>
 #include <time.h>
@@ -83,19 +84,24 @@ fastnn_status fastnn_set_arch(const char *name) {
     return FASTNN_EARCH;
 }
 
-/* ---- per-thread scratch (GEMM packing buffers): no allocation, no page faults per call ---- */
-typedef struct { void *p; size_t size; } scratch_t;
+/* ---- per-thread scratch buffers: no allocation, no page faults per call ----
+ * Each thread owns FASTNN_SCRATCH_SLOTS buffers, one per user that may hold its buffer while
+ * calling another (a convolution's image chunk while the GEMM packs its panels). */
+typedef struct { void *p[FASTNN_SCRATCH_SLOTS]; size_t size[FASTNN_SCRATCH_SLOTS]; } scratch_t;
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
-static void scratch_free(void *s) {
-    if (s) free(((scratch_t *)s)->p);
+static void scratch_free(void *v) {
+    scratch_t *s = v;
+    if (s)
+        for (int i = 0; i < FASTNN_SCRATCH_SLOTS; i++) free(s->p[i]);
     free(s);
 }
 
 static void scratch_init(void) { pthread_key_create(&scratch_key, scratch_free); }
 
-void *fastnn_scratch(size_t bytes) {
+void *fastnn_scratch_slot(int slot, size_t bytes) {
+    if (slot < 0 || slot >= FASTNN_SCRATCH_SLOTS) return NULL;
     pthread_once(&scratch_once, scratch_init);
     scratch_t *s = pthread_getspecific(scratch_key);
     if (!s) {
@@ -105,16 +111,19 @@ void *fastnn_scratch(size_t bytes) {
             return NULL;
         }
     }
-    if (s->size < bytes) {
+    if (s->size[slot] < bytes) {
+        if (bytes > SIZE_MAX - 63) return NULL;
         size_t size = (bytes + 63) / 64 * 64;
         void *p = aligned_alloc(64, size);
         if (!p) return NULL;
-        free(s->p);
-        s->p = p;
-        s->size = size;
+        free(s->p[slot]);
+        s->p[slot] = p;
+        s->size[slot] = size;
     }
-    return s->p;
+    return s->p[slot];
 }
+
+void *fastnn_scratch(size_t bytes) { return fastnn_scratch_slot(FASTNN_SCRATCH_GEMM, bytes); }
 
 /* ---- threads ---- */
 static int nthreads = 0;   /* 0: OpenMP's default */

@@ -1,43 +1,12 @@
 /* 2-D convolution entry points (fastnn_conv2d*, see fastnn.h). */
-#include <pthread.h>
 #include <stdlib.h>
 #include "ref/common.h"
 
 /* The calling thread's buffer for a convolution's whole-call arrays (the NHWC copies of x
- * and y, the packed weight, the column buffer of dx), kept between calls like the GEMM's
- * scratch (fastnn_scratch, which the kernels' threads use for their panels at the same
- * time): no allocation and no page faults per call. Freed when the thread exits. */
-typedef struct { void *p; size_t size; } conv_buf_t;
-static pthread_key_t conv_buf_key;
-static pthread_once_t conv_buf_once = PTHREAD_ONCE_INIT;
-
-static void conv_buf_free(void *s) {
-    if (s) free(((conv_buf_t *)s)->p);
-    free(s);
-}
-
-static void conv_buf_init(void) { pthread_key_create(&conv_buf_key, conv_buf_free); }
-
-static void *conv_buffer(size_t bytes) {
-    pthread_once(&conv_buf_once, conv_buf_init);
-    conv_buf_t *s = pthread_getspecific(conv_buf_key);
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s || pthread_setspecific(conv_buf_key, s) != 0) {
-            free(s);
-            return NULL;
-        }
-    }
-    if (s->size < bytes) {
-        size_t size = (bytes + 63) / 64 * 64;
-        void *p = aligned_alloc(64, size);
-        if (!p) return NULL;
-        free(s->p);
-        s->p = p;
-        s->size = size;
-    }
-    return s->p;
-}
+ * and y, the packed weight, the column buffer of dx), kept between calls: a scratch slot of
+ * its own, since the GEMM's packing uses the default slot (fastnn_scratch) at the same time.
+ * No allocation and no page faults per call; freed when the thread exits. */
+static void *conv_buffer(size_t bytes) { return fastnn_scratch_slot(FASTNN_SCRATCH_CONV, bytes); }
 
 #define FASTNN_MAX_TILE (16 * 32)   /* largest MR x NR of any table (as csrc/gemm/gemm.c) */
 

@@ -66,6 +66,10 @@ void fastnn_tile_act_backward_f64(fastnn_act act, double p, double p2, double *c
 /* A 64-byte aligned scratch buffer of at least `bytes`, owned by the calling thread and
  * reused by its next call (freed when the thread exits); NULL when out of memory. */
 void *fastnn_scratch(size_t bytes);
+/* The same, from one of the thread's independent buffers (slot FASTNN_SCRATCH_GEMM is the
+ * one fastnn_scratch returns). */
+enum { FASTNN_SCRATCH_GEMM = 0, FASTNN_SCRATCH_CONV = 1, FASTNN_SCRATCH_SLOTS = 2 };
+void *fastnn_scratch_slot(int slot, size_t bytes);
 /* Argument checks shared by the GEMM entry points. */
 fastnn_status fastnn_gemm_check(int transa, int transb, int64_t m, int64_t n, int64_t k,
                                 const void *a, int64_t lda, const void *b, int64_t ldb,
