@@ -644,6 +644,24 @@ def _need(layer, saved):
     return saved
 
 
+def _reset_weight_and_bias(layer, rng):
+    """Draw layer.weight with its init and layer.bias (if any) as PyTorch's Linear and Conv2d
+    do: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the default init, zeros otherwise."""
+    shape, dt = layer.weight.shape, layer.weight.dtype
+    rng = _init.generator(rng)
+    if isinstance(layer.init, str) or layer.init is None:
+        w = layer._init_fn(shape, rng, dtype=dt)
+    else:
+        w = layer._init_fn(shape, rng)
+    layer.weight[...] = np.asarray(w).reshape(shape)
+    if layer.bias is not None:
+        if layer.init in (None, "default"):
+            bound = 1.0 / np.sqrt(_init.fans(shape)[0])
+            layer.bias[...] = _init.uniform(layer.bias.shape, rng, a=-bound, b=bound, dtype=dt)
+        else:
+            layer.bias[...] = 0
+
+
 class Linear(Module):
     """y = x @ weight.T + bias; weight (out_features, in_features), bias (out_features,).
 
@@ -670,20 +688,7 @@ class Linear(Module):
         self.reset_parameters(_init.generator(seed))
 
     def reset_parameters(self, rng=None):
-        shape, dt = self.weight.shape, self.weight.dtype
-        rng = _init.generator(rng)
-        if isinstance(self.init, str) or self.init is None:
-            w = self._init_fn(shape, rng, dtype=dt)
-        else:
-            w = self._init_fn(shape, rng)
-        self.weight[...] = np.asarray(w).reshape(shape)
-        if self.bias is not None:
-            if self.init in (None, "default"):
-                bound = 1.0 / np.sqrt(self.in_features)
-                self.bias[...] = _init.uniform((self.out_features,), rng, a=-bound, b=bound,
-                                               dtype=dt)
-            else:
-                self.bias[...] = 0
+        _reset_weight_and_bias(self, rng)
 
     def forward(self, x):
         self._check_host()
@@ -983,20 +988,7 @@ class Conv2d(Module):
         self.reset_parameters(_init.generator(seed))
 
     def reset_parameters(self, rng=None):
-        shape, dt = self.weight.shape, self.weight.dtype
-        rng = _init.generator(rng)
-        if isinstance(self.init, str) or self.init is None:
-            w = self._init_fn(shape, rng, dtype=dt)
-        else:
-            w = self._init_fn(shape, rng)
-        self.weight[...] = np.asarray(w).reshape(shape)
-        if self.bias is not None:
-            if self.init in (None, "default"):
-                bound = 1.0 / np.sqrt(_init.fans(shape)[0])
-                self.bias[...] = _init.uniform((self.out_channels,), rng, a=-bound, b=bound,
-                                               dtype=dt)
-            else:
-                self.bias[...] = 0
+        _reset_weight_and_bias(self, rng)
 
     def _args(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
