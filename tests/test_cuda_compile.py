@@ -8,29 +8,18 @@ a CUDA toolkit); skipped with the reason otherwise. Runs in a subprocess with
 NUMBA_ENABLE_CUDASIM=0 (``python tests/test_cuda_compile.py`` prints the table).
 """
 import os
-import subprocess
 import sys
 
-import pytest
-
-CC = (9, 0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_compile_setup import CC, run, target  # noqa: E402
 
 
 def _compile_all():
     """Print one line per kernel: name, dtype, ld/st.local count, f64 instruction count."""
-    import types as pytypes
-
     import numpy as np
     from numba import cuda, types
-    import numba.cuda.dispatcher as dispatcher
 
-    # device functions are compiled for the current device; there is none: say which
-    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=CC)
-    try:
-        cuda.compile_ptx(lambda a: None, (types.float32[::1],), cc=CC)
-    except Exception as e:  # no NVVM / NVRTC
-        print(f"cannot compile for the CUDA target here: {type(e).__name__}: {e}"[:400])
-        sys.exit(3)
+    target()
     from fastnn.cuda import _kernels as K
 
     i64, b1, f64 = types.int64, types.boolean, types.float64
@@ -76,16 +65,10 @@ def _compile_all():
 
 
 def test_every_kernel_compiles_for_the_gpu_target():
-    pytest.importorskip("numba", reason="numba is not installed (pip install fastnn-core[cuda])")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    r = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
-                       timeout=600)
-    if r.returncode == 3:
-        pytest.skip(r.stdout.strip())
-    assert r.returncode == 0, r.stderr[-4000:]
-    rows = [line.split("|") for line in r.stdout.splitlines() if line.count("|") == 3]
+    out = run(__file__)
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
     names = {name for name, *_ in rows}
-    assert len(rows) >= 2 * 16 + 20 + 5, r.stdout
+    assert len(rows) >= 2 * 16 + 20 + 5, out
     assert {"cross_entropy", "loss", "adam"} <= names
     for name, dtype, local, f64ops in rows:
         # the accumulators must live in registers (float64 epilogues call libdevice

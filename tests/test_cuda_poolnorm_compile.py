@@ -4,27 +4,17 @@ each kernel and NVVM emits PTX for sm_90, which catches typing errors the simula
 Skipped without NVVM / NVRTC. ``python tests/test_cuda_poolnorm_compile.py`` prints the list.
 """
 import os
-import subprocess
 import sys
 
-import pytest
-
-CC = (9, 0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_compile_setup import CC, run, target  # noqa: E402
 
 
 def _compile_all():
-    import types as pytypes
-
     import numpy as np
-    import numba.cuda.dispatcher as dispatcher
     from numba import cuda, types
 
-    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=CC)
-    try:
-        cuda.compile_ptx(lambda a: None, (types.float32[::1],), cc=CC)
-    except Exception as e:  # no NVVM / NVRTC
-        print(f"cannot compile for the CUDA target here: {type(e).__name__}: {e}"[:400])
-        sys.exit(3)
+    target()
     import fastnn.cuda._poolnorm_kernels as P
 
     i, b, f = types.int64, types.boolean, types.float64
@@ -50,14 +40,8 @@ def _compile_all():
 
 
 def test_poolnorm_kernels_compile_for_the_gpu_target():
-    pytest.importorskip("numba", reason="numba is not installed (pip install fastnn[cuda])")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    r = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
-                       timeout=600)
-    if r.returncode == 3:
-        pytest.skip(r.stdout.strip())
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert len([ln for ln in r.stdout.splitlines() if "|" in ln]) == 22, r.stdout
+    out = run(__file__)
+    assert len([ln for ln in out.splitlines() if "|" in ln]) == 22, out
 
 
 if __name__ == "__main__":
