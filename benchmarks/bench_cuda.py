@@ -174,8 +174,37 @@ def set_tf32(torch, on):
     torch.backends.cudnn.allow_tf32 = on
 
 
+def backends():
+    """The GEMM backends here: cuBLAS (through CuPy) when usable, and the Numba kernels."""
+    import fastnn.cuda as fc
+    fc.set_gemm_backend("auto")
+    return ["cublas", "numba"] if fc.gemm_backend() == "cublas" else ["numba"]
+
+
+def fastnn_variants(tf32):
+    """(label, backend, tf32) of the fastnn variants to time; TF32 only through cuBLAS."""
+    out = []
+    for backend in backends():
+        if backend == "cublas":
+            out.append((f"cuBLAS TF32 {'on' if tf32 else 'off'}", "cublas", tf32))
+        elif not tf32:
+            out.append(("Numba GEMM (FP32 FMA)", "numba", False))
+    return out
+
+
+def fastnn_run(f, backend, tf32):
+    import fastnn.cuda as fc
+
+    def run():
+        fc.set_gemm_backend(backend)
+        fc.set_tf32(tf32)
+        f()
+    return run
+
+
 def bench_gemm(table, torch, size, repeats):
     from numba import cuda
+    import fastnn.cuda as fc
     from fastnn.cuda import ops
     g = torch.Generator(device="cuda").manual_seed(0)
     at = torch.randn(size, size, device="cuda", generator=g)
@@ -185,11 +214,13 @@ def bench_gemm(table, torch, size, repeats):
     ct = torch.empty(size, size, device="cuda")
     # validate at full size against torch in FP32: |error| <= 2 K eps (|A| |B|)
     set_tf32(torch, False)
-    ops.matmul(a, b, out=c)
     ref = torch.matmul(at, bt)
     bound = 2 * size * np.finfo(np.float32).eps * torch.matmul(at.abs(), bt.abs())
-    err = (torch.as_tensor(c, device="cuda") - ref).abs()
-    assert bool((err <= bound).all()), "fastnn.cuda matmul disagrees with torch (TF32 off)"
+    for backend in backends():
+        fc.set_gemm_backend(backend)
+        ops.matmul(a, b, out=c)
+        err = (torch.as_tensor(c, device="cuda") - ref).abs()
+        assert bool((err <= bound).all()), f"fastnn.cuda matmul ({backend}) disagrees with torch"
 
     def torch_mm(tf32):
         def run():
@@ -197,9 +228,14 @@ def bench_gemm(table, torch, size, repeats):
             torch.matmul(at, bt, out=ct)
         return run
 
-    variants = [("fastnn.cuda matmul (FP32 FMA)", lambda: ops.matmul(a, b, out=c)),
-                ("torch.matmul TF32 off (FP32)", torch_mm(False)),
-                ("torch.matmul TF32 on", torch_mm(True))]
+    variants = [(f"fastnn.cuda matmul {label}", fastnn_run(lambda: ops.matmul(a, b, out=c),
+                                                           backend, tf32))
+                for label, backend, tf32 in fastnn_variants(tf32=False)]
+    variants += [("torch.matmul TF32 off (FP32)", torch_mm(False))]
+    variants += [(f"fastnn.cuda matmul {label}", fastnn_run(lambda: ops.matmul(a, b, out=c),
+                                                           backend, tf32))
+                 for label, backend, tf32 in fastnn_variants(tf32=True)]
+    variants += [("torch.matmul TF32 on", torch_mm(True))]
     samples = interleaved(variants, repeats, inner=3)
     flops = 2.0 * size ** 3
     base = None
@@ -207,6 +243,8 @@ def bench_gemm(table, torch, size, repeats):
         med = table.add(f"gemm {size}^2 f32", name, samples[name], (flops, "TFLOP/s"), base)
         base = base or med
     set_tf32(torch, False)
+    fc.set_gemm_backend("auto")
+    fc.set_tf32(False)
 
 
 def bench_mlp(table, torch, sizes, batch, repeats):
@@ -252,13 +290,20 @@ def bench_mlp(table, torch, sizes, batch, repeats):
                                                        lin.bias.detach().cpu())]).numpy()
     assert np.allclose(fc.to_host(net.params), flat_t, rtol=1e-3,
                        atol=1e-4 * np.abs(params).max()), "MLP parameters differ from torch"
-    fc.reset_launch_count()
-    net.train_step(dx, dl, lr=0.01)
-    launches = fc.launch_count().total()
+    launches = {}
+    for backend in backends():
+        fc.set_gemm_backend(backend)
+        fc.reset_launch_count()
+        net.train_step(dx, dl, lr=0.01)
+        launches[backend] = fc.launch_count().total()
 
-    variants = [("fastnn.cuda MLP step", lambda: net.train_step(dx, dl, lr=0.01)),
-                ("torch eager TF32 off", torch_step(False)),
-                ("torch eager TF32 on", torch_step(True))]
+    step = lambda: net.train_step(dx, dl, lr=0.01)  # noqa: E731
+    variants = [(f"fastnn.cuda step {label}", fastnn_run(step, backend, tf32))
+                for label, backend, tf32 in fastnn_variants(tf32=False)]
+    variants += [("torch eager TF32 off", torch_step(False))]
+    variants += [(f"fastnn.cuda step {label}", fastnn_run(step, backend, tf32))
+                 for label, backend, tf32 in fastnn_variants(tf32=True)]
+    variants += [("torch eager TF32 on", torch_step(True))]
     samples = interleaved(variants, repeats, inner=20 if batch <= 1024 else 5)
     name = f"mlp {'-'.join(map(str, sizes))} b={batch}"
     flops = 6.0 * batch * sum(fi * fo for fi, fo in zip(sizes[:-1], sizes[1:]))
@@ -266,8 +311,10 @@ def bench_mlp(table, torch, sizes, batch, repeats):
     for v, _ in variants:
         med = table.add(name, v, samples[v], (flops, "TFLOP/s"), base)
         base = base or med
-    table.note(f"  ({name}: fastnn.cuda takes {launches} launches per step)")
+    table.note(f"  ({name}: fastnn.cuda launches per step: {launches})")
     set_tf32(torch, False)
+    fc.set_gemm_backend("auto")
+    fc.set_tf32(False)
 
 
 def bench_vectors(table, n, repeats):

@@ -13,6 +13,7 @@ def target():
     """In the subprocess: compile as if a CC device were present; exit 3 (skip) without NVVM."""
     import types as pytypes
 
+    import fastnn.cuda  # noqa: F401  (first: its NumPy compatibility fix precedes any compile)
     import numba.cuda.dispatcher as dispatcher
     from numba import cuda, types
 
@@ -20,8 +21,13 @@ def target():
     dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=CC)
     try:
         cuda.compile_ptx(lambda a: None, (types.float32[::1],), cc=CC)
-    except Exception as e:  # no NVVM / NVRTC
-        print(f"cannot compile for the CUDA target here: {type(e).__name__}: {e}"[:400])
+    except Exception as e:
+        # only a missing NVVM / NVRTC is a skip; anything else is a failure of the compile path
+        # (numba-cuda against a newer NumPy once failed every compile here and was skipped)
+        text = f"{type(e).__name__}: {e}"
+        if not any(w in text.lower() for w in ("nvvm", "nvrtc", "libdevice", "cudasupport")):
+            raise
+        print(f"cannot compile for the CUDA target here: {text}"[:400])
         sys.exit(3)
 
 

@@ -45,6 +45,7 @@ def _compile_all():
             "rmsprop": (v, v, v, v, v, T, T, T, T, T, b1, b1),
             "adagrad": (v, v, v, T, T, T, b1),
             "copy": (v, v),
+            "epilogue": (ma, v, ma, i64, i64, T, T),
         }
         kernels = [(name, getattr(ns, name), sig) for name, sig in sigs.items()]
         for ta in (0, 1):
@@ -76,7 +77,8 @@ def test_every_kernel_compiles_for_the_gpu_target():
         if name.startswith("gemm") and (dtype == "float32" or name.endswith(("=0", "=4"))):
             assert local == "0", f"{name} {dtype}: register blocking spilled to local memory"
         if dtype == "float32" and (name.startswith("gemm") or name in
-                                   ("act_forward", "act_backward", "softmax", "sgd", "adam")):
+                                   ("act_forward", "act_backward", "softmax", "sgd", "adam",
+                                    "epilogue")):
             assert f64ops == "0", f"{name}: float64 arithmetic in a float32 kernel"
 
 

@@ -864,3 +864,22 @@ def test_correct_count_never_counts_a_row_holding_a_nan(dtype):
     acc = dev(np.zeros(1))
     cops.correct_count_add(dev(z), dev(labels), acc)
     assert host(acc)[0] == 2.0          # rows 0 and 4; numpy's argmax would add 4 more
+
+
+def test_gemm_backend_choice():
+    """set_gemm_backend validates its argument; cuBLAS is refused with the reason where it
+    cannot run (always under the simulator); 'numba' always works; TF32 takes a bool."""
+    with pytest.raises(ValueError, match="argument 'name' must be one of"):
+        fc.set_gemm_backend("blas")
+    if fc.simulator():
+        with pytest.raises(RuntimeError, match="cuBLAS cannot be used"):
+            fc.set_gemm_backend("cublas")
+    before = fc.gemm_backend()
+    try:
+        fc.set_gemm_backend("numba")
+        assert fc.gemm_backend() == "numba"
+    finally:
+        fc.set_gemm_backend("auto")
+    assert fc.gemm_backend() == before
+    with pytest.raises(TypeError, match="argument 'enabled' must be a bool"):
+        fc.set_tf32(1)

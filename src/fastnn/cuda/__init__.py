@@ -21,9 +21,26 @@ import os
 import sys
 
 __all__ = ["is_available", "require", "simulator", "to_device", "to_host", "launch_count",
-           "reset_launch_count", "ops", "mlp", "conv"]
+           "reset_launch_count", "set_gemm_backend", "gemm_backend", "set_tf32", "ops", "mlp",
+           "conv"]
 
 _launches = collections.Counter()
+
+
+def _numpy_compat():
+    """numba-cuda 0.30 registers an overload for ``np.row_stack`` when it first compiles a
+    kernel; NumPy 2.5 removed that alias of ``np.vstack`` (deprecated since 2.0), so every
+    compile failed with AttributeError on a real GPU (seen on an H200: numba-cuda 0.30.4,
+    numpy 2.5.2). Restore the alias, only where it is missing, before any kernel compiles."""
+    import numpy as np
+    if "row_stack" not in np.__dict__:
+        try:
+            np.row_stack
+        except AttributeError:
+            np.row_stack = np.vstack
+
+
+_numpy_compat()
 
 
 def _count_launch(name):
@@ -103,6 +120,27 @@ def to_host(array):
                             f"{type(array).__name__}")
         array = cuda.as_cuda_array(array)
     return array.copy_to_host()
+
+
+def set_gemm_backend(name):
+    """Where fastnn.cuda's GEMMs run: 'auto' (cuBLAS through CuPy when both are usable, else
+    the Numba kernels; the default, or the environment variable FASTNN_CUDA_GEMM), 'cublas'
+    (RuntimeError when CuPy or the GPU is missing) or 'numba'."""
+    from . import _cublas
+    _cublas.set_backend(name)
+
+
+def gemm_backend():
+    """'cublas' or 'numba': the backend the next GEMM uses."""
+    from . import _cublas
+    return _cublas.backend()
+
+
+def set_tf32(enabled):
+    """TF32 tensor-core math for float32 GEMMs through cuBLAS (False by default, like
+    torch.backends.cuda.matmul.allow_tf32); the Numba GEMM always computes in float32."""
+    from . import _cublas
+    _cublas.set_tf32(enabled)
 
 
 def __getattr__(name):

@@ -579,7 +579,25 @@ def _build(ns, T, nbT):
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             y[i] = x[i]
 
+    @cuda.jit
+    def epilogue(c, b, x, kind, code, p, p2):
+        """The GEMM epilogues applied to a product already in c (rows, cols), any row stride:
+        BIAS_ACT c = act(c + b[col]); ACT c = act(c); ACT_BACKWARD c = c * act'(x) (x like
+        c). b and x are ignored where the kind does not use them."""
+        cols = c.shape[1]
+        for i in range(cuda.grid(1), c.size, cuda.gridsize(1)):
+            r = i // cols
+            j = i - r * cols
+            v = c[r, j]
+            if kind == BIAS_ACT:
+                c[r, j] = act_f(code, v + b[j], p, p2)
+            elif kind == ACT:
+                c[r, j] = act_f(code, v, p, p2)
+            else:
+                c[r, j] = act_df(code, v, x[r, j], p, p2)
+
     ns.sgd, ns.adam, ns.rmsprop, ns.adagrad, ns.copy = sgd, adam, rmsprop, adagrad, copy
+    ns.epilogue = epilogue
 
 
 # ---- GEMM ------------------------------------------------------------------------------------

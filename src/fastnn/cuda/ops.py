@@ -40,6 +40,7 @@ from numba import cuda
 from numba.core.errors import NumbaPerformanceWarning
 
 from . import _count_launch, require
+from . import _cublas
 from . import _kernels as K
 
 require()
@@ -227,9 +228,52 @@ def _gemm_args(fn, a, b, out, alpha, beta, trans_a, trans_b):
     return A, B, C, ta, tb, T(al), T(be)
 
 
+def _dummy(dtype, ndim):
+    key = (np.dtype(dtype), ndim)
+    if key not in _dummies:
+        _dummies[key] = cuda.device_array((1,) * ndim, dtype)
+    return _dummies[key]
+
+
+_dummies = {}
+
+
+def _cublas_launch(fn, A, B, C, ta, tb, epilogue, args):
+    """The product through cuBLAS, then the epilogue as one Numba kernel; False when cuBLAS
+    is not in use or cannot take these strides (the Numba GEMM then does it all)."""
+    if _cublas.backend() != "cublas":
+        return False
+    if epilogue == K.PLAIN:
+        al, be = args
+    elif epilogue == K.BIAS_ACT:
+        bias, al, be, code, p, p2 = args
+    elif epilogue == K.ACT:
+        al, be, code, p, p2 = args
+    elif epilogue == K.ACT_BACKWARD:
+        x, al, be, code, p, p2 = args
+    else:
+        D, al, be, dbb = args
+    if not _cublas.gemm(A, ta, B, tb, C, al, be):
+        return False
+    _count_launch(fn)
+    ks = K.kernels(A.dtype)
+    if epilogue == K.ROWSUM:      # db = op(A).sum(1) + dbb db: column sums of op(A).T
+        _launch(fn, ks.bias_grad, -(-C.shape[0] // K.LANES), (K.LANES, K.LANES), D,
+                A if ta else _transpose_view(A), dbb)
+    elif epilogue != K.PLAIN and C.size:
+        T = A.dtype.type
+        b = bias if epilogue == K.BIAS_ACT else _dummy(A.dtype, 1)
+        xx = x if epilogue == K.ACT_BACKWARD else _dummy(A.dtype, 2)
+        _launch(fn, ks.epilogue, _blocks(C.size, K.THREADS, K.MAX_BLOCKS), K.THREADS, C, b, xx,
+                epilogue, code, T(p), T(p2))
+    return True
+
+
 def _gemm_launch(fn, A, B, C, ta, tb, epilogue, *args):
     m, n = C.shape
     if m == 0 or (n == 0 and epilogue != K.ROWSUM):
+        return
+    if n and _cublas_launch(fn, A, B, C, ta, tb, epilogue, args):
         return
     grid = (max(1, -(-n // K.BN)), -(-m // K.BM))
     if grid[1] > 65535:
