@@ -21,6 +21,9 @@ if [ -n "${NUMBA_GEMM_TESTS:-}" ]; then   # the Numba GEMM fallback too, where c
 fi
 timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/bench_cuda.py "$@" >"$LOG/bench.log" 2>&1
 el "bench rc=$?"; tail -45 "$LOG/bench.log"
-if [ -f dev/gpu_probe.py ]; then
+if [ -f dev/gpu_profile.py ]; then
+  timeout 60 python3 dev/gpu_profile.py >"$LOG/profile.log" 2>&1; el "profile rc=$?"; grep -vE "Warning|warn\(" "$LOG/profile.log" | tail -60
+fi
+if [ -n "${PROBE:-}" ] && [ -f dev/gpu_probe.py ]; then
   timeout 45 python3 dev/gpu_probe.py >"$LOG/probe.log" 2>&1; el "probe rc=$?"; tail -30 "$LOG/probe.log"
 fi

@@ -106,7 +106,7 @@ def test_launches_per_step(trained):
             "correct_count_add": STEPS, "matmul_bias_grad": E * 3 * STEPS,
             "matmul_act_backward": E * 2 * STEPS, optim: STEPS})
         assert got == want, case
-        assert got.total() == (3 * 3 * E + 3 + 1 + 1 + weighted) * STEPS + 3 * E + 1
+        assert got.total() == (8 * E + 6 + weighted) * STEPS + 3 * E + 1
     assert not trained["sgd"]["cpu"]["launches"]            # the CPU run launched nothing
 
 
