@@ -13,11 +13,13 @@ time of `inner` back-to-back calls on the default stream, and the table shows th
 minimum of >= 5 samples and the ratio of medians to the first variant.
 
 Workloads:
-* gemm: C = A @ B, 4096^2 float32: fastnn.cuda (FP32 FMA, no tensor cores) vs torch.matmul
-  with TF32 off (torch.backends.cuda.matmul.allow_tf32 = False: FP32) and on (tensor cores).
+* gemm: C = A @ B, 4096^2 float32: fastnn.cuda through cuBLAS (when CuPy is there; TF32 off,
+  then on) and through its Numba kernel (FP32 FMA, no tensor cores) vs torch.matmul with TF32
+  off (torch.backends.cuda.matmul.allow_tf32 = False: FP32) and on (tensor cores).
 * mlp: one SGD-momentum training step (forward, softmax cross-entropy, backward, update) of
   784-256-256-10 at batch 256 and 784-1024-1024-10 at batch 8192: fastnn.cuda.mlp.MLP
-  (3L + 1 launches) vs torch eager (nn.Sequential, CrossEntropyLoss, optim.SGD), TF32 off/on.
+  (3L + 1 launches with the Numba GEMM, 6L launches through cuBLAS) vs torch eager
+  (nn.Sequential, CrossEntropyLoss, optim.SGD), TF32 off/on.
 * vector: element-wise and optimizer kernels on 16M float32 elements, as bytes moved per
   second and as a fraction of the device-to-device copy bandwidth (cudaMemcpy).
 """
