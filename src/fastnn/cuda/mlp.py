@@ -41,12 +41,22 @@ class MLP:
         self.momentum_buffer = cuda.device_array(self.size, self.dtype)
         self.steps = 0
         self._buffers = {}
+        self._views = {}
 
     @property
     def layers(self):
         return len(self.sizes) - 1
 
     def _view(self, flat, layer, what):
+        """A view into params or grads, made once (slicing a device array costs host time
+        on every step)."""
+        key = (id(flat), layer, what)
+        hit = self._views.get(key)
+        if hit is None or hit[0] is not flat:
+            hit = self._views[key] = (flat, self._make_view(flat, layer, what))
+        return hit[1]
+
+    def _make_view(self, flat, layer, what):
         w0, b0 = self._offsets[layer]
         fan_in, fan_out = self.sizes[layer], self.sizes[layer + 1]
         if what == "weight":

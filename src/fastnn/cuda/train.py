@@ -100,11 +100,16 @@ class _Net:
         self._bufs = {}
 
     def views(self, flat):
-        """[(W, b or None)] views of a flat device buffer, one per unit."""
+        """[(W, b or None)] views of a flat device buffer, one per unit (made once per buffer:
+        slicing a Numba device array costs host time on every step)."""
+        hit = self._bufs.get(("views", id(flat)))
+        if hit is not None and hit[0] is flat:
+            return hit[1]
         out = []
         for fan_in, fan_out, w0, b0, _, _ in self.units:
             w = flat[w0:w0 + fan_out * fan_in].reshape(fan_out, fan_in)
             out.append((w, None if b0 < 0 else flat[b0:b0 + fan_out]))
+        self._bufs[("views", id(flat))] = (flat, out)
         return out
 
     def buffers(self, rows, training):
