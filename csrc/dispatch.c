@@ -4,6 +4,8 @@
 #endif
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sched.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +30,74 @@ static fastnn_kernel_table tables[3];
 static int ntables = 0;
 static const fastnn_kernel_table *current = NULL;
 static char available[64];
+
+/* ---- cache blocking: from the caches the CPU reports, or FASTNN_GEMM_BLOCKING ----
+ * Each table's MC and KC were tuned for one pair of cache sizes: the avx2 values are BLIS's
+ * haswell ones (32 KiB L1d, 256 KiB L2), the avx512 ones were tuned on AMD Zen 4 (32 KiB L1d,
+ * 1 MiB L2). Following BLIS's analytical model (Low et al., "Analytical modeling is enough
+ * for high-performance BLIS", ACM TOMS 43(2), 2016), KC sizes the B micro-panel (KC x NR) to a
+ * share of L1d and MC the A block (MC x KC) to a share of L2, so each scales with its cache:
+ * KC by L1d / tuned L1d (a multiple of 8, within [128, 1024]), then MC so that MC x KC scales
+ * by L2 / tuned L2, with the A block at most half of L2 (a multiple of MR, within
+ * [MR, 4096]). NC (the B panel, in L3) stays. FASTNN_GEMM_BLOCKING="MC,KC,NC" sets the
+ * float32 values of every table instead (MC and NC rounded to the micro-tile), for tuning. */
+static long cache_bytes(int level) {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    long v = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
+    if (v > 0) return v;
+#endif
+    (void)level;
+    return 0;
+}
+
+static int round_to(long v, int q, long lo, long hi) {
+    if (v < lo) v = lo;
+    if (v > hi) v = hi;
+    v = v / q * q;
+    return (int)(v < q ? q : v);
+}
+
+static void scale_cfg(int *mc, int *kc, int mr, int elem, long l1, long l2, long tl1,
+                      long tl2) {
+    double a_block = (double)*mc * *kc;               /* elements of the tuned A block */
+    if (l1 > 0) *kc = round_to((long)*kc * l1 / tl1, 8, 128, 1024);
+    if (l2 > 0) {
+        a_block *= (double)l2 / tl2;
+        if (a_block * elem > l2 / 2) a_block = (double)(l2 / 2) / elem;
+    }
+    *mc = round_to((long)(a_block / *kc), mr, mr, 4096);
+}
+
+static void fit_blocking(fastnn_kernel_table *t) {
+    long tl1 = 32768, tl2;
+    if (strcmp(t->name, "avx2") == 0) tl2 = 262144;
+    else if (strcmp(t->name, "avx512") == 0) tl2 = 1048576;
+    else return;                                      /* generic: no cache-tuned kernel */
+    const char *env = getenv("FASTNN_GEMM_BLOCKING");
+    int mc, kc, nc;
+    if (env && sscanf(env, "%d,%d,%d", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0 &&
+        mc <= 65536 && kc <= 65536 && nc <= 1048576) {
+        t->s.mc = round_to(mc, t->s.mr, t->s.mr, 65536);
+        t->s.kc = kc;
+        t->s.nc = round_to(nc, t->s.nr, t->s.nr, 1048576);
+        return;
+    }
+    long l1 = cache_bytes(1), l2 = cache_bytes(2);
+    scale_cfg(&t->s.mc, &t->s.kc, t->s.mr, 4, l1, l2, tl1, tl2);
+    scale_cfg(&t->d.mc, &t->d.kc, t->d.mr, 8, l1, l2, tl1, tl2);
+}
+
+void fastnn_gemm_blocking(int out[10]) {
+    const fastnn_kernel_table *t = fastnn_table();
+    int v[10] = {t->s.mr, t->s.nr, t->s.mc, t->s.kc, t->s.nc,
+                 t->d.mr, t->d.nr, t->d.mc, t->d.kc, t->d.nc};
+    memcpy(out, v, sizeof v);
+}
+
+void fastnn_cache_sizes(long out[2]) {
+    out[0] = cache_bytes(1);
+    out[1] = cache_bytes(2);
+}
 
 /* Build the tables once: each starts from the generic one and overrides what its ISA has. */
 static void init_tables(void) {
@@ -58,6 +128,7 @@ static void init_tables(void) {
         strcat(available, ",avx512");
     }
 #endif
+    for (int i = 0; i < ntables; i++) fit_blocking(&tables[i]);
     current = &tables[ntables - 1];
 }
 

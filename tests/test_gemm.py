@@ -266,3 +266,47 @@ def test_few_row_path_bit_identical_for_one_and_two_threads(threads, ta):
     two = ops.matmul(a, b)
     assert one.tobytes() == two.tobytes()
     check(a, b, None, 1.0, 0.0, np.float32, one)
+
+
+def test_gemm_blocking_fits_the_micro_tile():
+    """The blocking in use (fitted to the caches at load): MC a multiple of MR, NC of NR."""
+    from fastnn._kernels import gemm_blocking
+    b = gemm_blocking()
+    for dt in ("float32", "float64"):
+        mr, nr, mc, kc, nc = b[dt]
+        assert mr > 0 and nr > 0 and kc > 0
+        assert mc % mr == 0 and nc % nr == 0, (dt, b[dt])
+
+
+def test_gemm_blocking_override_gives_the_same_products():
+    """FASTNN_GEMM_BLOCKING="MC,KC,NC" (rounded to the micro-tile) on every compiled table, with
+    blocks far smaller than any tuned one (a 13-deep k block, one NR-wide B panel): the
+    driver's edges everywhere, and the product still agrees with the float64 oracle."""
+    import os
+    import subprocess
+    import sys
+    code = r'''
+import numpy as np, fastnn
+from fastnn._kernels import gemm_blocking
+mr, nr, mc, kc, nc = gemm_blocking()["float32"]
+assert (mc, kc, nc) == (max(mr, 7 // mr * mr), 13, max(nr, 40 // nr * nr)), gemm_blocking()
+rng = np.random.default_rng(0)
+for m, k, n in [(37, 50, 71), (5, 29, 3), (64, 100, 130)]:
+    for ta in (0, 1):
+        for tb in (0, 1):
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            A, B = (a.T if ta else a), (b.T if tb else b)
+            got = fastnn.ops.matmul(A, B)
+            ref = A.astype(np.float64) @ B.astype(np.float64)
+            bound = 2 * k * np.finfo(np.float32).eps * (np.abs(A) @ np.abs(B))
+            assert np.all(np.abs(got - ref) <= bound), (m, k, n, ta, tb)
+print("ok", fastnn.arch())
+'''
+    for arch in fastnn.available_archs():
+        if arch == "generic":
+            continue
+        env = dict(os.environ, FASTNN_GEMM_BLOCKING="7,13,40", FASTNN_ARCH=arch)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]

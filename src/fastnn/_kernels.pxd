@@ -29,6 +29,8 @@ cdef extern from "fastnn/fastnn.h" nogil:
                                    float alpha, const float *a, int64_t lda, const float *b,
                                    int64_t ldb, float beta, float *c, int64_t ldc)
     int fastnn_bf16_native()
+    void fastnn_gemm_blocking(int *out)
+    void fastnn_cache_sizes(long *out)
     fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m,
                                   int64_t n, int64_t k, double alpha, const void *a,
                                   int64_t lda, const void *b, int64_t ldb, double beta,

@@ -427,6 +427,18 @@ def matmul_bf16(a, b, out=None, alpha=1.0, beta=0.0):
     return C
 
 
+def gemm_blocking():
+    """The GEMM blocking of the kernel table in use: {'float32': (mr, nr, mc, kc, nc),
+    'float64': (...)}, mc and kc fitted to the CPU's caches at load (or FASTNN_GEMM_BLOCKING),
+    and the L1d and L2 sizes in bytes the CPU reports (0 when unknown)."""
+    cdef int v[10]
+    cdef long c[2]
+    fastnn_gemm_blocking(v)
+    fastnn_cache_sizes(c)
+    return {"float32": tuple(v[i] for i in range(5)),
+            "float64": tuple(v[i] for i in range(5, 10)), "l1d": c[0], "l2": c[1]}
+
+
 def bf16_native():
     """True when matmul_bf16 runs on AVX512-BF16 instructions (else it is emulated)."""
     return bool(fastnn_bf16_native())

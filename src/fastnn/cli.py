@@ -92,6 +92,13 @@ def _info(args):
     print(f"kernel table : {fastnn.arch()} (available: {', '.join(fastnn.available_archs())})")
     print(f"openmp       : {fastnn.openmp_enabled()}, threads {fastnn.get_num_threads()}")
     print(f"bf16 GEMM    : {'native (AVX512-BF16)' if fastnn.bf16_native() else 'emulated'}")
+    from ._kernels import gemm_blocking
+    b = gemm_blocking()
+    kib = lambda n: f"{n // 1024} KiB" if n else "unknown"  # noqa: E731
+    print(f"caches       : L1d {kib(b['l1d'])}, L2 {kib(b['l2'])}")
+    for dt in ("float32", "float64"):
+        mr, nr, mc, kc, nc = b[dt]
+        print(f"GEMM {dt:7}: micro-tile {mr}x{nr}, MC {mc}, KC {kc}, NC {nc}")
     print(f"numpy        : {np.__version__}")
     return 0
 

@@ -46,6 +46,11 @@ const char *fastnn_arch(void);            /* name of the kernel table in use */
 /* Kernel tables compiled in and supported by this CPU, best last, as "generic,avx2,avx512". */
 const char *fastnn_available_archs(void);
 fastnn_status fastnn_set_arch(const char *name);  /* "generic" | "avx2" | "avx512" */
+/* GEMM blocking of the table in use: float32 mr, nr, mc, kc, nc, then the same for float64
+ * (mc and kc fitted to the CPU's caches at load; see csrc/dispatch.c). */
+void fastnn_gemm_blocking(int out[10]);
+/* L1d and L2 sizes in bytes as the CPU reports them (0 when unknown). */
+void fastnn_cache_sizes(long out[2]);
 
 /* ---- GEMM --------------------------------------------------------------------------
  * C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C[m,n]
