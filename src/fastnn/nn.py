@@ -588,8 +588,9 @@ class Sequential(Module):
         X, one = self._predict_input(X, batch_size)
         if one:
             return self.predict(X, batch_size)[0]
-        net = _fused.inference_net(self, batch_size) if X.ndim == 2 and len(X) else None
-        if net is None or X.shape[1] != net.in_features:
+        net = (_fused.inference_net(self, batch_size, X.shape[1:])
+               if X.ndim in (2, 4) and len(X) else None)
+        if net is None or (net.input_shape is None and X.shape[1] != net.in_features):
             return super().predict(X, batch_size)
         return net.forward(X)
 
