@@ -501,7 +501,7 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     carve(net, net->arena, &L);
     /* One parallel region for all the steps of this call, when a step is big enough. */
     int nt = fastnn_net_threads(net, fastnn_min64(batch_size, n));
-    if (nt <= 1 || fastnn_cur_team)
+    if (nt <= 1 || fastnn_cur_team || (net->nops > 0 && fastnn_plan_own_teams(net)))
         return train_steps(net, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
     fastnn_team team;
     fastnn_team_init(&team, nt);

@@ -68,6 +68,12 @@ double fastnn_plan_work(const fastnn_net *net, int64_t B) {
     return 2 * w;
 }
 
+int fastnn_plan_own_teams(const fastnn_net *net) {
+    for (int i = 0; i < net->nops; i++)
+        if (net->ops[i].kind == FASTNN_OP_CONV2D) return 1;
+    return 0;
+}
+
 /* ---- checks ----------------------------------------------------------------------------- */
 
 static int same3(const int64_t a[3], const int64_t b[3]) {

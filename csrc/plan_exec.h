@@ -11,6 +11,10 @@ fastnn_status fastnn_plan_check(const fastnn_net *net);
 int64_t fastnn_plan_widest(const fastnn_net *net);
 /* Multiply-adds of one training step of B rows (forward, dW, dX but for the first layer). */
 double fastnn_plan_work(const fastnn_net *net, int64_t B);
+/* 1 when the step should run outside a team, each kernel forming its own: the convolution
+ * runs on one thread inside a team (its whole-call buffers are per thread), so a team would
+ * leave the other threads waiting through most of a CNN's step. */
+int fastnn_plan_own_teams(const fastnn_net *net);
 /* The last op's output for the arena's plan region `plan` and gathered input x. */
 char *fastnn_plan_output(const fastnn_net *net, char *plan, const char *x);
 /* Forward of B rows of x; train: batch statistics (running ones updated), dropout on. */
