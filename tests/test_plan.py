@@ -254,3 +254,34 @@ def test_the_c_check_refuses_a_broken_plan():
     with pytest.raises(ValueError, match="invalid"):     # arena regions past row_bytes
         fn._kernels.FusedNet((), p.buffer.data, p.buffer.grad, ops=p.ops,
                              row_bytes=p.row_bytes // 2)
+
+
+def bn_mlp(seed=0, dtype=np.float32):
+    return fn.Sequential(fn.Linear(12, 16), fn.BatchNorm1d(16), fn.ReLU(), fn.Dropout(0.0),
+                         fn.Linear(16, 8), fn.Tanh(), fn.Linear(8, 4), dtype=dtype, seed=seed)
+
+
+def test_batchnorm1d_rows_through_the_plan(per_op):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((100, 12)).astype(np.float32)
+    y = rng.integers(0, 4, 100)
+    out = []
+    for force in (False, True):
+        if force:
+            per_op()
+        m = bn_mlp()
+        opt = fn.Adam(m.parameters(), lr=1e-2)
+        if not force:
+            assert isinstance(_fused.training_plan(m, fn.CrossEntropyLoss(), opt, X, y, 16,
+                                                   ["accuracy"]), plan.PlanTraining)
+        h = fn.fit(m, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=16, seed=2,
+                   verbose=0)
+        out.append(({k: np.asarray(v).tobytes() for k, v in m.state_dict().items()},
+                    h.history["loss"], m.predict(X).tobytes()))
+    assert out[0] == out[1]
+    # a last batch of one row: BatchNorm1d cannot train on it; the per-op path says so
+    m = bn_mlp()
+    opt = fn.SGD(m.parameters(), lr=0.1)
+    assert plan.training_plan(m, fn.CrossEntropyLoss(), opt, X[:33], y[:33], 16, []) is None
+    assert plan.training_plan(m, fn.CrossEntropyLoss(), opt, X[:34], y[:34], 16,
+                              []) is not None

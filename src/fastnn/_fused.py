@@ -8,7 +8,8 @@ Supported: Flatten layers first, then units of Linear, an optional activation (R
 LeakyReLU, Sigmoid, Tanh, GELU, SiLU) and an optional Dropout(p < 1); one flat parameter
 buffer; CrossEntropyLoss with integer labels (class weights, label smoothing), MSELoss,
 L1Loss, HuberLoss, BCEWithLogitsLoss (pos_weight); SGD, Adam, AdamW, RMSprop, Adagrad with a
-single parameter group covering the whole buffer.
+single parameter group covering the whole buffer. Other models of supported layers (CNNs,
+BatchNorm, activations in a row) go through the general layer plan (fastnn.plan).
 """
 import numpy as np
 
