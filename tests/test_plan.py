@@ -285,3 +285,24 @@ def test_batchnorm1d_rows_through_the_plan(per_op):
     assert plan.training_plan(m, fn.CrossEntropyLoss(), opt, X[:33], y[:33], 16, []) is None
     assert plan.training_plan(m, fn.CrossEntropyLoss(), opt, X[:34], y[:34], 16,
                               []) is not None
+
+
+def test_a_plan_without_convolution_runs_in_one_team_with_the_same_bits(threads):
+    """BatchNorm1d makes this MLP a layer plan; with no convolution its step runs inside one
+    team of threads (pool, norm and GEMM kernels share it), and gives the one-thread bits."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((256, 256)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    out = []
+    for t in (1, 2):
+        threads(t)
+        m = fn.Sequential(fn.Linear(256, 512), fn.BatchNorm1d(512), fn.ReLU(),
+                          fn.Linear(512, 10), seed=0)
+        opt = fn.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        tp = _fused.training_plan(m, fn.CrossEntropyLoss(), opt, X, y, 64, ["accuracy"])
+        assert isinstance(tp, plan.PlanTraining) and tp.net.threads(64) == t
+        h = fn.fit(m, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=64, seed=1,
+                   verbose=0)
+        out.append(({k: np.asarray(v).tobytes() for k, v in m.state_dict().items()},
+                    h.history["loss"]))
+    assert out[0] == out[1]
