@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 #include "fastnn/net.h"
+#include "plan_exec.h"
 #include "ref/common.h"
 
 static size_t esize(fastnn_dtype dt) { return dt == FASTNN_F32 ? 4 : 8; }
@@ -23,11 +24,24 @@ static int fused(const fastnn_unit *u) {
 typedef struct {
     char *x, *t, *d[2];
     char *y[64], *z[64];
+    char *plan;     /* a layer plan's region: row_bytes per row (net->nops > 0) */
     int64_t row0;   /* data-parallel: the arena's first row is this row of the global batch */
     double denom;   /* data-parallel: > 0, the mean's denominator over the global batch */
 } layout;
 
 #define FASTNN_NET_MAX_UNITS 64
+
+/* Values per row of X and of the network's output; the output of the last layer. */
+static int64_t net_in(const fastnn_net *net) {
+    return net->nops > 0 ? fastnn_op_size(net->ops[0].in) : net->units[0].in;
+}
+static int64_t net_out(const fastnn_net *net) {
+    return net->nops > 0 ? fastnn_op_size(net->ops[net->nops - 1].out)
+                         : net->units[net->nunits - 1].out;
+}
+static char *net_y(const fastnn_net *net, const layout *L) {
+    return net->nops > 0 ? fastnn_plan_output(net, L->plan, L->x) : L->y[net->nunits - 1];
+}
 
 /* Carve the arena (or, with base NULL, only count its bytes). Returns 0 when a size
  * overflows (every product is checked: sizes come from the caller). */
@@ -35,15 +49,20 @@ static size_t carve(const fastnn_net *net, char *base, layout *L) {
     size_t es = esize(net->dt), off = 0, bytes;
     int64_t B = net->max_batch, widest = 1;
     const fastnn_unit *u = net->units;
-    int last = net->nunits - 1;
 #define TAKE(ptr, rows, cols, size) do {                                                       \
         if (fastnn_bytes3(&bytes, rows, cols, size) || __builtin_add_overflow(off, bytes, &off)) \
             return 0;                                                                          \
         if (base) (ptr) = base + off - bytes;                                                  \
     } while (0)
-    TAKE(L->x, B, u[0].in, es);
+    TAKE(L->x, B, net_in(net), es);
     if (net->loss == FASTNN_NET_CROSS_ENTROPY) TAKE(L->t, B, 1, sizeof(int64_t));
-    else TAKE(L->t, B, u[last].out, es);
+    else TAKE(L->t, B, net_out(net), es);
+    if (net->nops > 0) {
+        off = align64(off);
+        TAKE(L->plan, B, net->row_bytes, 1);
+        off = align64(off);
+        widest = fastnn_plan_widest(net);
+    }
     for (int i = 0; i < net->nunits; i++) {
         TAKE(L->y[i], B, u[i].out, es);
         if (!fused(&u[i])) TAKE(L->z[i], B, u[i].out, es);
@@ -58,6 +77,9 @@ static size_t carve(const fastnn_net *net, char *base, layout *L) {
 }
 
 static int units_valid(const fastnn_net *net) {
+    if (net && net->nops > 0)   /* a layer plan: its sizes, checked by fastnn_plan_check */
+        return net->ops && net->nunits == 0 && net->max_batch >= 1 &&
+               fastnn_plan_check(net) == FASTNN_OK;
     if (!net || !net->units || net->nunits < 1 || net->nunits > FASTNN_NET_MAX_UNITS ||
         net->max_batch < 1)
         return 0;
@@ -92,8 +114,12 @@ static int hyper_valid(const fastnn_net *net) {
 }
 
 fastnn_status fastnn_net_check(const fastnn_net *net) {
-    if (!net || !net->units || !net->params || !net->grads || !net->arena) return FASTNN_ENULL;
+    fastnn_status st;
+    if (!net || !(net->nops > 0 ? (void *)net->ops : (void *)net->units) || !net->params ||
+        !net->grads || !net->arena)
+        return FASTNN_ENULL;
     if (net->dt != FASTNN_F32 && net->dt != FASTNN_F64) return FASTNN_EINVAL;
+    if (net->nops > 0 && (st = fastnn_plan_check(net)) != FASTNN_OK) return st;
     if (!units_valid(net) || net->nparams < 1 || carve(net, NULL, &(layout){0}) == 0)
         return FASTNN_EINVAL;
     for (int i = 0; i < net->nunits; i++) {
@@ -149,6 +175,13 @@ static fastnn_status dropout_apply(fastnn_dtype dt, void *v, int64_t n, double p
     return FASTNN_OK;
 }
 
+/* The same, for the layer plan's Dropout op (csrc/plan.c). */
+uint64_t fastnn_net_mix64(uint64_t x) { return mix64(x); }
+fastnn_status fastnn_net_dropout(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,
+                                 int64_t i0) {
+    return dropout_apply(dt, v, n, p, key, i0);
+}
+
 /* Rows whose argmax is the label; a row holding a NaN never counts (its argmax is no class). */
 static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labels, int64_t rows,
                              int64_t cols) {
@@ -182,6 +215,7 @@ static char *at(const fastnn_net *net, void *base, int64_t offset) {
 
 static fastnn_status forward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
                              int train, uint64_t key) {
+    if (net->nops > 0) return fastnn_plan_forward(net, L->plan, x, B, train, key, L->row0);
     fastnn_dtype dt = net->dt;
     fastnn_team *team = fastnn_cur_team;
     const char *h = x;
@@ -212,9 +246,9 @@ static fastnn_status forward(const fastnn_net *net, const layout *L, const char 
 static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64_t B, void *g,
                                    double *value) {
     fastnn_dtype dt = net->dt;
-    const fastnn_unit *u = &net->units[net->nunits - 1];
-    const char *y = L->y[net->nunits - 1];
-    int64_t n = B * u->out;
+    int64_t outw = net_out(net);
+    const char *y = net_y(net, L);
+    int64_t n = B * outw;
     double total = 0, wsum = 0, nd = L->denom > 0 ? L->denom : (double)n;
     fastnn_status st;
     switch (net->loss) {
@@ -225,18 +259,18 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
             scale = 1.0 / L->denom;
         } else if (net->mean) {
             st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
-                                      net->label_smoothing, B, u->out);
+                                      net->label_smoothing, B, outw);
             if (st != FASTNN_OK) return st;
             scale = 1.0 / wsum;
         }
         st = fastnn_cross_entropy(dt, &total, &wsum, NULL, g, scale, y, lab, net->loss_weight,
-                                  net->label_smoothing, B, u->out);
+                                  net->label_smoothing, B, outw);
         *value = net->mean ? total / (L->denom > 0 ? L->denom : wsum) : total;
         return st;
     }
     case FASTNN_NET_BCE_LOGITS:
         st = fastnn_bce_logits(dt, &total, NULL, g, net->mean ? 1.0 / nd : 1.0, y, L->t,
-                               net->loss_weight, B, u->out);
+                               net->loss_weight, B, outw);
         break;
     default: {
         fastnn_loss kind = net->loss == FASTNN_NET_MSE ? FASTNN_LOSS_MSE
@@ -265,6 +299,8 @@ static fastnn_status add_l2(fastnn_dtype dt, void *dw, const void *w, int64_t n,
 
 static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
                               uint64_t key) {
+    if (net->nops > 0)
+        return fastnn_plan_backward(net, L->plan, x, L->d[0], L->d[1], B, key, L->row0);
     fastnn_dtype dt = net->dt;
     fastnn_team *team = fastnn_cur_team;
     int cur = 0;   /* L->d[cur] holds d loss / d y_i on entry to unit i, then d loss / d z_i */
@@ -341,10 +377,10 @@ static fastnn_status update(const fastnn_net *net, int64_t step) {
 static void gather(const fastnn_net *net, const layout *L, const void *X, const void *Y,
                    const int64_t *idx, int64_t B) {
     size_t es = esize(net->dt);
-    size_t xrow = (size_t)net->units[0].in * es;
+    size_t xrow = (size_t)net_in(net) * es;
     size_t trow = net->loss == FASTNN_NET_CROSS_ENTROPY
                       ? sizeof(int64_t)
-                      : (size_t)net->units[net->nunits - 1].out * es;
+                      : (size_t)net_out(net) * es;
     FASTNN_PARALLEL_RANGE(B, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
     for (int64_t r = lo_; r < hi_; r++) {
         memcpy(L->x + r * xrow, (const char *)X + idx[r] * xrow, xrow);
@@ -361,8 +397,8 @@ static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B
     if (!net->nonfinite_ok && !(value - value == 0))
         return FASTNN_ENONFINITE;   /* NaN or +-inf: no update */
     if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
-        *correct += count_correct(net->dt, L->y[net->nunits - 1], (const int64_t *)L->t, B,
-                                  net->units[net->nunits - 1].out);
+        *correct += count_correct(net->dt, net_y(net, L), (const int64_t *)L->t, B,
+                                  net_out(net));
     if (loss_sum) *loss_sum += value * (double)B;
     return FASTNN_OK;
 }
@@ -437,13 +473,14 @@ static fastnn_status train_steps(fastnn_net *net, const layout *L, const void *X
  * input gradient of every unit. */
 static double step_work(const fastnn_net *net, int64_t B) {
     double w = 0;
+    if (net->nops > 0) return fastnn_plan_work(net, B);
     for (int i = 0; i < net->nunits; i++)
         w += (double)B * (double)net->units[i].in * (double)net->units[i].out * (i > 0 ? 3 : 2);
     return 2 * w;
 }
 
 int fastnn_net_threads(const fastnn_net *net, int64_t batch_size) {
-    if (!net || net->nunits < 1 || batch_size < 1) return 1;
+    if (!net || (net->nunits < 1 && net->nops < 1) || batch_size < 1) return 1;
     return fastnn_threads_for(step_work(net, batch_size));
 }
 
@@ -454,8 +491,8 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     if (st != FASTNN_OK) return st;
     if (n < 0 || rows < 0 || batch_size < 1 || batch_size > net->max_batch) return FASTNN_EINVAL;
     int64_t ext;   /* X [rows, in0] and T [rows, out] must have representable extents */
-    if (fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
-        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+    if (fastnn_mul3_i64(&ext, rows, net_in(net), 8) ||
+        fastnn_mul3_i64(&ext, rows, net_out(net), 8))
         return FASTNN_EINVAL;
     if (n > 0 && (!X || !Y || !index)) return FASTNN_ENULL;
     for (int64_t i = 0; i < n; i++)
@@ -464,7 +501,7 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
     carve(net, net->arena, &L);
     /* One parallel region for all the steps of this call, when a step is big enough. */
     int nt = fastnn_net_threads(net, fastnn_min64(batch_size, n));
-    if (nt <= 1 || fastnn_cur_team)
+    if (nt <= 1 || fastnn_cur_team || (net->nops > 0 && fastnn_plan_own_teams(net)))
         return train_steps(net, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
     fastnn_team team;
     fastnn_team_init(&team, nt);
@@ -493,19 +530,19 @@ fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int6
     fastnn_status st = fastnn_net_check(net);
     if (st != FASTNN_OK) return st;
     int64_t ext;
-    if (rows < 0 || fastnn_mul3_i64(&ext, rows, net->units[0].in, 8) ||
-        fastnn_mul3_i64(&ext, rows, net->units[net->nunits - 1].out, 8))
+    if (rows < 0 || fastnn_mul3_i64(&ext, rows, net_in(net), 8) ||
+        fastnn_mul3_i64(&ext, rows, net_out(net), 8))
         return FASTNN_EINVAL;
     if (rows > 0 && (!out || !X)) return FASTNN_ENULL;
     layout L;
     carve(net, net->arena, &L);
     size_t es = esize(net->dt);
-    int64_t in = net->units[0].in, outw = net->units[net->nunits - 1].out;
+    int64_t in = net_in(net), outw = net_out(net);
     for (int64_t s = 0; s < rows; s += net->max_batch) {
         int64_t B = fastnn_min64(net->max_batch, rows - s);
         if ((st = forward(net, &L, (const char *)X + (size_t)(s * in) * es, B, 0, 0)) != FASTNN_OK)
             return st;
-        memcpy((char *)out + (size_t)(s * outw) * es, L.y[net->nunits - 1], (size_t)(B * outw) * es);
+        memcpy((char *)out + (size_t)(s * outw) * es, net_y(net, &L), (size_t)(B * outw) * es);
     }
     return FASTNN_OK;
 }
@@ -684,6 +721,7 @@ fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, c
     if (!d) return FASTNN_ENULL;
     if (d->size < 1 || d->rank < 0 || d->rank >= d->size || d->shards < 0) return FASTNN_EINVAL;
     if (net->l2 != 0) return FASTNN_EINVAL;   /* l2 * W / rows: per-rank rows would scale it */
+    if (net->nops > 0) return FASTNN_EINVAL;  /* batch norm's statistics are per batch */
     if (d->shards > 0) {
         if (d->shards % d->size != 0)
             return FASTNN_EINVAL;   /* each rank: a block of whole shards */

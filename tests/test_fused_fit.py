@@ -106,9 +106,13 @@ def test_plan_falls_back_where_it_cannot_run():
     custom = fn.Sequential(fn.Linear(20, 5), Double())
     soft = fn.Sequential(fn.Linear(20, 5), fn.Softmax())
     two_acts = fn.Sequential(fn.Linear(20, 5), fn.ReLU(), fn.Tanh())
-    for model in (custom, soft, two_acts):
+    for model in (custom, soft):
         assert _fused.training_plan(model, loss, fn.SGD(model.parameters(), lr=0.1), X, y,
                                     32, ["accuracy"]) is None
+    # two activations in a row: not a unit chain, but the general layer plan (fastnn.plan)
+    from fastnn.plan import PlanTraining
+    assert isinstance(_fused.training_plan(two_acts, loss, fn.SGD(two_acts.parameters(), lr=0.1),
+                                           X, y, 32, ["accuracy"]), PlanTraining)
     m = mlp()
     groups = [{"params": [m[0].weight]}, {"params": [p for p in m.parameters()
                                                      if p is not m[0].weight], "lr": 0.01}]

@@ -8,7 +8,8 @@ Supported: Flatten layers first, then units of Linear, an optional activation (R
 LeakyReLU, Sigmoid, Tanh, GELU, SiLU) and an optional Dropout(p < 1); one flat parameter
 buffer; CrossEntropyLoss with integer labels (class weights, label smoothing), MSELoss,
 L1Loss, HuberLoss, BCEWithLogitsLoss (pos_weight); SGD, Adam, AdamW, RMSprop, Adagrad with a
-single parameter group covering the whole buffer.
+single parameter group covering the whole buffer. Other models of supported layers (CNNs,
+BatchNorm, activations in a row) go through the general layer plan (fastnn.plan).
 """
 import numpy as np
 
@@ -148,9 +149,12 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
                   adam_eps_uncorrected=False):
     """A FusedTraining for fit, or None (then fit uses the per-op path). l2 and
     adam_eps_uncorrected: as FusedNet's (scikit-learn's formulas, for fastnn.sklearn)."""
-    found = _units(model)
-    if found is None or X.ndim != 2:
-        return None
+    found = _units(model) if X.ndim == 2 else None
+    if found is None:       # the general layer plan (CNNs, BatchNorm), or None
+        if l2 or adam_eps_uncorrected:
+            return None
+        from . import plan
+        return plan.training_plan(model, loss, optimizer, X, y, batch_size, metrics)
     units, buffer = found
     dtype = buffer.data.dtype
     largs = _loss_args(loss, dtype)
@@ -169,11 +173,15 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
     return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
 
 
-def inference_net(model, max_batch=256):
-    """A FusedNet that runs model's forward pass (no training), or None."""
-    found = _units(model)
+def inference_net(model, max_batch=256, input_shape=None):
+    """A FusedNet that runs model's forward pass (no training) on samples of input_shape
+    (None: rows of features), or None."""
+    found = _units(model) if input_shape is None or len(input_shape) == 1 else None
     if found is None:
-        return None
+        if input_shape is None:
+            return None
+        from . import plan
+        return plan.inference_net(model, input_shape, max_batch)
     units, buffer = found
     return FusedNet(units, buffer.data, buffer.grad, optim="sgd", hyper={"lr": 0.0},
                     max_batch=max_batch)

@@ -162,6 +162,20 @@ cdef extern from "fastnn/fastnn.h" nogil:
                                                 const void *weight, int64_t rows, int64_t d,
                                                 double beta)
 
+cdef extern from "fastnn/plan.h" nogil:
+    ctypedef enum fastnn_op_kind:
+        FASTNN_OP_LINEAR, FASTNN_OP_CONV2D, FASTNN_OP_MAXPOOL2D, FASTNN_OP_AVGPOOL2D,
+        FASTNN_OP_GLOBAL_AVGPOOL, FASTNN_OP_BATCHNORM, FASTNN_OP_ACT, FASTNN_OP_DROPOUT,
+        FASTNN_OP_FLATTEN
+    ctypedef struct fastnn_op:
+        fastnn_op_kind kind
+        int64_t in_ "in"[3]
+        int64_t out[3]
+        int64_t w, b, rs, y, aux, kh, kw, sh, sw, ph, pw, dh, dw, groups
+        int count_include_pad
+        fastnn_act act
+        double p, p2, drop, eps, momentum
+
 cdef extern from "fastnn/net.h" nogil:
     ctypedef struct fastnn_unit:
         int64_t in_ "in"
@@ -198,6 +212,11 @@ cdef extern from "fastnn/net.h" nogil:
         void *arena
         double l2
         int adam_eps_uncorrected
+        int nops
+        const fastnn_op *ops
+        void *stats
+        int64_t nstats
+        int64_t row_bytes
     int64_t fastnn_net_arena_bytes(const fastnn_net *net)
     fastnn_status fastnn_net_check(const fastnn_net *net)
     int fastnn_net_threads(const fastnn_net *net, int64_t batch_size)

@@ -1154,6 +1154,13 @@ cdef fastnn_status _reduce_grads(void *ctx, void *grads, int64_t n, int64_t step
     return FASTNN_OK
 
 
+_OP_KINDS = {"linear": FASTNN_OP_LINEAR, "conv2d": FASTNN_OP_CONV2D,
+             "max_pool2d": FASTNN_OP_MAXPOOL2D, "avg_pool2d": FASTNN_OP_AVGPOOL2D,
+             "global_avg_pool": FASTNN_OP_GLOBAL_AVGPOOL, "batch_norm": FASTNN_OP_BATCHNORM,
+             "activation": FASTNN_OP_ACT, "dropout": FASTNN_OP_DROPOUT,
+             "flatten": FASTNN_OP_FLATTEN}
+
+
 cdef class FusedNet:
     """A compiled plan for the fused training step (csrc/include/fastnn/net.h).
 
@@ -1171,6 +1178,8 @@ cdef class FusedNet:
     """
     cdef fastnn_net net
     cdef fastnn_unit *units
+    cdef fastnn_op *ops
+    cdef readonly object input_shape
     cdef object keep
     cdef object dist_scratch
     cdef readonly object dtype
@@ -1178,15 +1187,22 @@ cdef class FusedNet:
 
     def __cinit__(self):
         self.units = NULL
+        self.ops = NULL
 
     def __dealloc__(self):
         free(self.units)
         self.units = NULL
+        free(self.ops)
+        self.ops = NULL
 
     def __init__(self, units, params, grads, *, loss="cross_entropy", reduction="mean",
                  label_smoothing=0.0, weight=None, delta=1.0, optim="sgd", hyper=None,
                  states=(None, None, None), step=0, max_batch=256, l2=0.0,
-                 adam_eps_uncorrected=False):
+                 adam_eps_uncorrected=False, ops=None, stats=None, row_bytes=0):
+        """ops (instead of units, which must then be empty): a layer plan, a sequence of
+        dicts with the fields of fastnn_op (csrc/include/fastnn/plan.h; 'kind' and 'act'
+        by name, as fastnn.plan builds them), stats: the running-statistics buffer (like
+        params, or None), row_bytes: the ops' arena bytes per batch row."""
         fn = "FusedNet"
         cdef cnp.ndarray P = _array(params, fn, "params")
         P = _state(P, fn, "params", P)
@@ -1194,7 +1210,10 @@ cdef class FusedNet:
         if _overlap(P, G):
             raise ValueError(f"{_sig(fn, 'grads')} overlaps 'params' in memory")
         units = [tuple(u) for u in units]
-        if not units or len(units) > 64:
+        if ops is not None:
+            if units:
+                raise ValueError(f"{_sig(fn, 'units')} must be empty when 'ops' is given")
+        elif not units or len(units) > 64:
             raise ValueError(f"{_sig(fn, 'units')} must hold 1 to 64 units, got {len(units)}")
         if loss not in _NET_LOSSES:
             raise ValueError(f"{_sig(fn, 'loss')} must be one of {sorted(_NET_LOSSES)}, got {loss!r}")
@@ -1235,8 +1254,17 @@ cdef class FusedNet:
             self.units[i].p = p
             self.units[i].p2 = p2
             self.units[i].drop = _float_arg(drop, fn, "units")
-        last_out = units[len(units) - 1][1]
         keep = [P, G]
+        self.net.nops = 0
+        self.net.ops = NULL
+        self.net.stats = NULL
+        self.net.nstats = 0
+        self.net.row_bytes = 0
+        self.input_shape = None
+        if ops is not None:
+            last_out = self._set_ops(fn, ops, P, stats, row_bytes, keep)
+        else:
+            last_out = units[len(units) - 1][1]
         self.net.dt = _dt(P)
         self.net.nunits = len(units)
         self.net.units = self.units
@@ -1298,7 +1326,7 @@ cdef class FusedNet:
         keep.append(arena)
         self.keep = keep
         self.dtype = P.dtype
-        self.in_features = units[0][0]
+        self.in_features = units[0][0] if ops is None else int(np.prod(self.input_shape))
         self.out_features = last_out
         self.max_batch = max_batch
         st = fastnn_net_check(&self.net)
@@ -1307,6 +1335,83 @@ cdef class FusedNet:
                              f"units must chain (each in_features = previous out_features), "
                              f"offsets must lie inside 'params' ({P.size} elements), dropout in "
                              f"[0, 1), and the optimizer's state buffers must be given")
+
+    def _set_ops(self, fn, ops, cnp.ndarray P, stats, row_bytes, list keep):
+        ops = list(ops)
+        if not 1 <= len(ops) <= 256:
+            raise ValueError(f"{_sig(fn, 'ops')} must hold 1 to 256 ops, got {len(ops)}")
+        if isinstance(row_bytes, bool) or not isinstance(row_bytes, (int, np.integer)) \
+                or row_bytes < 0:
+            raise ValueError(f"{_sig(fn, 'row_bytes')} must be an int >= 0, got {row_bytes!r}")
+        self.ops = <fastnn_op *>malloc(len(ops) * sizeof(fastnn_op))
+        if self.ops == NULL:
+            raise MemoryError(fn)
+        memset(self.ops, 0, len(ops) * sizeof(fastnn_op))
+        cdef int i, d
+        cdef cnp.ndarray S
+        for i, o in enumerate(ops):
+            kind = _OP_KINDS.get(o.get("kind"))
+            if kind is None:
+                raise ValueError(f"{_sig(fn, 'ops')}[{i}] kind must be one of "
+                                 f"{sorted(_OP_KINDS)}, got {o.get('kind')!r}")
+            self.ops[i].kind = kind
+            for d in range(3):
+                self.ops[i].in_[d] = o["in"][d]
+                self.ops[i].out[d] = o["out"][d]
+            self.ops[i].w = o.get("w", -1)
+            self.ops[i].b = o.get("b", -1)
+            self.ops[i].rs = o.get("rs", -1)
+            self.ops[i].y = o.get("y", -1)
+            self.ops[i].aux = o.get("aux", -1)
+            for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups"):
+                v = o.get(name, 1 if name in ("kh", "kw", "sh", "sw", "dh", "dw", "groups") else 0)
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"{_sig(fn, 'ops')}[{i}] {name} must be an int, got {v!r}")
+            self.ops[i].kh, self.ops[i].kw = o.get("kh", 1), o.get("kw", 1)
+            self.ops[i].sh, self.ops[i].sw = o.get("sh", 1), o.get("sw", 1)
+            self.ops[i].ph, self.ops[i].pw = o.get("ph", 0), o.get("pw", 0)
+            self.ops[i].dh, self.ops[i].dw = o.get("dh", 1), o.get("dw", 1)
+            self.ops[i].groups = o.get("groups", 1)
+            self.ops[i].count_include_pad = bool(o.get("count_include_pad", True))
+            code, p, p2 = _activation_spec(o.get("act", "identity"), fn)
+            self.ops[i].act = code
+            self.ops[i].p = p
+            self.ops[i].p2 = p2
+            self.ops[i].drop = _float_arg(o.get("drop", 0.0), fn, "ops")
+            self.ops[i].eps = _float_arg(o.get("eps", 0.0), fn, "ops")
+            self.ops[i].momentum = _float_arg(o.get("momentum", 0.0), fn, "ops")
+        self.net.nops = len(ops)
+        self.net.ops = self.ops
+        self.net.nunits = 0
+        self.net.row_bytes = row_bytes
+        if stats is not None:
+            if not isinstance(stats, np.ndarray):
+                raise TypeError(f"{_sig(fn, 'stats')} must be a numpy array, got "
+                                f"{type(stats).__name__}")
+            S = stats
+            if S.dtype != P.dtype or S.ndim != 1 or not S.flags.c_contiguous or not S.flags.writeable:
+                raise ValueError(f"{_sig(fn, 'stats')} must be a writable 1-D C-contiguous "
+                                 f"{P.dtype} array, got {S.dtype} {_shp(S)}")
+            keep.append(S)
+            self.net.stats = _ptr(S)
+            self.net.nstats = S.size
+        self.input_shape = tuple(int(v) for v in ops[0]["in"])
+        last = ops[len(ops) - 1]["out"]
+        return int(last[0]) * int(last[1]) * int(last[2])
+
+    def _flat_x(self, fn, X):
+        """X as rows of in_features values: a layer plan takes (rows,) + input_shape too."""
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
+        if self.input_shape is not None and Xa.ndim == 4:
+            if tuple((<object>Xa).shape)[1:] != self.input_shape:
+                raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, "
+                                 f"{', '.join(map(str, self.input_shape))}), got {_shp(Xa)}")
+            Xa = Xa.reshape(Xa.shape[0], -1)
+        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
+            want = (f"(rows, {self.in_features})" if self.input_shape is None else
+                    f"(rows, {', '.join(map(str, self.input_shape))})")
+            raise ValueError(f"{_sig(fn, 'X')} must have shape {want}, got {_shp(Xa)}")
+        return Xa
 
     def _set_hyper(self, str k, v):
         cdef double d = _float_arg(v, "FusedNet", "hyper")
@@ -1359,10 +1464,7 @@ cdef class FusedNet:
         """One optimizer step per mini-batch index[0:bs], index[bs:2bs], ... of X, Y rows.
         Returns (sum of batch loss * batch rows, correctly classified rows)."""
         fn = "FusedNet.train"
-        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
-        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
-            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
-                             f"got {_shp(Xa)}")
+        cdef cnp.ndarray Xa = self._flat_x(fn, X)
         cdef int64_t rows = Xa.shape[0]
         cdef cnp.ndarray Ya
         if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
@@ -1400,10 +1502,7 @@ cdef class FusedNet:
         return loss_sum, correct
 
     def _train_args(self, fn, X, Y, index, int64_t batch_size):
-        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
-        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
-            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
-                             f"got {_shp(Xa)}")
+        cdef cnp.ndarray Xa = self._flat_x(fn, X)
         rows = Xa.shape[0]
         if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
             Ya = _labels(Y, fn, rows)
@@ -1483,10 +1582,7 @@ cdef class FusedNet:
     def forward(self, X, out=None):
         """The network on X (rows, in_features) without dropout."""
         fn = "FusedNet.forward"
-        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
-        if Xa.ndim != 2 or Xa.shape[1] != self.in_features:
-            raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, {self.in_features}), "
-                             f"got {_shp(Xa)}")
+        cdef cnp.ndarray Xa = self._flat_x(fn, X)
         cdef int64_t rows = Xa.shape[0]
         cdef cnp.ndarray O = _output(out, fn, (rows, self.out_features), self.dtype, [("X", Xa)],
                                      False)

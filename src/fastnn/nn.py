@@ -570,8 +570,10 @@ class Sequential(Module):
     @_guard.for_reading
     def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X (n, features) in batches in evaluation mode -> (n, outputs); one
-        sample of shape (features,) gives one row (outputs,). A model of Linear layers and
-        activations runs it in one native call (fastnn._fused), with the same numbers.
+        sample of shape (features,) gives one row (outputs,); a model starting with Conv2d takes
+        X (n, C, H, W). A model of supported layers (Linear, Conv2d, pools, BatchNorm,
+        activations, Dropout, Flatten) runs it in one native call per batch (fastnn._fused,
+        fastnn.plan), with the same numbers.
         ValueError naming X's shape when it does not fit the first Linear layer. Several
         threads may predict at once only on a model in evaluation mode that no thread trains
         (else RuntimeError). comm: the rows split between its ranks
@@ -588,8 +590,9 @@ class Sequential(Module):
         X, one = self._predict_input(X, batch_size)
         if one:
             return self.predict(X, batch_size)[0]
-        net = _fused.inference_net(self, batch_size) if X.ndim == 2 and len(X) else None
-        if net is None or X.shape[1] != net.in_features:
+        net = (_fused.inference_net(self, batch_size, X.shape[1:])
+               if X.ndim in (2, 4) and len(X) else None)
+        if net is None or (net.input_shape is None and X.shape[1] != net.in_features):
             return super().predict(X, batch_size)
         return net.forward(X)
 

@@ -286,6 +286,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         gpu = _cuda_train.Trainer(model, loss, optimizer, X, y, batch_size, names)
     plan = None if gpu is not None else _fused.training_plan(model, loss, optimizer, X, y,
                                                              batch_size, names)
+    if dist is not None and hasattr(plan, "plan"):
+        plan = None     # a layer plan runs on one process (batch norm's statistics)
     # batches per native call: every batch when a user callback wants each one
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)

@@ -13,6 +13,7 @@
 #define FASTNN_NET_H
 
 #include "fastnn/fastnn.h"
+#include "fastnn/plan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,6 +70,14 @@ typedef struct {
                                        biases untouched (scikit-learn's alpha); 0: off */
     int adam_eps_uncorrected;       /* 1: Adam adds eps to the uncorrected root of the second
                                        moment, as scikit-learn does (PyTorch: the corrected) */
+    /* A layer plan (fastnn/plan.h) in place of the units: nops >= 1 with nunits == 0 (units
+     * may be NULL). X rows are then the first op's input, C H W values (NCHW); the output is
+     * the last op's. l2 must be 0 and data-parallel training is refused (FASTNN_EINVAL). */
+    int nops;
+    const fastnn_op *ops;
+    void *stats;                    /* running statistics (BatchNorm), nstats elements */
+    int64_t nstats;
+    int64_t row_bytes;              /* bytes per batch row of the ops' arena region */
 } fastnn_net;
 
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
