@@ -428,3 +428,19 @@ def test_save_input_shape_argument(tmp_path):
     model.predict(np.zeros((1, *shape), np.float32))
     fn.save(model, tmp_path / "m.safetensors")
     assert fn.load(tmp_path / "m.safetensors")._input_shape == shape
+
+
+def test_cnn_checkpoint_loads_in_c(programs, tmp_path):
+    """A checkpoint of a CNN after fit carries the input shape: C predicts from it."""
+    model, shape = _cnn("cifar_net", 2)
+    X, y = _images(shape, 16, 3)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=8, seed=0, verbose=0)
+    fn.save_checkpoint(tmp_path / "ck.safetensors", model, opt, epoch=1)
+    X.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "ck.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    model.eval()
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(16, 10)
+    assert np.array_equal(got, model.predict(X))

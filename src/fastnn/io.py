@@ -710,8 +710,12 @@ def save_checkpoint(path, model, optimizer, scheduler=None, epoch=None, extra=No
         text = json.dumps(state)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_checkpoint: extra must be JSON-serialisable ({e})") from None
-    _write(path, tensors, {"format": _CHECKPOINT, "checkpoint": text,
-                           "architecture": json.dumps(architecture(model))})
+    meta = {"format": _CHECKPOINT, "checkpoint": text,
+            "architecture": json.dumps(architecture(model))}
+    shape = _input_shape(getattr(model, "_input_shape", None), "input_shape")
+    if shape is not None:      # for the C API, as save writes it
+        meta["input_shape"] = json.dumps(list(shape))
+    _write(path, tensors, meta)
 
 
 def _same_kind(saved, current):
