@@ -392,7 +392,8 @@ static fastnn_status lower_plan(fastnn_model *m) {
     m->nops = 0;
 #define REGION(field, elems, size) do {                                                   \
         int64_t bytes_;                                                                    \
-        if (fastnn_mul3_i64(&bytes_, elems, size, 1) || row > ((int64_t)1 << 40))           \
+        if (fastnn_mul3_i64(&bytes_, elems, size, 1) || bytes_ > ((int64_t)1 << 43) ||      \
+            row > ((int64_t)1 << 44))                                                      \
             return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): the activations " \
                         "are too large", i, l->cls);                                       \
         o->field = row, row += align64(bytes_);                                            \
@@ -405,8 +406,10 @@ static fastnn_status lower_plan(fastnn_model *m) {
         memcpy(o->in, shape, sizeof shape);
         o->w = o->b = o->rs = o->y = o->aux = -1;
         o->act = FASTNN_ACT_IDENTITY;
-        if (fastnn_mul3_i64(&n, C, H, W)) return fail(FASTNN_EUNSUPPORTED, "architecture: "
-                                                      "layer %d: the sizes overflow", i);
+        if (fastnn_mul3_i64(&n, C, H, W) || n > ((int64_t)1 << 40))
+            return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): its input of shape "
+                        "(%lld, %lld, %lld) is too large", i, l->cls, (long long)C, (long long)H,
+                        (long long)W);
         switch (l->kind) {
         case L_FLATTEN:
             o->kind = FASTNN_OP_FLATTEN, o->out[0] = n, o->out[1] = o->out[2] = 1;
@@ -446,6 +449,9 @@ static fastnn_status lower_plan(fastnn_model *m) {
             o->kh = l->kh, o->kw = l->kw, o->sh = l->sh, o->sw = l->sw, o->ph = pt, o->pw = pl;
             o->dh = l->dh, o->dw = l->dw, o->groups = l->groups;
             int64_t k;
+            if (fastnn_mul3_i64(&k, l->out, oh, ow) || k > ((int64_t)1 << 40))
+                return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (Conv2d): its output "
+                            "is too large", i);
             if (fastnn_mul3_i64(&k, l->out, l->in / l->groups, l->kh * l->kw) ||
                 k > ((int64_t)1 << 34))
                 return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (Conv2d): too many "
