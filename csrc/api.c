@@ -2,9 +2,11 @@
  * plan, kernels and dropout generator that Python's fit and predict use.
  *
  * A model is a list of layers parsed from the architecture JSON (a table of layer readers:
- * see LAYER_TABLE), lowered to fastnn_net units over one flat float32 parameter buffer.
- * New layer kinds (Conv2d, pools, norms) join by adding a row to LAYER_TABLE, a lowering to
- * the plan they run on, and their tensors to tensor_slots().
+ * see LAYER_TABLE), lowered over one flat float32 parameter buffer: an MLP to fastnn_net
+ * units (lower()), a model with Conv2d, a pool or BatchNorm to the layer plan's ops
+ * (lower_plan(), the ops and offsets fastnn.plan.build makes, with a running-statistics
+ * buffer). New layer kinds join by adding a row to LAYER_TABLE, a case in lower_plan(), their
+ * config in canonical_arch() and their tensors in tensor_slots().
  */
 #define _POSIX_C_SOURCE 200809L
 #include "fastnn/fastnn_api.h"
