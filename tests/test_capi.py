@@ -444,3 +444,54 @@ def test_cnn_checkpoint_loads_in_c(programs, tmp_path):
     model.eval()
     got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(16, 10)
     assert np.array_equal(got, model.predict(X))
+
+
+def test_cnn_other_layers_equal_python(programs, tmp_path):
+    """Grouped, dilated and "same"-padded convolutions, AvgPool2d with pairs and
+    count_include_pad=False, AdaptiveAvgPool2d, BatchNorm1d, Dropout, LeakyReLU: C training
+    equals Python's fit bit for bit, the C-saved file reloads in Python (its architecture
+    written by C) and predicts the same, and C predicts Python's bits."""
+    model = fn.Sequential(
+        fn.Conv2d(2, 6, 3, padding="same", seed=1), fn.BatchNorm2d(6), fn.LeakyReLU(0.05),
+        fn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3, bias=False, seed=2), fn.Tanh(),
+        fn.AvgPool2d((3, 2), stride=(1, 2), padding=(1, 0), count_include_pad=False),
+        fn.Conv2d(6, 8, (2, 3), stride=(2, 1), seed=3), fn.ReLU(), fn.MaxPool2d(2, stride=1),
+        fn.AdaptiveAvgPool2d(1), fn.Flatten(), fn.BatchNorm1d(8, momentum=0.3), fn.Dropout(0.2),
+        fn.Linear(8, 4, seed=4))
+    shape, n, batch, epochs, seed = (2, 9, 10), 30, 8, 2, 13
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, 4, n).astype(np.int64)
+    fn.save(model, tmp_path / "init.safetensors", input_shape=shape)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    assert _fused.training_plan(model, fn.CrossEntropyLoss(), opt, X, y, batch,
+                                ["accuracy"]) is not None
+    hist = fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=epochs, batch_size=batch,
+                  seed=seed, verbose=0)
+    orders = np.concatenate([
+        np.random.default_rng(np.random.SeedSequence([seed, e]).spawn(2)[0]).permutation(n)
+        for e in range(epochs)]).astype(np.int64)
+    keys = np.array([np.random.SeedSequence([seed, e, 1]).generate_state(1, np.uint64)[0]
+                     for e in range(epochs)], dtype=np.uint64)
+    for fname, a in (("x", X), ("y", y), ("orders", orders), ("keys", keys)):
+        a.tofile(tmp_path / fname)
+    out = tmp_path / "out.safetensors"
+    r = _run([programs["train_parity"], str(tmp_path / "init.safetensors"), str(tmp_path / "x"),
+              str(tmp_path / "y"), str(n), str(tmp_path / "orders"), str(tmp_path / "keys"),
+              str(epochs), "cross_entropy", "adam", '{"lr": 0.01}', str(batch), str(out)])
+    assert r.returncode == 0, r.stderr
+    trained = fn.load(out)
+    want, got = model.state_dict(), trained.state_dict()
+    assert list(want) == list(got)
+    for k in want:
+        assert np.array_equal(want[k], got[k]), k
+    assert [float(line.split()[0]) for line in r.stdout.splitlines()] == hist.history["loss"]
+    assert repr(trained) == repr(model)
+    model.eval()
+    Xt = rng.normal(size=(11, *shape)).astype(np.float32)
+    assert np.array_equal(trained.predict(Xt), model.predict(Xt))
+    Xt.tofile(tmp_path / "xt.f32")
+    r = _run([programs["predict"], str(out), str(tmp_path / "xt.f32"), str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "y.f32", np.float32).reshape(11, 4),
+                          model.predict(Xt))
