@@ -5,6 +5,10 @@ fastnn_trainer_epoch_ordered, alternating; prints the medians and the ratio of w
 of the process's CPU time (the steadier figure on a busy machine, with one thread).
 
     python benchmarks/capi_train.py [--hidden 256] [--batch 128] [--repeats 5] [--threads 1]
+    python benchmarks/capi_train.py --model lenet --batch 64 --samples 12000
+
+--model lenet: LeNet-5 (fn.models.lenet5) on 28x28 images, run on the layer plan on both
+sides (the file carries its input shape).
 """
 import argparse
 import ctypes
@@ -19,6 +23,7 @@ import fastnn as fn
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("mlp", "lenet"), default="mlp")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--samples", type=int, default=60000)
@@ -42,12 +47,17 @@ def main():
 
     rng = np.random.default_rng(0)
     n, H = args.samples, args.hidden
-    X = rng.normal(size=(n, 784)).astype(np.float32)
+    lenet = args.model == "lenet"
+    X = rng.normal(size=(n, 1, 28, 28) if lenet else (n, 784)).astype(np.float32)
     y = rng.integers(0, 10, size=n).astype(np.int64)
-    model = fn.Sequential(fn.Linear(784, H), fn.ReLU(), fn.Linear(H, H), fn.ReLU(),
-                          fn.Linear(H, 10), seed=0)
+    if lenet:
+        model, name = fn.models.lenet5(seed=0), "LeNet-5"
+    else:
+        model = fn.Sequential(fn.Linear(784, H), fn.ReLU(), fn.Linear(H, H), fn.ReLU(),
+                              fn.Linear(H, 10), seed=0)
+        name = f"MLP 784-{H}-{H}-10"
     path = "capi_train_bench.safetensors"
-    fn.save(model, path)
+    fn.save(model, path, input_shape=X.shape[1:])
     cmodel, trainer = ctypes.c_void_p(), ctypes.c_void_p()
     check(lib.fastnn_model_load(path.encode(), ctypes.byref(cmodel)))
     os.unlink(path)
@@ -76,8 +86,8 @@ def main():
             cc.append(c3 - c2)
     p, c = statistics.median(tp), statistics.median(tc)
     pc, ccpu = statistics.median(cp), statistics.median(cc)
-    print(f"fastnn {fn.__version__}, table {fn.arch()}, threads {fn.get_num_threads()}, MLP "
-          f"784-{H}-{H}-10, SGD momentum 0.9, batch {args.batch}, {n} samples, "
+    print(f"fastnn {fn.__version__}, table {fn.arch()}, threads {fn.get_num_threads()}, "
+          f"{name}, SGD momentum 0.9, batch {args.batch}, {n} samples, "
           f"{args.repeats} alternating repeats")
     print(f"Python fn.fit epoch      : median {p:.3f} s  ({', '.join(f'{t:.3f}' for t in tp)})")
     print(f"C trainer epoch (ctypes) : median {c:.3f} s  ({', '.join(f'{t:.3f}' for t in tc)})")

@@ -2,9 +2,11 @@
  * plan, kernels and dropout generator that Python's fit and predict use.
  *
  * A model is a list of layers parsed from the architecture JSON (a table of layer readers:
- * see LAYER_TABLE), lowered to fastnn_net units over one flat float32 parameter buffer.
- * New layer kinds (Conv2d, pools, norms) join by adding a row to LAYER_TABLE, a lowering to
- * the plan they run on, and their tensors to tensor_slots().
+ * see LAYER_TABLE), lowered over one flat float32 parameter buffer: an MLP to fastnn_net
+ * units (lower()), a model with Conv2d, a pool or BatchNorm to the layer plan's ops
+ * (lower_plan(), the ops and offsets fastnn.plan.build makes, with a running-statistics
+ * buffer). New layer kinds join by adding a row to LAYER_TABLE, a case in lower_plan(), their
+ * config in canonical_arch() and their tensors in tensor_slots().
  */
 #define _POSIX_C_SOURCE 200809L
 #include "fastnn/fastnn_api.h"
@@ -64,27 +66,57 @@ int fastnn_api_version(void) { return FASTNN_API_VERSION; }
 
 /* ---- models ----------------------------------------------------------------------------- */
 
-typedef enum { L_FLATTEN, L_LINEAR, L_ACT, L_DROPOUT } layer_kind;
+typedef enum {
+    L_FLATTEN, L_LINEAR, L_ACT, L_DROPOUT,
+    L_CONV, L_MAXPOOL, L_AVGPOOL, L_GAP, L_BATCHNORM   /* these run on the layer plan */
+} layer_kind;
+
+enum { PAD_LIST, PAD_SAME, PAD_VALID };
 
 typedef struct {
     layer_kind kind;
     const char *cls;          /* the Python class name (static string) */
-    int64_t in, out;          /* Linear */
+    int64_t in, out;          /* Linear: features; Conv2d: channels; BatchNorm: num_features */
     int bias;
     fastnn_act act;           /* activation */
     double p;                 /* LeakyReLU slope, Dropout probability */
     int approximate_tanh;     /* GELU */
+    /* Conv2d and the pools: kernel, stride, dilation, padding as configured */
+    int64_t kh, kw, sh, sw, dh, dw, groups, ph, pw;
+    int pad_mode;             /* Conv2d: PAD_LIST, "same" or "valid" */
+    int k_pair, s_pair, p_pair;   /* pools: the config gave a pair (else an int) */
+    int count_include_pad;    /* AvgPool2d */
+    int out_pair;             /* AdaptiveAvgPool2d: output_size [1, 1] (else 1) */
+    int bn2d, affine, track;  /* BatchNorm */
+    double eps, momentum;
+    /* where its tensors live: element offsets in the parameter / statistics buffers (-1:
+     * none) and BatchNorm's num_batches_tracked */
+    int64_t w, b, rs, nbt;
 } layer;
 
 struct fastnn_model {
     int nlayers, nunits;
     layer layers[MAX_LAYERS];
     fastnn_unit units[FASTNN_NET_MAX_UNITS_API];
-    int unit_layer[FASTNN_NET_MAX_UNITS_API];   /* index of each unit's Linear in layers */
     int64_t nparams;
     float *params;            /* 64-byte aligned */
     char *arch;               /* canonical architecture JSON, as fastnn.save writes it */
+    /* a model with Conv2d, pools or BatchNorm runs on the layer plan (fastnn/plan.h) */
+    int nops;                 /* > 0: the plan (nunits == 0) */
+    fastnn_op ops[MAX_LAYERS];
+    int64_t row_bytes, nstats;
+    float *stats;             /* running statistics (BatchNorm), nstats elements */
+    int in_rank;              /* 0: input shape unknown; 1: (features,); 3: (C, H, W) */
+    int64_t in_shape[3];
 };
+
+static int64_t model_in(const fastnn_model *m) {
+    return m->nops ? fastnn_op_size(m->ops[0].in) : m->units[0].in;
+}
+
+static int64_t model_out(const fastnn_model *m) {
+    return m->nops ? m->ops[m->nops - 1].out[0] : m->units[m->nunits - 1].out;
+}
 
 /* Readers of one layer's config; the table is what grows with new layer kinds. */
 typedef fastnn_status (*layer_reader)(layer *l, const json_value *config, int index);
@@ -142,6 +174,143 @@ static fastnn_status read_dropout(layer *l, const json_value *cfg, int i) {
     return FASTNN_OK;
 }
 
+/* An int in [lo, hi], or a pair of them (*pair = 1), from cfg[key]; absent: def (both). */
+static int get_pair(const json_value *cfg, const char *key, int64_t lo, int64_t hi, int64_t def,
+                    int64_t *a, int64_t *b, int *pair) {
+    const json_value *v = json_get(cfg, key);
+    *pair = 0;
+    if (!v) {
+        *a = *b = def;
+        return 1;
+    }
+    if (v->type == JSON_ARRAY) {
+        if (v->n != 2) return 0;
+        *pair = 1;
+        for (int k = 0; k < 2; k++) {
+            const json_value *e = &v->items[k];
+            if (e->type != JSON_NUMBER || !e->is_int || e->ival < lo || e->ival > hi) return 0;
+        }
+        *a = v->items[0].ival, *b = v->items[1].ival;
+        return 1;
+    }
+    if (v->type != JSON_NUMBER || !v->is_int || v->ival < lo || v->ival > hi) return 0;
+    *a = *b = v->ival;
+    return 1;
+}
+
+static fastnn_status check_dtype(const json_value *cfg, int i, const char *cls) {
+    const json_value *dtype = json_get(cfg, "dtype");
+    if (dtype && (dtype->type != JSON_STRING || strcmp(dtype->str, "float32") != 0))
+        return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): the C API runs float32 "
+                    "models only, got dtype %s", i, cls,
+                    dtype->type == JSON_STRING ? dtype->str : "(not a string)");
+    return FASTNN_OK;
+}
+
+static int get_bool(const json_value *cfg, const char *key, int def, int *out) {
+    const json_value *v = json_get(cfg, key);
+    if (!v) *out = def;
+    else if (v->type == JSON_TRUE || v->type == JSON_FALSE) *out = v->type == JSON_TRUE;
+    else return 0;
+    return 1;
+}
+
+#define MAX_DIM (1 << 24)
+#define MAX_KERNEL (1 << 12)
+
+static fastnn_status read_conv(layer *l, const json_value *cfg, int i) {
+    const json_value *in = json_get(cfg, "in_channels"), *out = json_get(cfg, "out_channels");
+    const json_value *pad = json_get(cfg, "padding"), *groups = json_get(cfg, "groups");
+    int pair;
+    if (!in || !out || in->type != JSON_NUMBER || !in->is_int || out->type != JSON_NUMBER ||
+        !out->is_int || in->ival < 1 || out->ival < 1 || in->ival > MAX_DIM || out->ival > MAX_DIM)
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d) needs integer in_channels "
+                    "and out_channels in [1, 2^24]", i);
+    l->in = in->ival, l->out = out->ival, l->groups = 1;
+    if (groups && (groups->type != JSON_NUMBER || !groups->is_int || groups->ival < 1 ||
+                   l->in % groups->ival || l->out % groups->ival))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): groups must be an int >= 1 "
+                    "dividing in_channels (%lld) and out_channels (%lld)", i, (long long)l->in,
+                    (long long)l->out);
+    if (groups) l->groups = groups->ival;
+    if (!json_get(cfg, "kernel_size") ||
+        !get_pair(cfg, "kernel_size", 1, MAX_KERNEL, 1, &l->kh, &l->kw, &pair) ||
+        !get_pair(cfg, "stride", 1, MAX_KERNEL, 1, &l->sh, &l->sw, &pair) ||
+        !get_pair(cfg, "dilation", 1, MAX_KERNEL, 1, &l->dh, &l->dw, &pair))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): kernel_size, stride and "
+                    "dilation must be ints in [1, 4096] or pairs of them", i);
+    l->pad_mode = PAD_LIST;
+    if (pad && pad->type == JSON_STRING) {
+        if (!strcmp(pad->str, "same")) l->pad_mode = PAD_SAME;
+        else if (!strcmp(pad->str, "valid")) l->pad_mode = PAD_VALID;
+        else return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): padding must be "
+                         "\"same\", \"valid\", an int or a pair, got \"%.32s\"", i, pad->str);
+        if (l->pad_mode == PAD_SAME && (l->sh != 1 || l->sw != 1))
+            return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): padding \"same\" needs "
+                        "stride 1", i);
+    } else if (!get_pair(cfg, "padding", 0, MAX_KERNEL, 0, &l->ph, &l->pw, &pair)) {
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): padding must be \"same\", "
+                    "\"valid\", an int in [0, 4096] or a pair of them", i);
+    }
+    if (!get_bool(cfg, "bias", 1, &l->bias))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): bias must be true or false", i);
+    return check_dtype(cfg, i, "Conv2d");
+}
+
+static fastnn_status read_pool(layer *l, const json_value *cfg, int i) {
+    const json_value *st = json_get(cfg, "stride");
+    if (!json_get(cfg, "kernel_size") ||
+        !get_pair(cfg, "kernel_size", 1, MAX_KERNEL, 1, &l->kh, &l->kw, &l->k_pair) ||
+        !get_pair(cfg, "padding", 0, MAX_KERNEL, 0, &l->ph, &l->pw, &l->p_pair))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): kernel_size must be an int in "
+                    "[1, 4096] or a pair, padding an int in [0, 4096] or a pair", i, l->cls);
+    if (!st || st->type == JSON_NULL)   /* PyTorch's default: the kernel size */
+        l->sh = l->kh, l->sw = l->kw, l->s_pair = l->k_pair;
+    else if (!get_pair(cfg, "stride", 1, MAX_KERNEL, 1, &l->sh, &l->sw, &l->s_pair))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): stride must be an int in "
+                    "[1, 4096], a pair or null", i, l->cls);
+    if (2 * l->ph > l->kh || 2 * l->pw > l->kw)
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): padding (%lld, %lld) must be "
+                    "at most half the kernel (%lld, %lld)", i, l->cls, (long long)l->ph,
+                    (long long)l->pw, (long long)l->kh, (long long)l->kw);
+    if (!get_bool(cfg, "count_include_pad", 1, &l->count_include_pad))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): count_include_pad must be "
+                    "true or false", i, l->cls);
+    return FASTNN_OK;
+}
+
+static fastnn_status read_gap(layer *l, const json_value *cfg, int i) {
+    int64_t a, b;
+    if (!get_pair(cfg, "output_size", 1, 1, 1, &a, &b, &l->out_pair))
+        return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (AdaptiveAvgPool2d): only "
+                    "output_size 1 (global average pooling) is supported", i);
+    return FASTNN_OK;
+}
+
+static fastnn_status read_batchnorm(layer *l, const json_value *cfg, int i) {
+    const json_value *nf = json_get(cfg, "num_features"), *mom = json_get(cfg, "momentum");
+    l->bn2d = !strcmp(l->cls, "BatchNorm2d");
+    if (!nf || nf->type != JSON_NUMBER || !nf->is_int || nf->ival < 1 || nf->ival > MAX_DIM)
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s) needs an integer num_features "
+                    "in [1, 2^24]", i, l->cls);
+    l->in = l->out = nf->ival;
+    l->eps = 1e-5, l->momentum = 0.1;
+    if (get_num(cfg, "eps", &l->eps) < 0 || !(l->eps >= 0 && l->eps <= 1e300))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): eps must be a number >= 0", i,
+                    l->cls);
+    if (mom && mom->type == JSON_NULL)
+        return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): momentum=None (a "
+                    "cumulative average) is not supported by the C API", i, l->cls);
+    if (get_num(cfg, "momentum", &l->momentum) < 0 || !(l->momentum >= 0 && l->momentum <= 1))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): momentum must be a number in "
+                    "[0, 1]", i, l->cls);
+    if (!get_bool(cfg, "affine", 1, &l->affine) ||
+        !get_bool(cfg, "track_running_stats", 1, &l->track))
+        return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): affine and "
+                    "track_running_stats must be true or false", i, l->cls);
+    return check_dtype(cfg, i, l->cls);
+}
+
 static fastnn_status read_none(layer *l, const json_value *cfg, int i) {
     (void)l, (void)cfg, (void)i;
     return FASTNN_OK;
@@ -162,6 +331,12 @@ static const struct {
     {"GELU", L_ACT, FASTNN_ACT_GELU, read_gelu},
     {"SiLU", L_ACT, FASTNN_ACT_SILU, read_none},
     {"Dropout", L_DROPOUT, FASTNN_ACT_IDENTITY, read_dropout},
+    {"Conv2d", L_CONV, FASTNN_ACT_IDENTITY, read_conv},
+    {"MaxPool2d", L_MAXPOOL, FASTNN_ACT_IDENTITY, read_pool},
+    {"AvgPool2d", L_AVGPOOL, FASTNN_ACT_IDENTITY, read_pool},
+    {"AdaptiveAvgPool2d", L_GAP, FASTNN_ACT_IDENTITY, read_gap},
+    {"BatchNorm1d", L_BATCHNORM, FASTNN_ACT_IDENTITY, read_batchnorm},
+    {"BatchNorm2d", L_BATCHNORM, FASTNN_ACT_IDENTITY, read_batchnorm},
 };
 
 /* Lower layers to fused units (as fastnn._fused._units does): leading Flattens, then
@@ -182,7 +357,6 @@ static fastnn_status lower(fastnn_model *m) {
                         FASTNN_NET_MAX_UNITS_API);
         fastnn_unit *u = &m->units[m->nunits];
         memset(u, 0, sizeof *u);
-        m->unit_layer[m->nunits] = i;
         u->in = lin->in, u->out = lin->out, u->act = FASTNN_ACT_IDENTITY;
         if (m->nunits > 0 && u->in != m->units[m->nunits - 1].out)
             return fail(FASTNN_EFORMAT, "architecture: layer %d (Linear) has in_features %lld, "
@@ -190,6 +364,7 @@ static fastnn_status lower(fastnn_model *m) {
                         (long long)m->units[m->nunits - 1].out);
         u->w = off, off += u->in * u->out;
         u->b = lin->bias ? off : -1, off += lin->bias ? u->out : 0;
+        lin->w = u->w, lin->b = u->b;
         i++;
         if (i < n && m->layers[i].kind == L_ACT) {
             u->act = m->layers[i].act;
@@ -205,6 +380,183 @@ static fastnn_status lower(fastnn_model *m) {
         return fail(FASTNN_EUNSUPPORTED, "architecture: %lld parameters is too many", (long long)off);
     m->nparams = off;
     return FASTNN_OK;
+}
+
+static int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* Lower layers to the layer plan's ops (as fastnn.plan.build does, offsets in the same
+ * order: each layer's weight then bias; running mean then variance per tracked BatchNorm;
+ * arena regions in layer order) for samples of m->in_shape. */
+static fastnn_status lower_plan(fastnn_model *m) {
+    int64_t shape[3], off = 0, row = 0, nstats = 0;
+    int image = m->in_rank == 3;
+    for (int d = 0; d < 3; d++) shape[d] = d < m->in_rank ? m->in_shape[d] : 1;
+    m->nops = 0;
+#define REGION(field, elems, size) do {                                                   \
+        int64_t bytes_;                                                                    \
+        if (fastnn_mul3_i64(&bytes_, elems, size, 1) || bytes_ > ((int64_t)1 << 43) ||      \
+            row > ((int64_t)1 << 44))                                                      \
+            return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): the activations " \
+                        "are too large", i, l->cls);                                       \
+        o->field = row, row += align64(bytes_);                                            \
+    } while (0)
+    for (int i = 0; i < m->nlayers; i++) {
+        layer *l = &m->layers[i];
+        fastnn_op *o = &m->ops[m->nops];
+        int64_t C = shape[0], H = shape[1], W = shape[2], n;
+        memset(o, 0, sizeof *o);
+        memcpy(o->in, shape, sizeof shape);
+        o->w = o->b = o->rs = o->y = o->aux = -1;
+        o->act = FASTNN_ACT_IDENTITY;
+        if (fastnn_mul3_i64(&n, C, H, W) || n > ((int64_t)1 << 40))
+            return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s): its input of shape "
+                        "(%lld, %lld, %lld) is too large", i, l->cls, (long long)C, (long long)H,
+                        (long long)W);
+        switch (l->kind) {
+        case L_FLATTEN:
+            o->kind = FASTNN_OP_FLATTEN, o->out[0] = n, o->out[1] = o->out[2] = 1;
+            image = 0;
+            break;
+        case L_LINEAR:
+            if (image)
+                return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (Linear) gets images "
+                            "of shape (%lld, %lld, %lld): put a Flatten before it", i,
+                            (long long)C, (long long)H, (long long)W);
+            if (C != l->in)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (Linear) has in_features "
+                            "%lld, but gets %lld features", i, (long long)l->in, (long long)C);
+            o->kind = FASTNN_OP_LINEAR, o->out[0] = l->out, o->out[1] = o->out[2] = 1;
+            l->w = o->w = off, off += l->in * l->out;
+            l->b = o->b = l->bias ? off : -1, off += l->bias ? l->out : 0;
+            REGION(y, l->out, 4);
+            break;
+        case L_CONV: {
+            if (!image || C != l->in)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d) expects images of "
+                            "%lld channels, gets samples of shape (%lld, %lld, %lld)%s", i,
+                            (long long)l->in, (long long)C, (long long)H, (long long)W,
+                            image ? "" : " (not an image)");
+            int64_t th = l->dh * (l->kh - 1), tw = l->dw * (l->kw - 1), pt, pl, pb, pr;
+            if (l->pad_mode == PAD_SAME) pt = th / 2, pl = tw / 2, pb = th - pt, pr = tw - pl;
+            else if (l->pad_mode == PAD_VALID) pt = pl = pb = pr = 0;
+            else pt = pb = l->ph, pl = pr = l->pw;
+            int64_t oh = H + pt + pb - th - 1, ow = W + pl + pr - tw - 1;
+            oh = oh < 0 ? 0 : oh / l->sh + 1, ow = ow < 0 ? 0 : ow / l->sw + 1;
+            if (H + pt + pb - th - 1 < 0 || W + pl + pr - tw - 1 < 0)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (Conv2d): the kernel "
+                            "(dilated: %lldx%lld) is larger than the padded input %lldx%lld", i,
+                            (long long)(th + 1), (long long)(tw + 1), (long long)(H + pt + pb),
+                            (long long)(W + pl + pr));
+            o->kind = FASTNN_OP_CONV2D, o->out[0] = l->out, o->out[1] = oh, o->out[2] = ow;
+            o->kh = l->kh, o->kw = l->kw, o->sh = l->sh, o->sw = l->sw, o->ph = pt, o->pw = pl;
+            o->dh = l->dh, o->dw = l->dw, o->groups = l->groups;
+            int64_t k;
+            if (fastnn_mul3_i64(&k, l->out, oh, ow) || k > ((int64_t)1 << 40))
+                return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (Conv2d): its output "
+                            "is too large", i);
+            if (fastnn_mul3_i64(&k, l->out, l->in / l->groups, l->kh * l->kw) ||
+                k > ((int64_t)1 << 34))
+                return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (Conv2d): too many "
+                            "weights", i);
+            l->w = o->w = off, off += k;
+            l->b = o->b = l->bias ? off : -1, off += l->bias ? l->out : 0;
+            REGION(y, l->out * oh * ow, 4);
+            break;
+        }
+        case L_MAXPOOL:
+        case L_AVGPOOL: {
+            if (!image)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (%s) needs images (C, H, W), "
+                            "gets vectors of %lld features", i, l->cls, (long long)C);
+            if (H + 2 * l->ph < l->kh || W + 2 * l->pw < l->kw)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (%s): a %lldx%lld window "
+                            "with padding (%lld, %lld) does not fit an image of %lldx%lld", i,
+                            l->cls, (long long)l->kh, (long long)l->kw, (long long)l->ph,
+                            (long long)l->pw, (long long)H, (long long)W);
+            int64_t oh = fastnn_pool_out_size(H, l->kh, l->sh, l->ph);
+            int64_t ow = fastnn_pool_out_size(W, l->kw, l->sw, l->pw);
+            o->kind = l->kind == L_MAXPOOL ? FASTNN_OP_MAXPOOL2D : FASTNN_OP_AVGPOOL2D;
+            o->out[0] = C, o->out[1] = oh, o->out[2] = ow;
+            o->kh = l->kh, o->kw = l->kw, o->sh = l->sh, o->sw = l->sw, o->ph = l->ph, o->pw = l->pw;
+            o->count_include_pad = l->kind == L_AVGPOOL ? l->count_include_pad : 0;
+            REGION(y, C * oh * ow, 4);
+            if (l->kind == L_MAXPOOL) REGION(aux, C * oh * ow, 8);
+            break;
+        }
+        case L_GAP:
+            if (!image)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (AdaptiveAvgPool2d) needs "
+                            "images (C, H, W), gets vectors of %lld features", i, (long long)C);
+            o->kind = FASTNN_OP_GLOBAL_AVGPOOL, o->out[0] = C, o->out[1] = o->out[2] = 1;
+            REGION(y, C, 4);
+            break;
+        case L_BATCHNORM:
+            if (l->bn2d != image)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (%s) needs %s, gets %s", i,
+                            l->cls, l->bn2d ? "images (C, H, W)" : "vectors (features)",
+                            image ? "images" : "vectors");
+            if (C != l->in)
+                return fail(FASTNN_EFORMAT, "architecture: layer %d (%s) has num_features %lld, "
+                            "but gets %lld channels", i, l->cls, (long long)l->in, (long long)C);
+            o->kind = FASTNN_OP_BATCHNORM;
+            memcpy(o->out, shape, sizeof shape);
+            o->eps = l->eps, o->momentum = l->momentum;
+            if (l->affine) l->w = o->w = off, off += C, l->b = o->b = off, off += C;
+            if (l->track) l->rs = o->rs = nstats, nstats += 2 * C;
+            REGION(y, n, 4);
+            REGION(aux, 2 * C, 4);
+            break;
+        case L_DROPOUT:
+            o->kind = FASTNN_OP_DROPOUT, o->drop = l->p;
+            memcpy(o->out, shape, sizeof shape);
+            REGION(y, n, 4);
+            break;
+        case L_ACT: {
+            o->kind = FASTNN_OP_ACT, o->act = l->act;
+            o->p = l->act == FASTNN_ACT_LEAKY_RELU ? l->p : 0;
+            memcpy(o->out, shape, sizeof shape);
+            fastnn_op *prev = m->nops ? &m->ops[m->nops - 1] : NULL;
+            if (l->act == FASTNN_ACT_RELU && prev &&
+                (prev->kind == FASTNN_OP_LINEAR || prev->kind == FASTNN_OP_CONV2D))
+                prev->act = FASTNN_ACT_RELU;   /* the GEMM's epilogue; relu' from its output */
+            else
+                REGION(y, n, 4);
+            break;
+        }
+        }
+        memcpy(shape, o->out, sizeof shape);
+        m->nops++;
+        if (off > ((int64_t)1 << 34))
+            return fail(FASTNN_EUNSUPPORTED, "architecture: more than 2^34 parameters");
+    }
+#undef REGION
+    if (image || shape[1] != 1 || shape[2] != 1)
+        return fail(FASTNN_EUNSUPPORTED, "architecture: the model's output has shape (%lld, "
+                    "%lld, %lld); the C API needs a vector per sample (end with a Flatten and "
+                    "Linear layers)", (long long)shape[0], (long long)shape[1],
+                    (long long)shape[2]);
+    if (off == 0) return fail(FASTNN_EFORMAT, "architecture: the model has no parameters");
+    m->nparams = off, m->nstats = nstats, m->row_bytes = row;
+    return FASTNN_OK;
+}
+
+/* The per-sample input shape of a plan model: given (input_shape), or (features,) when the
+ * first layer with a size is a Linear or BatchNorm1d. */
+static fastnn_status plan_input(fastnn_model *m) {
+    if (m->in_rank) return FASTNN_OK;
+    for (int i = 0; i < m->nlayers; i++) {
+        const layer *l = &m->layers[i];
+        if (l->kind == L_ACT || l->kind == L_DROPOUT) continue;
+        if (l->kind == L_LINEAR || (l->kind == L_BATCHNORM && !l->bn2d)) {
+            m->in_rank = 1, m->in_shape[0] = l->in;
+            return FASTNN_OK;
+        }
+        return fail(FASTNN_EUNSUPPORTED, "architecture: layer %d (%s) takes images, and the "
+                    "input shape (C, H, W) is missing: save the model with fastnn.save after "
+                    "fit or predict, or with fastnn.save(model, path, input_shape=(C, H, W)), or "
+                    "give \"input_shape\": [C, H, W] in the architecture JSON", i, l->cls);
+    }
+    return fail(FASTNN_EFORMAT, "architecture: the model has no layer with a size");
 }
 
 /* Append printf output to a growing string; returns 0 on allocation failure. */
@@ -244,6 +596,38 @@ static char *canonical_arch(const fastnn_model *m) {
         else if (l->act == FASTNN_ACT_LEAKY_RELU) sb_printf(&b, "\"negative_slope\": %.17g", l->p);
         else if (l->kind == L_ACT && (l->act == FASTNN_ACT_GELU || l->act == FASTNN_ACT_GELU_TANH))
             sb_printf(&b, "\"approximate\": \"%s\"", l->approximate_tanh ? "tanh" : "none");
+        else if (l->kind == L_CONV) {
+            sb_printf(&b, "\"in_channels\": %lld, \"out_channels\": %lld, \"kernel_size\": "
+                      "[%lld, %lld], \"stride\": [%lld, %lld], \"padding\": ", (long long)l->in,
+                      (long long)l->out, (long long)l->kh, (long long)l->kw, (long long)l->sh,
+                      (long long)l->sw);
+            if (l->pad_mode == PAD_LIST)
+                sb_printf(&b, "[%lld, %lld]", (long long)l->ph, (long long)l->pw);
+            else sb_printf(&b, "\"%s\"", l->pad_mode == PAD_SAME ? "same" : "valid");
+            sb_printf(&b, ", \"dilation\": [%lld, %lld], \"groups\": %lld, \"bias\": %s, "
+                      "\"dtype\": \"float32\"", (long long)l->dh, (long long)l->dw,
+                      (long long)l->groups, l->bias ? "true" : "false");
+        } else if (l->kind == L_MAXPOOL || l->kind == L_AVGPOOL) {
+            const int64_t v[3][2] = {{l->kh, l->kw}, {l->sh, l->sw}, {l->ph, l->pw}};
+            const int pair[3] = {l->k_pair, l->s_pair, l->p_pair};
+            const char *key[3] = {"kernel_size", "stride", "padding"};
+            for (int k = 0; k < 3; k++) {
+                if (pair[k])
+                    sb_printf(&b, "%s\"%s\": [%lld, %lld]", k ? ", " : "", key[k],
+                              (long long)v[k][0], (long long)v[k][1]);
+                else
+                    sb_printf(&b, "%s\"%s\": %lld", k ? ", " : "", key[k], (long long)v[k][0]);
+            }
+            if (l->kind == L_AVGPOOL)
+                sb_printf(&b, ", \"count_include_pad\": %s", l->count_include_pad ? "true" : "false");
+        } else if (l->kind == L_GAP) {
+            sb_printf(&b, "\"output_size\": %s", l->out_pair ? "[1, 1]" : "1");
+        } else if (l->kind == L_BATCHNORM) {
+            sb_printf(&b, "\"num_features\": %lld, \"eps\": %.17g, \"momentum\": %.17g, "
+                      "\"affine\": %s, \"track_running_stats\": %s, \"dtype\": \"float32\"",
+                      (long long)l->in, l->eps, l->momentum, l->affine ? "true" : "false",
+                      l->track ? "true" : "false");
+        }
         sb_printf(&b, "}}");
     }
     sb_printf(&b, "]}");
@@ -258,12 +642,32 @@ static char *canonical_arch(const fastnn_model *m) {
 static void model_free(fastnn_model *m) {
     if (!m) return;
     free(m->params);
+    free(m->stats);
     free(m->arch);
     free(m);
 }
 
-/* A model (parameters allocated, zero) from a parsed architecture. */
-static fastnn_status model_from_arch(const json_value *arch, fastnn_model **out) {
+/* The input shape [features] or [C, H, W] from a JSON array (shape may be NULL: unknown). */
+static fastnn_status read_input_shape(fastnn_model *m, const json_value *shape) {
+    m->in_rank = 0;
+    if (!shape) return FASTNN_OK;
+    if (shape->type != JSON_ARRAY || (shape->n != 1 && shape->n != 3))
+        return fail(FASTNN_EFORMAT, "input_shape must be [features] or [C, H, W]");
+    for (size_t d = 0; d < shape->n; d++) {
+        const json_value *v = &shape->items[d];
+        if (v->type != JSON_NUMBER || !v->is_int || v->ival < 1 || v->ival > MAX_DIM)
+            return fail(FASTNN_EFORMAT, "input_shape must be [features] or [C, H, W], ints in "
+                        "[1, 2^24]");
+        m->in_shape[d] = v->ival;
+    }
+    m->in_rank = (int)shape->n;
+    return FASTNN_OK;
+}
+
+/* A model (parameters allocated, zero; BatchNorm's running mean 0, variance 1) from a parsed
+ * architecture and an optional input shape (a JSON array, may be NULL). */
+static fastnn_status model_from_arch(const json_value *arch, const json_value *input_shape,
+                                     fastnn_model **out) {
     *out = NULL;
     if (!arch || arch->type != JSON_OBJECT)
         return fail(FASTNN_EFORMAT, "architecture: expected a JSON object");
@@ -301,20 +705,40 @@ static fastnn_status model_from_arch(const json_value *arch, fastnn_model **out)
         if (t == nt) {
             st = fail(FASTNN_EUNSUPPORTED, "architecture: layer %zu: %.64s is not supported by "
                       "the C API (supported: Flatten, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, "
-                      "GELU, SiLU, Dropout)", i, c->str);
+                      "GELU, SiLU, Dropout, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
+                      "BatchNorm1d, BatchNorm2d)", i, c->str);
             break;
         }
         layer *l = &m->layers[m->nlayers++];
         l->kind = LAYER_TABLE[t].kind, l->cls = LAYER_TABLE[t].cls, l->act = LAYER_TABLE[t].act;
+        l->w = l->b = l->rs = -1;
         st = LAYER_TABLE[t].read(l, cfg, (int)i);
     }
-    if (st == FASTNN_OK) st = lower(m);
+    if (st == FASTNN_OK) st = read_input_shape(m, input_shape);
+    int plan = 0;
+    for (int i = 0; i < m->nlayers; i++) plan |= m->layers[i].kind >= L_CONV;
+    if (st == FASTNN_OK) st = plan ? plan_input(m) : lower(m);
+    if (st == FASTNN_OK && plan) st = lower_plan(m);
+    if (st == FASTNN_OK && !plan && m->in_rank) {   /* an MLP: the shape must fit */
+        int64_t n = m->in_shape[0] * (m->in_rank == 3 ? m->in_shape[1] * m->in_shape[2] : 1);
+        if (n != m->units[0].in || (m->in_rank == 3 && m->layers[0].kind != L_FLATTEN))
+            st = fail(FASTNN_EFORMAT, "architecture: input_shape (%lld features) does not fit "
+                      "the first Linear layer (in_features %lld%s)", (long long)n,
+                      (long long)m->units[0].in, m->in_rank == 3 ? ", after a Flatten" : "");
+    }
     if (st == FASTNN_OK) {
         size_t bytes = ((size_t)m->nparams * sizeof(float) + 63) / 64 * 64;
         m->params = aligned_alloc(64, bytes);
         m->arch = canonical_arch(m);
-        if (!m->params || !m->arch) st = fail(FASTNN_ENOMEM, "fastnn: out of memory for %lld "
-                                              "parameters", (long long)m->nparams);
+        if (m->nstats && (m->stats = aligned_alloc(64, ((size_t)m->nstats * 4 + 63) / 64 * 64)))
+            for (int i = 0; i < m->nlayers; i++) {
+                const layer *l = &m->layers[i];
+                for (int64_t c = 0; l->rs >= 0 && c < l->in; c++)
+                    m->stats[l->rs + c] = 0, m->stats[l->rs + l->in + c] = 1;
+            }
+        if (!m->params || !m->arch || (m->nstats && !m->stats))
+            st = fail(FASTNN_ENOMEM, "fastnn: out of memory for %lld parameters",
+                      (long long)m->nparams);
         else memset(m->params, 0, bytes);
     }
     if (st != FASTNN_OK) {
@@ -346,26 +770,35 @@ fastnn_status fastnn_model_create(const char *architecture_json, uint64_t seed,
     if (!doc) return fail(FASTNN_EFORMAT, "fastnn_model_create: architecture_json is not valid "
                           "JSON: %s", err);
     fastnn_model *m;
-    fastnn_status st = model_from_arch(json_root(doc), &m);
+    const json_value *root = json_root(doc);
+    fastnn_status st = model_from_arch(root, root->type == JSON_OBJECT ?
+                                       json_get(root, "input_shape") : NULL, &m);
     json_free(doc);
     if (st != FASTNN_OK) return st;
-    /* PyTorch's default: weights and biases U(-1/sqrt(in), 1/sqrt(in)) */
+    /* PyTorch's default: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm's
+     * weight 1, bias 0 */
     uint64_t key = mix64(seed);
-    for (int i = 0; i < m->nunits; i++) {
-        const fastnn_unit *u = &m->units[i];
-        double bound = 1.0 / sqrt((double)u->in);
-        int64_t end = u->w + u->in * u->out + (u->b >= 0 ? u->out : 0);   /* w then b */
-        for (int64_t j = u->w; j < end; j++)
+    for (int i = 0; i < m->nlayers; i++) {
+        const layer *l = &m->layers[i];
+        if (l->kind == L_BATCHNORM && l->affine) {
+            for (int64_t c = 0; c < l->in; c++) m->params[l->w + c] = 1, m->params[l->b + c] = 0;
+            continue;
+        }
+        if (l->kind != L_LINEAR && l->kind != L_CONV) continue;
+        int64_t fan_in = l->kind == L_LINEAR ? l->in : l->in / l->groups * l->kh * l->kw;
+        int64_t nw = l->kind == L_LINEAR ? l->in * l->out : fan_in * l->out;
+        double bound = 1.0 / sqrt((double)fan_in);
+        for (int64_t j = l->w; j < l->w + nw; j++)
+            m->params[j] = (float)((2 * uniform01(key, (uint64_t)j) - 1) * bound);
+        for (int64_t j = l->b; l->b >= 0 && j < l->b + l->out; j++)
             m->params[j] = (float)((2 * uniform01(key, (uint64_t)j) - 1) * bound);
     }
     *out = m;
     return ok();
 }
 
-int64_t fastnn_model_input_size(const fastnn_model *m) { return m ? m->units[0].in : -1; }
-int64_t fastnn_model_output_size(const fastnn_model *m) {
-    return m ? m->units[m->nunits - 1].out : -1;
-}
+int64_t fastnn_model_input_size(const fastnn_model *m) { return m ? model_in(m) : -1; }
+int64_t fastnn_model_output_size(const fastnn_model *m) { return m ? model_out(m) : -1; }
 int64_t fastnn_model_num_parameters(const fastnn_model *m) { return m ? m->nparams : -1; }
 const char *fastnn_model_architecture(const fastnn_model *m) { return m ? m->arch : NULL; }
 void fastnn_model_free(fastnn_model *m) { model_free(m); }
@@ -376,7 +809,11 @@ static void model_net(const fastnn_model *m, fastnn_net *net, float *grads, int6
     memset(net, 0, sizeof *net);
     net->dt = FASTNN_F32;
     net->nunits = m->nunits;
-    net->units = m->units;
+    net->units = m->nunits ? m->units : NULL;
+    if (m->nops) {   /* the layer plan; the statistics are only read outside training */
+        net->nops = m->nops, net->ops = m->ops, net->row_bytes = m->row_bytes;
+        net->stats = m->stats, net->nstats = m->nstats;
+    }
     net->nparams = m->nparams;
     net->params = m->params;
     net->grads = grads ? (void *)grads : (void *)m->params;
@@ -398,7 +835,7 @@ fastnn_status fastnn_model_predict(const fastnn_model *m, const float *x, int64_
     if (!x) return fail(FASTNN_ENULL, "%s: x is NULL", fn);
     if (!out) return fail(FASTNN_ENULL, "%s: out is NULL", fn);
     if (n < 1) return fail(FASTNN_EINVAL, "%s: n must be >= 1, got %lld", fn, (long long)n);
-    int64_t in = m->units[0].in, ow = m->units[m->nunits - 1].out, xe, oe;
+    int64_t in = model_in(m), ow = model_out(m), xe, oe;
     if (fastnn_mul3_i64(&xe, n, in, 4) || fastnn_mul3_i64(&oe, n, ow, 4))
         return fail(FASTNN_EINVAL, "%s: n = %lld rows overflow the array size", fn, (long long)n);
     if (overlaps(x, (size_t)xe, out, (size_t)oe))
@@ -519,20 +956,50 @@ static int hex8(const json_value *v, uint32_t *out) {
 
 /* ---- files ------------------------------------------------------------------------------ */
 
-/* Tensor name -> (offset, count) in the parameter buffer; returns 0 if not a name of m. */
-typedef struct { char name[32]; int64_t off, rows, cols; } slot;
+/* The tensors of a model's file, as Python's state_dict names them: the parameters
+ * ("0.weight", "0.bias", ...: F32 in the parameter buffer), then BatchNorm's buffers
+ * ("1.running_mean", "1.running_var": F32 in the statistics buffer; "1.num_batches_tracked":
+ * an I64 scalar). */
+typedef struct {
+    char name[40];
+    int rank;                 /* 0 (a scalar) to 4 */
+    int64_t dims[4];
+    int i64;                  /* I64 (else F32) */
+    void *data;
+} slot;
+
+#define SLOTS_PER_LAYER 5
+
+static int64_t slot_count(const slot *s) {
+    int64_t n = 1;
+    for (int d = 0; d < s->rank; d++) n *= s->dims[d];
+    return n;
+}
+
+static size_t slot_bytes(const slot *s) { return (size_t)slot_count(s) * (s->i64 ? 8 : 4); }
 
 static int tensor_slots(const fastnn_model *m, slot *s) {
     int k = 0;
-    for (int i = 0; i < m->nunits; i++) {
-        const fastnn_unit *u = &m->units[i];
-        snprintf(s[k].name, sizeof s[k].name, "%d.weight", m->unit_layer[i]);
-        s[k].off = u->w, s[k].rows = u->out, s[k].cols = u->in, k++;
-        if (u->b >= 0) {
-            snprintf(s[k].name, sizeof s[k].name, "%d.bias", m->unit_layer[i]);
-            s[k].off = u->b, s[k].rows = u->out, s[k].cols = 0, k++;
+#define SLOT(fmt, r, d0, d1, d2, d3, is64, ptr) do {                                              snprintf(s[k].name, sizeof s[k].name, fmt, i);                                             s[k].rank = r, s[k].dims[0] = d0, s[k].dims[1] = d1, s[k].dims[2] = d2;                    s[k].dims[3] = d3, s[k].i64 = is64, s[k].data = (void *)(ptr), k++;                    } while (0)
+    for (int pass = 0; pass < 2; pass++)   /* parameters, then buffers */
+        for (int i = 0; i < m->nlayers; i++) {
+            const layer *l = &m->layers[i];
+            if (pass == 0 && l->kind == L_LINEAR) {
+                SLOT("%d.weight", 2, l->out, l->in, 0, 0, 0, m->params + l->w);
+                if (l->b >= 0) SLOT("%d.bias", 1, l->out, 0, 0, 0, 0, m->params + l->b);
+            } else if (pass == 0 && l->kind == L_CONV) {
+                SLOT("%d.weight", 4, l->out, l->in / l->groups, l->kh, l->kw, 0, m->params + l->w);
+                if (l->b >= 0) SLOT("%d.bias", 1, l->out, 0, 0, 0, 0, m->params + l->b);
+            } else if (pass == 0 && l->kind == L_BATCHNORM && l->affine) {
+                SLOT("%d.weight", 1, l->in, 0, 0, 0, 0, m->params + l->w);
+                SLOT("%d.bias", 1, l->in, 0, 0, 0, 0, m->params + l->b);
+            } else if (pass == 1 && l->kind == L_BATCHNORM && l->track) {
+                SLOT("%d.running_mean", 1, l->in, 0, 0, 0, 0, m->stats + l->rs);
+                SLOT("%d.running_var", 1, l->in, 0, 0, 0, 0, m->stats + l->rs + l->in);
+                SLOT("%d.num_batches_tracked", 0, 0, 0, 0, 0, 1, &l->nbt);
+            }
         }
-    }
+#undef SLOT
     return k;
 }
 
@@ -634,7 +1101,23 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
         st = fail(FASTNN_EFORMAT, "%s: %s: corrupt architecture metadata (%s)", fn, path, err);
         goto done;
     }
-    st = model_from_arch(json_root(adoc), &m);
+    {
+        const json_value *shp = json_get(meta, "input_shape");
+        json_doc *sdoc2 = NULL;
+        if (shp && shp->type != JSON_STRING) {
+            json_free(adoc);
+            st = fail(FASTNN_EFORMAT, "%s: %s: corrupt input_shape metadata (not a string)", fn,
+                      path);
+            goto done;
+        }
+        if (shp && !(sdoc2 = json_parse(shp->str, shp->len, err, sizeof err))) {
+            json_free(adoc);
+            st = fail(FASTNN_EFORMAT, "%s: %s: corrupt input_shape metadata (%s)", fn, path, err);
+            goto done;
+        }
+        st = model_from_arch(json_root(adoc), sdoc2 ? json_root(sdoc2) : NULL, &m);
+        json_free(sdoc2);
+    }
     json_free(adoc);
     if (st) {
         char copy[sizeof last_error];
@@ -643,7 +1126,7 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
         goto done;
     }
     /* every tensor the model needs: F32, its exact shape, inside the data section */
-    slot *slots = malloc(sizeof(slot) * 2 * (size_t)m->nunits);
+    slot *slots = malloc(sizeof(slot) * SLOTS_PER_LAYER * (size_t)m->nlayers);
     if (!slots) {
         st = fail(FASTNN_ENOMEM, "%s: out of memory", fn);
         goto done;
@@ -670,42 +1153,43 @@ static fastnn_status load_fd(int fd, const char *path, fastnn_model **out) {
             st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s has a corrupt entry", fn, path, name);
             break;
         }
-        if (strcmp(dt->str, "F32") != 0) {
-            st = fail(FASTNN_EUNSUPPORTED, "%s: %s: tensor %s has dtype %.16s; the C API reads "
-                      "F32 models only", fn, path, name, dt->str);
+        const slot *s = &slots[k];
+        if (strcmp(dt->str, s->i64 ? "I64" : "F32") != 0) {
+            st = fail(s->i64 ? FASTNN_EFORMAT : FASTNN_EUNSUPPORTED, "%s: %s: tensor %s has dtype "
+                      "%.16s; the C API reads %s", fn, path, name, dt->str,
+                      s->i64 ? "it as I64" : "F32 models only");
             break;
         }
-        const slot *s = &slots[k];
-        int rank = s->cols ? 2 : 1;
-        int good = (int)shape->n == rank;
+        int good = (int)shape->n == s->rank;
         for (size_t d = 0; good && d < shape->n; d++)
             good = shape->items[d].type == JSON_NUMBER && shape->items[d].is_int &&
-                   shape->items[d].ival == (d == 0 ? s->rows : s->cols);
+                   shape->items[d].ival == s->dims[d];
         if (!good) {
-            if (s->cols)
-                st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s must have shape [%lld, %lld], as "
-                          "the architecture says", fn, path, name, (long long)s->rows,
-                          (long long)s->cols);
-            else
-                st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s must have shape [%lld], as the "
-                          "architecture says", fn, path, name, (long long)s->rows);
+            char want[128] = "[";
+            for (int d = 0; d < s->rank; d++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "",
+                         (long long)s->dims[d]);
+            strcat(want, "]");
+            st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s must have shape %s, as the "
+                      "architecture says", fn, path, name, want);
             break;
         }
-        int64_t count = s->rows * (s->cols ? s->cols : 1), b = offs->items[0].ival,
-                e = offs->items[1].ival;
-        if (b < 0 || e < b || e > datalen || e - b != count * 4) {
+        int64_t bytes = (int64_t)slot_bytes(s), b = offs->items[0].ival, e = offs->items[1].ival;
+        if (b < 0 || e < b || e > datalen || e - b != bytes) {
             st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s has data_offsets [%lld, %lld] outside "
                       "the data (%lld bytes) or not %lld bytes long: corrupt or truncated", fn,
                       path, name, (long long)b, (long long)e, (long long)datalen,
-                      (long long)count * 4);
+                      (long long)bytes);
             break;
         }
-        st = read_all(fd, m->params + s->off, (size_t)(e - b), 8 + (int64_t)hlen + b, path);
+        st = read_all(fd, s->data, (size_t)(e - b), 8 + (int64_t)hlen + b, path);
+        if (st == FASTNN_OK && s->i64 && *(int64_t *)s->data < 0)
+            st = fail(FASTNN_EFORMAT, "%s: %s: tensor %s is negative", fn, path, name);
         if (st == FASTNN_OK && tcrcs) {
             uint32_t want;
             if (!hex8(json_get(tcrcs, name), &want))
                 st = fail(FASTNN_EFORMAT, "%s: %s: no checksum for tensor %s", fn, path, name);
-            else if (crc32_of(table, m->params + s->off, (size_t)(e - b)) != want)
+            else if (crc32_of(table, s->data, (size_t)(e - b)) != want)
                 st = fail(FASTNN_EFORMAT, "%s: %s: checksum mismatch in tensor %s: its data "
                           "changed (the file is corrupt)", fn, path, name);
         }
@@ -773,35 +1257,47 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
         return fail(FASTNN_EIO, "%s: path %s is a directory", fn, path);
-    slot slots[2 * FASTNN_NET_MAX_UNITS_API];
+    slot *slots = malloc(sizeof(slot) * SLOTS_PER_LAYER * (size_t)m->nlayers);
+    if (!slots) return fail(FASTNN_ENOMEM, "%s: out of memory", fn);
     int ns = tensor_slots(m, slots);
     strbuf h = {0};
     int64_t at = 0;
     sb_printf(&h, "{");
     for (int k = 0; k < ns; k++) {
-        int64_t bytes = slots[k].rows * (slots[k].cols ? slots[k].cols : 1) * 4;
-        sb_printf(&h, "\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld", slots[k].name,
-                  (long long)slots[k].rows);
-        if (slots[k].cols) sb_printf(&h, ",%lld", (long long)slots[k].cols);
+        int64_t bytes = (int64_t)slot_bytes(&slots[k]);
+        sb_printf(&h, "\"%s\":{\"dtype\":\"%s\",\"shape\":[", slots[k].name,
+                  slots[k].i64 ? "I64" : "F32");
+        for (int d = 0; d < slots[k].rank; d++)
+            sb_printf(&h, "%s%lld", d ? "," : "", (long long)slots[k].dims[d]);
         sb_printf(&h, "],\"data_offsets\":[%lld,%lld]},", (long long)at, (long long)(at + bytes));
         at += bytes;
     }
+    char shape[96] = "";
+    if (m->in_rank == 1) snprintf(shape, sizeof shape, "[%lld]", (long long)m->in_shape[0]);
+    else if (m->in_rank == 3)
+        snprintf(shape, sizeof shape, "[%lld, %lld, %lld]", (long long)m->in_shape[0],
+                 (long long)m->in_shape[1], (long long)m->in_shape[2]);
     /* version 2: CRC-32 of each tensor and of json.dumps(metadata, sort_keys=True) */
     uint32_t table[256];
     crc_table(table);
     strbuf meta = {0}, sums = {0};
     sb_printf(&meta, "{\"architecture\": ");
     sb_py_json_string(&meta, m->arch, strlen(m->arch));   /* ASCII: the canonical text */
-    sb_printf(&meta, ", \"format\": \"fastnn-model\", \"version\": \"2\"}");
+    sb_printf(&meta, ", \"format\": \"fastnn-model\"");
+    if (shape[0]) sb_printf(&meta, ", \"input_shape\": \"%s\"", shape);
+    sb_printf(&meta, ", \"version\": \"2\"}");
     sb_printf(&sums, "{\"metadata\": \"%08x\", \"tensors\": {",
               meta.bad ? 0u : crc32_of(table, meta.s, meta.len));
     for (int k = 0; k < ns; k++)
         sb_printf(&sums, "%s\"%s\": \"%08x\"", k ? ", " : "", slots[k].name,
-                  crc32_of(table, m->params + slots[k].off,
-                           (size_t)(slots[k].rows * (slots[k].cols ? slots[k].cols : 1)) * 4));
+                  crc32_of(table, slots[k].data, slot_bytes(&slots[k])));
     sb_printf(&sums, "}}");
     sb_printf(&h, "\"__metadata__\":{\"format\":\"fastnn-model\",\"version\":\"2\",\"architecture\":");
     sb_json_string(&h, m->arch);
+    if (shape[0]) {
+        sb_printf(&h, ",\"input_shape\":");
+        sb_json_string(&h, shape);
+    }
     sb_printf(&h, ",\"checksums\":");
     sb_json_string(&h, sums.s ? sums.s : "");
     sb_printf(&h, "}}");
@@ -811,6 +1307,7 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
     while (!h.bad && h.len % 8) sb_printf(&h, " ");   /* safetensors pads with spaces */
     if (h.bad) {
         free(h.s);
+        free(slots);
         return fail(FASTNN_ENOMEM, "%s: out of memory", fn);
     }
     /* a temporary file in the target's folder, then rename over the target */
@@ -818,6 +1315,7 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
     char *tmp = malloc(plen + 16);
     if (!tmp) {
         free(h.s);
+        free(slots);
         return fail(FASTNN_ENOMEM, "%s: out of memory", fn);
     }
     snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
@@ -832,8 +1330,7 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
         st = write_all(fd, len8, 8, tmp);
         if (!st) st = write_all(fd, h.s, h.len, tmp);
         for (int k = 0; k < ns && !st; k++)
-            st = write_all(fd, m->params + slots[k].off,
-                           (size_t)(slots[k].rows * (slots[k].cols ? slots[k].cols : 1)) * 4, tmp);
+            st = write_all(fd, slots[k].data, slot_bytes(&slots[k]), tmp);
         if (!st && fsync(fd) != 0)
             st = fail(FASTNN_EIO, "%s: fsync of %s failed: %s", fn, tmp, strerror(errno));
         if (close(fd) != 0 && !st)
@@ -844,6 +1341,7 @@ fastnn_status fastnn_model_save(const fastnn_model *m, const char *path) {
     }
     free(tmp);
     free(h.s);
+    free(slots);
     return st == FASTNN_OK ? ok() : st;
 }
 
@@ -1055,12 +1553,12 @@ static fastnn_status check_xy(const fastnn_trainer *t, const float *x, const voi
     if (!y) return fail(FASTNN_ENULL, "%s: y is NULL", fn);
     if (n < 1) return fail(FASTNN_EINVAL, "%s: n must be >= 1, got %lld", fn, (long long)n);
     int64_t e;
-    if (fastnn_mul3_i64(&e, n, t->model->units[0].in, 8) ||
-        fastnn_mul3_i64(&e, n, t->model->units[t->model->nunits - 1].out, 8))
+    if (fastnn_mul3_i64(&e, n, model_in(t->model), 8) ||
+        fastnn_mul3_i64(&e, n, model_out(t->model), 8))
         return fail(FASTNN_EINVAL, "%s: n = %lld rows overflow the array size", fn, (long long)n);
     if (t->net.loss == FASTNN_NET_CROSS_ENTROPY) {
         const int64_t *lab = y;
-        int64_t C = t->model->units[t->model->nunits - 1].out;
+        int64_t C = model_out(t->model);
         for (int64_t i = 0; i < n; i++)
             if (lab[i] < 0 || lab[i] >= C)
                 return fail(FASTNN_ELABEL, "%s: y[%lld] = %lld is not a class label in [0, %lld)",
@@ -1089,6 +1587,12 @@ static fastnn_status run_epoch(fastnn_trainer *t, const float *x, const void *y,
     int64_t correct = 0, step0 = t->net.opt.step;
     st = fastnn_net_train(&t->net, x, y, n, order, n, t->batch_size, key, &loss_sum, &correct);
     free(own);
+    /* BatchNorm's num_batches_tracked: the training batches its forward pass saw (a batch
+     * stopped by a non-finite loss included), as fastnn.plan.PlanTraining counts them */
+    int64_t seen = t->net.opt.step - step0 + (st == FASTNN_ENONFINITE);
+    for (int i = 0; i < t->model->nlayers; i++)
+        if (t->model->layers[i].kind == L_BATCHNORM && t->model->layers[i].track)
+            t->model->layers[i].nbt += seen;
     if (st == FASTNN_ENONFINITE)
         return fail(st, "%s: the training loss is not finite (NaN or infinity) at batch %lld of "
                     "this epoch: training stopped before that batch's update", fn,
@@ -1132,7 +1636,7 @@ fastnn_status fastnn_trainer_evaluate(fastnn_trainer *t, const float *x, const v
     static const char *fn = "fastnn_trainer_evaluate";
     fastnn_status st = check_xy(t, x, y, n, fn);
     if (st) return st;
-    int64_t C = t->model->units[t->model->nunits - 1].out;
+    int64_t C = model_out(t->model);
     float *out = malloc((size_t)(n * C) * sizeof *out);
     if (!out) return fail(FASTNN_ENOMEM, "%s: out of memory", fn);
     if ((st = fastnn_model_predict(t->model, x, n, out))) {

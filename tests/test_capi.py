@@ -283,3 +283,215 @@ def test_checksums_both_ways(programs, tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="checksum mismatch"):
         fn.load(path)
+
+
+# ---- convolutional networks (the layer plan through the C ABI) ------------------------------
+
+def _cnn(name, seed):
+    """(model, input shape) of LeNet-5 or the CIFAR-style net with BatchNorm."""
+    if name == "lenet5":
+        return fn.models.lenet5(seed=seed), (1, 28, 28)
+    return fn.models.cifar_net(seed=seed), (3, 32, 32)
+
+
+def _images(shape, n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *shape)).astype(np.float32), rng.integers(0, 10, n).astype(np.int64)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cifar_net"])
+def test_cnn_predict_equals_python(programs, tmp_path, name):
+    """A CNN trained a little in Python (running statistics away from 0 / 1), saved after fit
+    (the input shape recorded), predicts in C with Python's bits, in eval mode."""
+    model, shape = _cnn(name, 1)
+    X, y = _images(shape, 40, 2)
+    fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.01, momentum=0.9), X, y,
+           epochs=1, batch_size=8, seed=3, verbose=0)
+    model.eval()
+    fn.save(model, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "m.safetensors"), "numpy") as f:
+        assert f.metadata()["input_shape"] == str(list(shape))
+    Xt = _images(shape, 37, 4)[0]
+    Xt.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "m.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(37, 10)
+    assert np.array_equal(got, model.predict(Xt))
+
+
+CNN_CASES = [
+    ("lenet5", "sgd", '{"lr": 0.05, "momentum": 0.9}', lambda p: fn.SGD(p, lr=0.05, momentum=0.9)),
+    ("cifar_net", "adam", '{"lr": 0.001}', lambda p: fn.Adam(p, lr=0.001)),
+    ("cifar_net", "sgd", '{"lr": 0.02, "momentum": 0.9, "nesterov": true}',
+     lambda p: fn.SGD(p, lr=0.02, momentum=0.9, nesterov=True)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CNN_CASES)))
+def test_cnn_training_equals_python(programs, tmp_path, case):
+    """C training from the same weights, batch orders and seed equals Python's fused fit bit
+    for bit (weights, running statistics, num_batches_tracked, the losses); the C-saved model
+    reloads in Python with the same predictions."""
+    name, opt_name, options, make_opt = CNN_CASES[case]
+    n, batch, epochs, seed = 40, 16, 2, 5
+    model, shape = _cnn(name, 6 + case)
+    X, y = _images(shape, n, 7 + case)
+    fn.save(model, tmp_path / "init.safetensors", input_shape=shape)
+    opt = make_opt(model.parameters())
+    assert _fused.training_plan(model, fn.CrossEntropyLoss(), opt, X, y, batch,
+                                ["accuracy"]) is not None
+    hist = fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=epochs, batch_size=batch,
+                  seed=seed, verbose=0)
+    orders = np.concatenate([
+        np.random.default_rng(np.random.SeedSequence([seed, e]).spawn(2)[0]).permutation(n)
+        for e in range(epochs)]).astype(np.int64)
+    keys = np.array([np.random.SeedSequence([seed, e, 1]).generate_state(1, np.uint64)[0]
+                     for e in range(epochs)], dtype=np.uint64)
+    for fname, a in (("x", X), ("y", y), ("orders", orders), ("keys", keys)):
+        a.tofile(tmp_path / fname)
+    out = tmp_path / "out.safetensors"
+    r = _run([programs["train_parity"], str(tmp_path / "init.safetensors"), str(tmp_path / "x"),
+              str(tmp_path / "y"), str(n), str(tmp_path / "orders"), str(tmp_path / "keys"),
+              str(epochs), "cross_entropy", opt_name, options, str(batch), str(out)])
+    assert r.returncode == 0, r.stderr
+    trained = fn.load(out)
+    want, got = model.state_dict(), trained.state_dict()
+    assert list(want) == list(got)
+    if name == "cifar_net":
+        assert "1.running_mean" in got and int(got["1.num_batches_tracked"]) == epochs * 3
+    for k in want:
+        assert want[k].dtype == got[k].dtype and np.array_equal(want[k], got[k]), k
+    lines = [tuple(map(float, line.split())) for line in r.stdout.splitlines()]
+    assert [c_loss for c_loss, _ in lines] == hist.history["loss"]
+    assert [acc for _, acc in lines] == hist.history["accuracy"]
+    # saved from C, reloaded in Python: the same predictions as the Python-trained model
+    assert trained._input_shape == shape
+    model.eval()
+    Xt = _images(shape, 9, 99)[0]
+    assert np.array_equal(trained.predict(Xt), model.predict(Xt))
+
+
+def test_cnn_bad_files(programs, tmp_path):
+    """A CNN file without its input shape, a corrupt conv tensor, a conv tensor of the wrong
+    shape, a wrong-size input: errors with a message, not crashes."""
+    model, shape = _cnn("lenet5", 0)
+    fn.save(model, tmp_path / "noshape.safetensors")     # never fit nor predicted: no shape
+    np.zeros((2, *shape), np.float32).tofile(tmp_path / "x.f32")
+
+    def predict(path, x="x.f32"):
+        return _run([programs["predict"], str(path), str(tmp_path / x), str(tmp_path / "y.f32")])
+
+    r = predict(tmp_path / "noshape.safetensors")
+    assert r.returncode == 1 and "input shape (C, H, W) is missing" in r.stderr, r.stderr
+    assert "layer 0 (Conv2d)" in r.stderr
+    fn.save(model, tmp_path / "m.safetensors", input_shape=shape)
+    assert predict(tmp_path / "m.safetensors").returncode == 0
+    # a bit of the first conv weight's data
+    from safetensors import safe_open
+    raw = bytearray((tmp_path / "m.safetensors").read_bytes())
+    hlen = int.from_bytes(raw[:8], "little")
+    import json
+    header = json.loads(raw[8:8 + hlen])
+    start = 8 + hlen + header["0.weight"]["data_offsets"][0]
+    raw[start + 5] ^= 0x10
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw))
+    r = predict(tmp_path / "bad.safetensors")
+    assert r.returncode == 1 and "checksum mismatch in tensor 0.weight" in r.stderr, r.stderr
+    # a conv weight of the wrong shape (a version-1 file: no checksums)
+    from safetensors.numpy import save_file
+    state = model.state_dict()
+    state["3.weight"] = state["3.weight"][:, :, :, :4].copy()
+    with safe_open(str(tmp_path / "m.safetensors"), "numpy") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "checksums"}
+    save_file(state, str(tmp_path / "shape.safetensors"), metadata=dict(meta, version="1"))
+    r = predict(tmp_path / "shape.safetensors")
+    assert r.returncode == 1 and "tensor 3.weight must have shape [16, 6, 5, 5]" in r.stderr
+    # an input shape that does not fit the layers, and one of the wrong rank
+    for bad, msg in (([3, 28, 28], "expects images of 1 channels"), ([784], "not an image"),
+                     ([1, 2, 2], "larger than the padded input")):
+        save_file(model.state_dict(), str(tmp_path / "s.safetensors"),
+                  metadata=dict(meta, version="1", input_shape=json.dumps(bad)))
+        r = predict(tmp_path / "s.safetensors")
+        assert r.returncode == 1 and msg in r.stderr, (bad, r.stderr)
+    # a wrong-size input buffer: not a whole number of rows of C*H*W = 784 values
+    np.zeros(784 + 3, np.float32).tofile(tmp_path / "short.f32")
+    r = predict(tmp_path / "m.safetensors", "short.f32")
+    assert r.returncode == 1 and r.stderr
+
+
+def test_save_input_shape_argument(tmp_path):
+    model, shape = _cnn("lenet5", 0)
+    with pytest.raises(ValueError, match="input_shape"):
+        fn.save(model, tmp_path / "m.safetensors", input_shape=(1, 28))
+    model.predict(np.zeros((1, *shape), np.float32))
+    fn.save(model, tmp_path / "m.safetensors")
+    assert fn.load(tmp_path / "m.safetensors")._input_shape == shape
+
+
+def test_cnn_checkpoint_loads_in_c(programs, tmp_path):
+    """A checkpoint of a CNN after fit carries the input shape: C predicts from it."""
+    model, shape = _cnn("cifar_net", 2)
+    X, y = _images(shape, 16, 3)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=8, seed=0, verbose=0)
+    fn.save_checkpoint(tmp_path / "ck.safetensors", model, opt, epoch=1)
+    X.tofile(tmp_path / "x.f32")
+    r = _run([programs["predict"], str(tmp_path / "ck.safetensors"), str(tmp_path / "x.f32"),
+              str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    model.eval()
+    got = np.fromfile(tmp_path / "y.f32", dtype=np.float32).reshape(16, 10)
+    assert np.array_equal(got, model.predict(X))
+
+
+def test_cnn_other_layers_equal_python(programs, tmp_path):
+    """Grouped, dilated and "same"-padded convolutions, AvgPool2d with pairs and
+    count_include_pad=False, AdaptiveAvgPool2d, BatchNorm1d, Dropout, LeakyReLU: C training
+    equals Python's fit bit for bit, the C-saved file reloads in Python (its architecture
+    written by C) and predicts the same, and C predicts Python's bits."""
+    model = fn.Sequential(
+        fn.Conv2d(2, 6, 3, padding="same", seed=1), fn.BatchNorm2d(6), fn.LeakyReLU(0.05),
+        fn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3, bias=False, seed=2), fn.Tanh(),
+        fn.AvgPool2d((3, 2), stride=(1, 2), padding=(1, 0), count_include_pad=False),
+        fn.Conv2d(6, 8, (2, 3), stride=(2, 1), seed=3), fn.ReLU(), fn.MaxPool2d(2, stride=1),
+        fn.AdaptiveAvgPool2d(1), fn.Flatten(), fn.BatchNorm1d(8, momentum=0.3), fn.Dropout(0.2),
+        fn.Linear(8, 4, seed=4))
+    shape, n, batch, epochs, seed = (2, 9, 10), 30, 8, 2, 13
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, 4, n).astype(np.int64)
+    fn.save(model, tmp_path / "init.safetensors", input_shape=shape)
+    opt = fn.Adam(model.parameters(), lr=0.01)
+    assert _fused.training_plan(model, fn.CrossEntropyLoss(), opt, X, y, batch,
+                                ["accuracy"]) is not None
+    hist = fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=epochs, batch_size=batch,
+                  seed=seed, verbose=0)
+    orders = np.concatenate([
+        np.random.default_rng(np.random.SeedSequence([seed, e]).spawn(2)[0]).permutation(n)
+        for e in range(epochs)]).astype(np.int64)
+    keys = np.array([np.random.SeedSequence([seed, e, 1]).generate_state(1, np.uint64)[0]
+                     for e in range(epochs)], dtype=np.uint64)
+    for fname, a in (("x", X), ("y", y), ("orders", orders), ("keys", keys)):
+        a.tofile(tmp_path / fname)
+    out = tmp_path / "out.safetensors"
+    r = _run([programs["train_parity"], str(tmp_path / "init.safetensors"), str(tmp_path / "x"),
+              str(tmp_path / "y"), str(n), str(tmp_path / "orders"), str(tmp_path / "keys"),
+              str(epochs), "cross_entropy", "adam", '{"lr": 0.01}', str(batch), str(out)])
+    assert r.returncode == 0, r.stderr
+    trained = fn.load(out)
+    want, got = model.state_dict(), trained.state_dict()
+    assert list(want) == list(got)
+    for k in want:
+        assert np.array_equal(want[k], got[k]), k
+    assert [float(line.split()[0]) for line in r.stdout.splitlines()] == hist.history["loss"]
+    assert repr(trained) == repr(model)
+    model.eval()
+    Xt = rng.normal(size=(11, *shape)).astype(np.float32)
+    assert np.array_equal(trained.predict(Xt), model.predict(Xt))
+    Xt.tofile(tmp_path / "xt.f32")
+    r = _run([programs["predict"], str(out), str(tmp_path / "xt.f32"), str(tmp_path / "y.f32")])
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "y.f32", np.float32).reshape(11, 4),
+                          model.predict(Xt))

@@ -575,7 +575,7 @@ def _fsync_folder(folder):
 
 # ---- models ----------------------------------------------------------------------------------
 
-def save(model, path, preprocess=None):
+def save(model, path, preprocess=None, input_shape=None):
     """Save the model's parameters and architecture to path (safetensors, atomic, with
     checksums). path: a str or os.PathLike; a symbolic link's target is replaced.
 
@@ -584,6 +584,11 @@ def save(model, path, preprocess=None):
     stay the state_dict); default: the model's own ``model.preprocess`` if it has one (a
     model from fastnn.load keeps its preprocessing when saved again). TypeError if it is not
     a Preprocess.
+
+    input_shape: the shape of one sample, (features,) or (C, H, W), stored as the JSON list
+    in the metadata key "input_shape" (the C API needs it to run a convolutional network);
+    default: the shape of the samples the model last saw in fit or predict (or that its file
+    recorded), none when unknown. ValueError if it is not 1 or 3 positive ints.
     """
     from .data import Preprocess
 
@@ -593,6 +598,10 @@ def save(model, path, preprocess=None):
         raise TypeError(f"save: preprocess must be a fastnn.Preprocess or None, got "
                         f"{type(preprocess).__name__}")
     meta = {"format": _MODEL, "architecture": json.dumps(architecture(model))}
+    shape = _input_shape(getattr(model, "_input_shape", None) if input_shape is None
+                         else input_shape, "save: input_shape")
+    if shape is not None:
+        meta["input_shape"] = json.dumps(list(shape))
     if preprocess is not None:
         meta["preprocess"] = json.dumps(preprocess.to_dict())
     _write(path, model.state_dict(), meta)
@@ -630,6 +639,7 @@ def load(path, model=None):
         f.read([prefix + k for k in specs],
                into={prefix + k: p for k, p in _state_items(model)})
         model.preprocess = preprocess
+        model._input_shape = _saved_input_shape(f.meta, f.path)
         return model
     specs = {k: (p.shape, p.dtype) for k, p in _state_items(model)}
     f.check(specs, prefix, "the model")
@@ -638,6 +648,29 @@ def load(path, model=None):
     if preprocess is not None or not hasattr(model, "preprocess"):
         model.preprocess = preprocess      # a user's own preprocess stays when the file has none
     return model
+
+
+def _input_shape(shape, what):
+    """shape as a tuple of 1 or 3 ints >= 1 (None stays None); ValueError naming what."""
+    if shape is None:
+        return None
+    try:
+        items = tuple(shape)
+    except TypeError:
+        items = None
+    if items is None or len(items) not in (1, 3) or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in items):
+        raise ValueError(f"{what} must be (features,) or (C, H, W), ints >= 1, got {shape!r}")
+    return tuple(int(v) for v in items)
+
+
+def _saved_input_shape(meta, path):
+    if "input_shape" not in meta:
+        return None
+    try:
+        return _input_shape(json.loads(meta["input_shape"]), "input_shape")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{os.fspath(path)}: corrupt input_shape metadata ({e})") from None
 
 
 def _preprocess(meta, path):
@@ -677,8 +710,12 @@ def save_checkpoint(path, model, optimizer, scheduler=None, epoch=None, extra=No
         text = json.dumps(state)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_checkpoint: extra must be JSON-serialisable ({e})") from None
-    _write(path, tensors, {"format": _CHECKPOINT, "checkpoint": text,
-                           "architecture": json.dumps(architecture(model))})
+    meta = {"format": _CHECKPOINT, "checkpoint": text,
+            "architecture": json.dumps(architecture(model))}
+    shape = _input_shape(getattr(model, "_input_shape", None), "input_shape")
+    if shape is not None:      # for the C API, as save writes it
+        meta["input_shape"] = json.dumps(list(shape))
+    _write(path, tensors, meta)
 
 
 def _same_kind(saved, current):

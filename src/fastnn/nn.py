@@ -590,6 +590,7 @@ class Sequential(Module):
         X, one = self._predict_input(X, batch_size)
         if one:
             return self.predict(X, batch_size)[0]
+        self._input_shape = tuple(X.shape[1:])     # saved with the model (fastnn.save)
         net = (_fused.inference_net(self, batch_size, X.shape[1:])
                if X.ndim in (2, 4) and len(X) else None)
         if net is None or (net.input_shape is None and X.shape[1] != net.in_features):

@@ -259,6 +259,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         val = _prepare(model, loss, *validation_data, "validation_data[0]",
                        "validation_data[1]", width=X.shape[1:])
     n = len(X)
+    model._input_shape = tuple(X.shape[1:])     # saved with the model (fastnn.save)
     batch_size = _int_arg(batch_size, "batch_size", 1, n)
     if seed is None:
         seed = int(_init.default_generator().integers(2 ** 63))

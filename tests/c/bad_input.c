@@ -5,6 +5,7 @@
  * model.safetensors: a valid fastnn model file of a Linear-first MLP. Exit status 0 when
  * every check passed; each failure is printed.
  */
+#define _GNU_SOURCE   /* memmem */
 #include <fastnn/fastnn_api.h>
 
 #include <locale.h>
@@ -129,6 +130,128 @@ static void load_any(const char *path) {
         failures++;
         fprintf(stderr, "%s: a failed load left a handle or no message\n", path);
     }
+}
+
+/* A small CNN (Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
+ * BatchNorm1d, Linear) through the ABI: its input shape required, trained, saved, reloaded
+ * with the same predictions; bad input refused. */
+#define CNN_LAYERS                                                                          \
+    "\"layers\": [{\"class\": \"Conv2d\", \"config\": {\"in_channels\": 2, \"out_channels\": 4, " \
+    "\"kernel_size\": [3, 3], \"padding\": \"same\"}}, "                                     \
+    "{\"class\": \"BatchNorm2d\", \"config\": {\"num_features\": 4}}, "                      \
+    "{\"class\": \"ReLU\", \"config\": {}}, "                                                \
+    "{\"class\": \"MaxPool2d\", \"config\": {\"kernel_size\": 2}}, "                         \
+    "{\"class\": \"Conv2d\", \"config\": {\"in_channels\": 4, \"out_channels\": 6, "         \
+    "\"kernel_size\": 3, \"stride\": 1, \"padding\": [1, 1], \"groups\": 2}}, "             \
+    "{\"class\": \"AvgPool2d\", \"config\": {\"kernel_size\": 2, \"stride\": 1}}, "          \
+    "{\"class\": \"AdaptiveAvgPool2d\", \"config\": {\"output_size\": 1}}, "                 \
+    "{\"class\": \"Flatten\", \"config\": {}}, "                                             \
+    "{\"class\": \"BatchNorm1d\", \"config\": {\"num_features\": 6}}, "                      \
+    "{\"class\": \"Linear\", \"config\": {\"in_features\": 6, \"out_features\": 3}}]"
+
+static void cnn_checks(const char *scratch) {
+    char path[4096], path2[4096];
+    fastnn_model *m = NULL, *m2 = NULL;
+    fastnn_trainer *t = NULL;
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", " CNN_LAYERS "}", 0, &m));
+    checks++;
+    if (m || !strstr(fastnn_last_error(), "input_shape")) failures++;
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8], "
+                                   CNN_LAYERS "}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [3, 8, 8], "
+                                   CNN_LAYERS "}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 1, 1], "
+                                   CNN_LAYERS "}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [128], "
+                                   CNN_LAYERS "}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8, 8], "
+                                   "\"layers\": [{\"class\": \"Conv2d\", \"config\": "
+                                   "{\"in_channels\": 2, \"out_channels\": 4, \"kernel_size\": 3, "
+                                   "\"groups\": 3}}]}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8, 8], "
+                                   "\"layers\": [{\"class\": \"Conv2d\", \"config\": "
+                                   "{\"in_channels\": 2, \"out_channels\": 4, \"kernel_size\": 3}}]}",
+                                   0, &m));   /* images out: no Flatten */
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8, 8], "
+                                   "\"layers\": [{\"class\": \"MaxPool2d\", \"config\": "
+                                   "{\"kernel_size\": 2, \"padding\": 2}}]}", 0, &m));
+    EXPECT_ERR(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8, 8], "
+                                   "\"layers\": [{\"class\": \"BatchNorm2d\", \"config\": "
+                                   "{\"num_features\": 2, \"momentum\": null}}]}", 0, &m));
+    EXPECT_OK(fastnn_model_create("{\"class\": \"Sequential\", \"input_shape\": [2, 8, 8], "
+                                  CNN_LAYERS "}", 7, &m));
+    if (!m) return;
+    checks++;
+    if (fastnn_model_input_size(m) != 128 || fastnn_model_output_size(m) != 3) failures++;
+    enum { N = 10 };
+    static float x[N * 128], y0[N * 3], y1[N * 3];
+    int64_t labels[N];
+    for (int i = 0; i < N * 128; i++) x[i] = (float)((int)(rnd() % 2001) - 1000) / 500.0f;
+    for (int i = 0; i < N; i++) labels[i] = i % 3;
+    EXPECT_OK(fastnn_trainer_create(m, "cross_entropy", "sgd", "{\"lr\": 0.1, \"momentum\": 0.9}",
+                                    4, 1, &t));
+    double loss, acc;
+    EXPECT_OK(fastnn_trainer_epoch(t, x, labels, N, &loss, &acc));
+    EXPECT_OK(fastnn_trainer_evaluate(t, x, labels, N, &loss, &acc));
+    checks++;
+    if (fastnn_trainer_steps(t) != 3 || !(loss == loss)) failures++;
+    labels[3] = 3;
+    EXPECT_ERR(fastnn_trainer_epoch(t, x, labels, N, &loss, &acc));
+    EXPECT_ERR(fastnn_model_predict(m, x, 0, y0));
+    EXPECT_ERR(fastnn_model_predict(m, x, N, x + 1));   /* out overlaps x */
+    EXPECT_OK(fastnn_model_predict(m, x, N, y0));
+    snprintf(path, sizeof path, "%s/cnn.safetensors", scratch);
+    EXPECT_OK(fastnn_model_save(m, path));
+    EXPECT_OK(fastnn_model_load(path, &m2));
+    if (m2) {
+        EXPECT_OK(fastnn_model_predict(m2, x, N, y1));
+        checks++;
+        if (memcmp(y0, y1, sizeof y0) != 0) failures++;
+        threads_check(m2);
+        fastnn_model_free(m2);
+        m2 = NULL;
+    }
+    /* the file without its input_shape metadata (version 1: no checksums to fix) */
+    long n = 0;
+    unsigned char *raw = slurp(path, &n);
+    if (raw && n > 8) {
+        uint64_t hlen = 0;
+        for (int i = 7; i >= 0; i--) hlen = hlen << 8 | raw[i];
+        char *h = (char *)raw + 8, *k = memmem(h, hlen, "\"input_shape\":", 14);
+        char *c = memmem(h, hlen, ",\"checksums\":", 13), *v = memmem(h, hlen, "\"version\":\"2\"", 13);
+        if (k && c && v && c > k) {
+            memset(k - 1, ' ', (size_t)(c - (k - 1)));   /* ,"input_shape":"[..]" -> spaces */
+            char *end = h + hlen;   /* the header ends with the metadata's "}}", then spaces */
+            while (end > c && end[-1] == ' ') end--;
+            memset(c, ' ', (size_t)(end - 2 - c));       /* ,"checksums":"..." -> spaces */
+            v[11] = '1';
+            snprintf(path2, sizeof path2, "%s/cnn_noshape.safetensors", scratch);
+            spit(path2, raw, n);
+            EXPECT_ERR(fastnn_model_load(path2, &m2));
+            checks++;
+            if (m2 || !strstr(fastnn_last_error(), "input shape")) {
+                failures++;
+                fprintf(stderr, "no-input-shape file: %s\n", fastnn_last_error());
+            }
+        } else {
+            checks++, failures++;
+            fprintf(stderr, "cnn.safetensors: no input_shape metadata\n");
+        }
+        /* every truncation of the CNN file is refused */
+        for (long cut = 0; cut < n; cut += 1 + cut / 7) {
+            snprintf(path2, sizeof path2, "%s/cnn_cut.safetensors", scratch);
+            unsigned char *copy = slurp(path, &n);
+            if (!copy) break;
+            spit(path2, copy, cut);
+            free(copy);
+            EXPECT_ERR(fastnn_model_load(path2, &m2));
+            fastnn_model_free(m2);
+            m2 = NULL;
+        }
+    }
+    free(raw);
+    fastnn_trainer_free(t);
+    fastnn_model_free(m);
 }
 
 int main(int argc, char **argv) {
@@ -335,6 +458,7 @@ int main(int argc, char **argv) {
     fastnn_model_free(m);
     fastnn_model_free(NULL);
     free(bytes);
+    cnn_checks(argv[2]);
     printf("%d checks, %d failures, %d fuzz iterations each\n", checks, failures, iters);
     return failures != 0;
 }

@@ -54,7 +54,9 @@ FASTNN_API int fastnn_get_num_threads(void);
  * model too). The CRC-32 checksums of fastnn's version-2 files (metadata and every tensor)
  * are verified. Errors: FASTNN_ENULL, FASTNN_EIO (missing, unreadable, a directory),
  * FASTNN_EFORMAT (corrupt, truncated, a checksum mismatch, not fastnn's),
- * FASTNN_EUNSUPPORTED (a layer or dtype the C ABI lacks). */
+ * FASTNN_EUNSUPPORTED (a layer or dtype the C ABI lacks; a convolutional network whose file
+ * does not record its input shape: the metadata key "input_shape", which fastnn.save writes
+ * after fit or predict, or given as fastnn.save(model, path, input_shape=(C, H, W))). */
 FASTNN_API fastnn_status fastnn_model_load(const char *path, fastnn_model **out);
 
 /* A new model from the architecture JSON that fastnn.save stores in the file's metadata
@@ -66,7 +68,15 @@ FASTNN_API fastnn_status fastnn_model_load(const char *path, fastnn_model **out)
  * Weights are drawn like PyTorch's defaults (kaiming-uniform with a = sqrt(5): U(-1/sqrt(in),
  * 1/sqrt(in)) for weights and biases) from a generator seeded by seed; the numbers differ
  * from Python's initialiser (load a Python-saved file to start from the same weights).
- * Layers: Flatten (leading), Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Dropout. */
+ * Conv2d weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels / groups * kh * kw;
+ * BatchNorm: weight 1, bias 0, running mean 0, running variance 1.
+ * Layers: Flatten, Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Dropout, Conv2d,
+ * MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), BatchNorm1d, BatchNorm2d (float32; BatchNorm
+ * with a numeric momentum), with PyTorch's arguments as fastnn's get_config writes them.
+ * A model with Conv2d, a pool or BatchNorm runs on the layer plan; it needs the per-sample
+ * input shape unless its first sized layer is a Linear or BatchNorm1d: a top-level key
+ * "input_shape": [C, H, W] (or [features]) in the JSON. Inputs x are then n x (C * H * W)
+ * values, each row one NCHW sample (C-order, as a NumPy (n, C, H, W) array). */
 FASTNN_API fastnn_status fastnn_model_create(const char *architecture_json, uint64_t seed,
                                              fastnn_model **out);
 
@@ -74,7 +84,8 @@ FASTNN_API int64_t fastnn_model_input_size(const fastnn_model *model);  /* -1 if
 FASTNN_API int64_t fastnn_model_output_size(const fastnn_model *model); /* -1 if NULL */
 FASTNN_API int64_t fastnn_model_num_parameters(const fastnn_model *model); /* -1 if NULL */
 
-/* out [n, output_size] = model(x [n, input_size]) in evaluation mode (no dropout). n >= 1;
+/* out [n, output_size] = model(x [n, input_size]) in evaluation mode (no dropout; BatchNorm
+ * with its running statistics). n >= 1;
  * x and out must not overlap. Safe to call from several threads on one model. */
 FASTNN_API fastnn_status fastnn_model_predict(const fastnn_model *model, const float *x,
                                               int64_t n, float *out);
@@ -99,7 +110,9 @@ FASTNN_API void fastnn_model_free(fastnn_model *model);   /* NULL is allowed */
  *   lr, momentum, dampening, nesterov, weight_decay, betas ([b1, b2]), eps, amsgrad, alpha,
  *   centered, lr_decay, initial_accumulator_value, maximize; and for the loss: reduction
  *   ("mean"|"sum"), label_smoothing, delta. An unknown key is an error (FASTNN_EINVAL).
- * batch_size >= 1; seed keys the trainer's own shuffling and dropout (fastnn_trainer_epoch). */
+ * batch_size >= 1; seed keys the trainer's own shuffling and dropout (fastnn_trainer_epoch).
+ * BatchNorm trains on batch statistics and updates the model's running statistics (and
+ * num_batches_tracked), as Python's fit. */
 FASTNN_API fastnn_status fastnn_trainer_create(fastnn_model *model, const char *loss,
                                                const char *optimizer, const char *options,
                                                int64_t batch_size, uint64_t seed,
