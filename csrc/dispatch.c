@@ -36,10 +36,11 @@ static char available[64];
  * haswell ones (32 KiB L1d, 256 KiB L2), the avx512 ones were tuned on AMD Zen 4 (32 KiB L1d,
  * 1 MiB L2). Following BLIS's analytical model (Low et al., "Analytical modeling is enough
  * for high-performance BLIS", ACM TOMS 43(2), 2016), KC sizes the B micro-panel (KC x NR) to a
- * share of L1d and MC the A block (MC x KC) to a share of L2, so each scales with its cache:
- * KC by L1d / tuned L1d (a multiple of 8, within [128, 1024]), then MC so that MC x KC scales
- * by L2 / tuned L2, with the A block at most half of L2 (a multiple of MR, within
- * [MR, 4096]). NC (the B panel, in L3) stays. FASTNN_GEMM_BLOCKING="MC,KC,NC" sets the
+ * share of L1d and MC the A block (MC x KC) to a share of L2, so on a core with smaller caches
+ * than the tuned ones each shrinks with its cache: KC by L1d / tuned L1d (a multiple of 8,
+ * within [128, 1024]), then MC so that MC x KC shrinks by L2 / tuned L2, with the A block at
+ * most half of L2 (a multiple of MR). Larger caches keep the tuned values. NC (the B panel,
+ * in L3) stays. FASTNN_GEMM_BLOCKING="MC,KC,NC" sets the
  * float32 values of every table instead (MC and NC rounded to the micro-tile), for tuning. */
 static long cache_bytes(int level) {
 #ifdef _SC_LEVEL1_DCACHE_SIZE
@@ -59,13 +60,17 @@ static int round_to(long v, int q, long lo, long hi) {
 
 static void scale_cfg(int *mc, int *kc, int mr, int elem, long l1, long l2, long tl1,
                       long tl2) {
+    /* Only ever smaller than tuned: on a core with larger caches (an Intel Xeon with 48 KiB
+     * L1d and 2 MiB L2) growing KC and MC was within the noise for GEMMs (better for 2048^2 on
+     * avx2) but measured worse for the convolution's implicit GEMM; see BENCHMARKS.md. */
     double a_block = (double)*mc * *kc;               /* elements of the tuned A block */
-    if (l1 > 0) *kc = round_to((long)*kc * l1 / tl1, 8, 128, 1024);
-    if (l2 > 0) {
+    if (l1 > 0 && l1 < tl1) *kc = round_to((long)*kc * l1 / tl1, 8, 128, 1024);
+    if (l2 > 0 && l2 < tl2) {
         a_block *= (double)l2 / tl2;
         if (a_block * elem > l2 / 2) a_block = (double)(l2 / 2) / elem;
     }
-    *mc = round_to((long)(a_block / *kc), mr, mr, 4096);
+    int mc_new = round_to((long)(a_block / *kc), mr, mr, 4096);
+    if (mc_new < *mc) *mc = mc_new;
 }
 
 static void fit_blocking(fastnn_kernel_table *t) {
