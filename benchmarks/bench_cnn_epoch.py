@@ -21,6 +21,7 @@ import numpy as np
 
 import fastnn as fn
 from fastnn import _fused, models
+from torch_models import torch_model
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 SHAPES = {"lenet": (1, 28, 28), "cifar": (3, 32, 32)}
@@ -40,21 +41,6 @@ def fastnn_epoch(name, X, y, batch, fused, seed):
                seed=seed, verbose=0)
     finally:
         _fused.training_plan = saved
-
-
-def torch_model(name):
-    import torch.nn as nn
-    if name == "lenet":
-        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                             nn.Linear(84, 10))
-    layers, c_in = [], 3
-    for c in (32, 64, 128):
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                   nn.MaxPool2d(2)]
-        c_in = c
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(2048, 10))
 
 
 def torch_epoch(name, Xt, yt, batch, seed):

@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys
@@ -34,17 +35,9 @@ else:
     from torch import nn
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    if model_name == "lenet":
-        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                              nn.Linear(84, 10))
-    else:
-        layers, c = [], 3
-        for o in (32, 64, 128):
-            layers += [nn.Conv2d(c, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
-            c = o
-        model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(2048, 10))
+    sys.path.insert(0, sys.argv[4])
+    from torch_models import torch_model
+    model = torch_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -73,7 +66,8 @@ def main(argv=None):
     rows = {"fastnn": [], "torch": []}
     for _ in range(args.repeats):
         for lib in rows:
-            out = subprocess.run([sys.executable, "-c", CHILD, lib, args.model, str(args.images)],
+            out = subprocess.run([sys.executable, "-c", CHILD, lib, args.model, str(args.images),
+                                  str(Path(__file__).resolve().parent)],
                                  capture_output=True, text=True, check=True)
             rows[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'library':8} {'before training':>16} {'peak':>8} {'growth':>8}")

@@ -19,6 +19,7 @@ import numpy as np
 
 import fastnn as fn
 from fastnn.datasets import load_fashion_mnist
+from torch_models import torch_model
 
 
 def standardised():
@@ -48,10 +49,7 @@ def run_torch(seed, epochs, data):
     xtr, ytr, xte, yte = data
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    model = torch_model("lenet")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     crit = nn.CrossEntropyLoss()
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
