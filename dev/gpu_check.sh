@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-GPU check of fastnn.cuda in one run: build, the CUDA tests on the device, the
 # benchmark. Usage: bash dev/gpu_check.sh LOGDIR [bench args...]
-# Logs land in LOGDIR (env.log, build.log, pytest.log, bench.log, probe.log).
+# Logs land in LOGDIR (env.log, build.log, pytest.log, pytest_numba.log, bench.log, profile.log).
 set -u
 LOG=${1:?usage: gpu_check.sh LOGDIR}; shift
 mkdir -p "$LOG"
@@ -23,7 +23,4 @@ timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/bench_cuda.py "$@" >"$LOG/bench
 el "bench rc=$?"; tail -45 "$LOG/bench.log"
 if [ -f dev/gpu_profile.py ]; then
   timeout 60 python3 dev/gpu_profile.py >"$LOG/profile.log" 2>&1; el "profile rc=$?"; grep -vE "Warning|warn\(" "$LOG/profile.log" | tail -60
-fi
-if [ -n "${PROBE:-}" ] && [ -f dev/gpu_probe.py ]; then
-  timeout 45 python3 dev/gpu_probe.py >"$LOG/probe.log" 2>&1; el "probe rc=$?"; tail -30 "$LOG/probe.log"
 fi

@@ -1,4 +1,5 @@
-"""Where a fastnn.cuda MLP step spends host time, and cuBLAS TF32 entry points, on a GPU.
+"""Where a fastnn.cuda MLP step spends host time, cuBLAS TF32 entry points, and whether Numba
+launches can be captured into a CUDA graph through CuPy's stream capture, on a GPU.
 Run: python dev/gpu_profile.py (prints tables; about 30 s)."""
 import cProfile
 import io
@@ -101,3 +102,20 @@ for name, f in [("sgemm TF32 math mode", sgemm_tf32), ("gemmEx FAST_TF32 default
         print(f"{name}: {ev(f):.1f} TFLOP/s")
     except Exception as e:
         print(f"{name}: {type(e).__name__}: {e}")
+
+
+# Numba launches captured into a CUDA graph through CuPy's stream capture (what a per-step
+# graph would need): launch on an external stream wrapping CuPy's, capture, replay
+try:
+    s = cp.cuda.Stream(non_blocking=True)
+    ns = cuda.external_stream(s.ptr)
+    with s:
+        s.begin_capture()
+        for _ in range(10):
+            k[4, 256, ns](out, small, 1, np.float32(0), np.float32(0))
+        g = s.end_capture()
+    g.launch(s)
+    s.synchronize()
+    print("graph capture of numba launches: OK")
+except Exception as e:
+    print("graph capture:", type(e).__name__, str(e)[:300])
