@@ -887,3 +887,16 @@ def test_gemm_backend_choice():
     assert fc.gemm_backend() == before
     with pytest.raises(TypeError, match="argument 'enabled' must be a bool"):
         fc.set_tf32(1)
+
+
+def test_numpy_without_row_stack_gets_it_back(monkeypatch):
+    """numba-cuda 0.30 overloads np.row_stack at its first compile; NumPy 2.5 removed that
+    alias and every compile on a GPU failed. fastnn.cuda puts it back where it is missing
+    (and leaves a NumPy that has it alone)."""
+    kept = np.row_stack if "row_stack" in np.__dict__ else None
+    fc._numpy_compat()
+    if kept is not None:
+        assert np.row_stack is kept
+    monkeypatch.delitem(np.__dict__, "row_stack", raising=False)
+    fc._numpy_compat()
+    assert np.row_stack is np.vstack
