@@ -22,7 +22,9 @@ per activation, plus the hypothesis runs of this file at 400 examples per test):
   their gradients. softmax is held to (4 + 2 (1 + |x - max(x)|)) ulp: float32 rounding of
   x - max is amplified by exp's condition number |x - max| (65 ulp seen at |x - max| ~ 100).
   Loss kernels evaluate every item in double, so their cancellation term uses eps64 even
-  for float32 (and log-sum-exp's cols * eps64 in log_softmax is converted likewise).
+  for float32 (and log-sum-exp's cols * eps64 in log_softmax is converted likewise); the
+  exception is the float32 cross-entropy, whose exps are float (csrc/ref/vexp.h, within
+  2 ulp): its cancellation term, and its reduced total, use eps32.
 * bias_grad sums rows in the kernel's dtype: scale is rows * sum_r |dy| (the classical
   recursive-summation bound; worst seen 1.1 eps32 * sum |dy| at 1000 rows; float64 is
   bit-identical to numpy's row-by-row sum).
@@ -33,7 +35,7 @@ per activation, plus the hypothesis runs of this file at 400 examples per test):
   x / (1 + exp(-x)) does the same.
 * Reduced losses (Python floats, accumulated in double for both dtypes): RTOL64 relative to
   the sum of the per-item magnitudes (worst seen 1.3e-14, float32 inputs included), plus
-  the cancellation term summed.
+  the cancellation term summed (in eps32 for the float32 cross-entropy).
 * Optimizer steps after 20 updates: float64 rtol 1e-12 (bit-identical to the oracle seen),
   float32 rtol 1e-5 (worst seen 3.6e-7, Adam); both with an atol of rtol * max |value| for
   entries that pass near 0.
@@ -334,6 +336,31 @@ def test_softmax_matches_oracle(each_arch, dtype, x, data):
     check_softmax(x, dy, dtype)
 
 
+def test_float32_exp_within_2_ulp_and_its_range(each_arch):
+    """The float32 exp of softmax and cross-entropy (csrc/ref/vexp.h): softmax of the row
+    [t, 0, -inf] is e^t / (1 + e^t); its first entry for t <= -20 is e^t to 1e-8, so it
+    shows the exp's own error: at most 2 ulp over the whole normal range, exactly 1 at 0,
+    0 below about -86.64 (next to FLT_MIN: a documented flush, not a subnormal), and inf /
+    NaN handled like expf. Rows of 3 and of 40 elements run the vector tail and body."""
+    t = np.linspace(-86.6, -20, 200_003).astype(np.float32)
+    for cols in (3, 40):
+        x = np.full((t.size, cols), -np.inf, np.float32)
+        x[:, 0], x[:, 1] = t, 0
+        y = ops.softmax(x)
+        t64 = t.astype(np.float64)
+        want = np.exp(t64) / (1 + np.exp(t64))
+        ulps = np.abs(y[:, 0] - want) / _ulp32(want)
+        assert ulps.max() <= 2.0, f"{cols} cols: {ulps.max():.2f} ulp at t = {t[ulps.argmax()]}"
+        assert np.all(y[:, 2:] == 0) and np.all(y[:, 1] <= 1)
+    x = np.array([[0.0, -87.0, -100.0, -np.inf, -86.0]], np.float32)
+    y = ops.softmax(x)[0]
+    assert y[2] == 0 and y[3] == 0 and 0 <= y[1] < 2e-38 and y[4] > 0
+    assert abs(y[0] - 1.0) <= 2 ** -23
+    assert np.isnan(ops.softmax(np.array([[np.nan, 0.0]], np.float32))).all()
+    # inf - inf is NaN, and so is the row's sum: all NaN, as torch.softmax gives
+    assert np.isnan(ops.softmax(np.array([[np.inf, 0.0]], np.float32))).all()
+
+
 @pytest.mark.parametrize("shape", [(70, 1000), (3, 25000), (40000, 2), (4, 5, 6)])
 def test_softmax_large_and_nd(each_arch, dtype, shape):
     rng = np.random.default_rng(3)
@@ -618,6 +645,7 @@ def check_ce(z, labels, w, eps, reduction, go, dtype):
     z, go = z.astype(dtype), go.astype(dtype)
     w = None if w is None else w.astype(dtype)
     what = f"cross_entropy {reduction} weight={w is not None} smoothing={eps}"
+    seps = EPS[dtype]   # float32: the exps are float (vexp.h); the sums still double
     rows, cols = z.shape
     z64 = z.astype(np.float64)
     w64 = np.ones(cols) if w is None else w.astype(np.float64)
@@ -641,14 +669,14 @@ def check_ce(z, labels, w, eps, reduction, go, dtype):
     want = ref.cross_entropy(z, labels, w, eps, reduction)
     got = ops.cross_entropy(z, labels, w, eps, reduction)
     if reduction == "none":
-        check(got, want, dtype, lscale, scale_eps=EPS64, what=what)
+        check(got, want, dtype, lscale, scale_eps=seps, what=what)
     else:
         abs_sum = float(np.sum(lscale)) * (1.0 / wsum if reduction == "mean" and wsum else 1.0)
-        check_total(got, want, abs_sum * (1 + K_ABS * EPS64 / RTOL64), what=what)
+        check_total(got, want, abs_sum * (1 + K_ABS * seps / RTOL64), what=what)
     grad_output = go if reduction == "none" else None
     check(ops.cross_entropy_backward(z, labels, w, eps, reduction, grad_output),
           ref.cross_entropy_backward(z, labels, w, eps, reduction, grad_output),
-          dtype, gscale, scale_eps=EPS64, what=what + " backward")
+          dtype, gscale, scale_eps=seps, what=what + " backward")
 
 
 @st.composite

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <tgmath.h>
 #include "common.h"
+#include "vexp.h"
 
 #ifndef M_SQRT1_2
 #define M_SQRT1_2 0.70710678118654752440

@@ -10,6 +10,21 @@
 #include <omp.h>
 #endif
 
+/* Loops outside the kernel tables run on any x86-64 (SSE2) unless cloned for wider vectors:
+ * target_clones builds an AVX2 and an AVX-512 version next to the baseline and picks one at
+ * load time (GCC's ifunc). The clones give bit-identical results: -ffp-contract=off keeps
+ * every operation IEEE-rounded, and a cloned loop keeps each element's operations in order. */
+#ifndef FASTNN_CLONES
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(FASTNN_NO_CLONES)
+#if __has_attribute(target_clones)
+#define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef FASTNN_CLONES
+#define FASTNN_CLONES
+#endif
+#endif
+
 /* Element count below which an element-wise kernel stays on one thread. */
 #define FASTNN_PAR_MIN 65536
 /* Fixed block of items summed sequentially before the block sums are added in order:

@@ -1,6 +1,7 @@
 /* Loss kernels: value and gradient in one pass. */
 #include <math.h>
 #include "common.h"
+#include "vexp.h"
 
 #define FASTNN_TEMPLATE "losses.inc"
 #include "template.h"

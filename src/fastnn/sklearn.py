@@ -445,10 +445,12 @@ class _BaseMLP(BaseEstimator):
         self.intercepts_ = [np.array(lin.bias) for lin in lins]
 
     def _forward(self, X):
-        """Output-layer activations (n_samples, n_outputs_) from the fused forward pass. The
-        fastnn model is built once and gets coefs_/intercepts_ copied in at each call, so
-        changes to them are always seen."""
+        """Output-layer activations (n_samples, n_outputs_) for X (as validate_data gives it)
+        from the fused forward pass. The fastnn model is built once and gets coefs_ /
+        intercepts_ copied in at each call, so changes to them are always seen."""
+        check_is_fitted(self)
         hidden, acts, drops, dt = self._check_params()
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False, dtype=dt)
         cache = self.__dict__.get("_predict_cache")
         if cache is None or cache[0] != self._cache_key(acts, dt):
             cache = self._predict_model(acts, dt)   # not stored: predict changes no attribute
@@ -474,11 +476,6 @@ class _BaseMLP(BaseEstimator):
         state.pop("_predict_cache", None)
         state.pop("_live", None)
         return state
-
-    def _predict_input(self, X):
-        check_is_fitted(self)
-        return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
-                             dtype=self._check_params()[3])
 
     def _loss_kind(self):
         if not self._is_classifier:
@@ -1066,12 +1063,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict(self, X):
         """Class labels for X (n_samples, n_features): shape (n_samples,), or the indicator
         matrix (n_samples, n_classes) for multi-label."""
-        return self._decode(self._forward(self._predict_input(X)))
+        return self._decode(self._forward(X))
 
     def predict_proba(self, X):
         """Class probabilities for X (n_samples, n_features): (n_samples, n_classes) of
         ``dtype``, columns in the order of classes_."""
-        p = self._forward(self._predict_input(X))
+        p = self._forward(X)
         if self.n_outputs_ == 1:
             p = p.ravel()
             return np.vstack([1 - p, p]).T
@@ -1160,7 +1157,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         """Predictions for X (n_samples, n_features): (n_samples,) for one target, else
         (n_samples, n_outputs), of ``dtype``."""
-        p = self._forward(self._predict_input(X))
+        p = self._forward(X)
         return p.ravel() if p.shape[1] == 1 else p
 
 
