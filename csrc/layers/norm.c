@@ -2,6 +2,7 @@
  * row), forward and backward. The naive references are in csrc/ref/norm.c. */
 #include <math.h>
 #include "ref/common.h"
+#include "ref/vec.h"
 #include "layers/norm_entry.h"
 
 #define FASTNN_TEMPLATE "layers/norm.inc"

@@ -4,9 +4,18 @@
 #define FASTNN_LAYERS_NORM_ENTRY_H
 #include "layers/geom.h"
 
+#include "ref/vec.h"
+
 /* The fixed blocking of every norm reduction: FASTNN_LANES interleaved partial sums. */
 #define FASTNN_LANES 8
 static inline double fastnn_lanes_total(const double *a) {
+    double t = 0;
+    for (int l = 0; l < FASTNN_LANES; l++) t += a[l];
+    return t;
+}
+/* the same, of the lanes held in one vector (norm.inc's loops keep them so) */
+_Static_assert(FASTNN_LANES == 8, "norm.inc keeps the lanes in one fastnn_v8d");
+static inline double fastnn_v8_total(fastnn_v8d a) {
     double t = 0;
     for (int l = 0; l < FASTNN_LANES; l++) t += a[l];
     return t;

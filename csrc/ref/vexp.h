@@ -25,26 +25,12 @@
 #include <stdint.h>
 #include <string.h>
 #include "common.h"
+#include "vec.h"
 
 /* Elements a kernel exponentiates at a time into a buffer on its stack. */
 #define FASTNN_EXP_CHUNK 1024
 
-typedef float fastnn_v16f __attribute__((vector_size(64)));
-typedef float fastnn_v8f __attribute__((vector_size(32)));
-typedef double fastnn_v8d __attribute__((vector_size(64)));
-typedef int32_t fastnn_v16i __attribute__((vector_size(64)));
-typedef uint32_t fastnn_v16u __attribute__((vector_size(64)));
-
-#define VEXP_INLINE static inline __attribute__((always_inline))
-
-/* m ? a : b, lane by lane (m: all ones or zero per lane) */
-VEXP_INLINE fastnn_v16f fastnn_sel16(fastnn_v16i m, fastnn_v16f a, fastnn_v16f b) {
-    return (fastnn_v16f)(((fastnn_v16i)a & m) | ((fastnn_v16i)b & ~m));
-}
-
-VEXP_INLINE fastnn_v16f fastnn_splat16(float v) {
-    return (fastnn_v16f){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v};
-}
+#define VEXP_INLINE FASTNN_VEC_INLINE
 
 VEXP_INLINE fastnn_v16f fastnn_expf16(fastnn_v16f x) {
     const float lo = -86.64f, hi = 88.72283f;
