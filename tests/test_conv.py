@@ -75,6 +75,51 @@ def test_kernels_against_oracle(each_arch, dtype, case):
     check_all(x, wt, b, dtype, stride=s, padding=p, dilation=d, groups=g)
 
 
+# The direct kernels (csrc/kernels/dconv.inc) take stride 1, dilation 1, one group, at most
+# 16 output channels and output rows up to 32 pixels (avx512: widths 16, 32 with 8 channels a
+# block; avx2: 8, 16, 24 with 4 channels and 32 with 2). These shapes sit on both sides of
+# every width and channel-block boundary, with odd kernels, asymmetric padding and rows
+# longer than any direct kernel (the implicit GEMM again).
+DIRECT = [   # n, cin, h, w, cout, (kh, kw), padding
+    (2, 1, 5, 8, 1, (1, 1), 0), (1, 2, 6, 9, 2, (3, 2), (1, 0)), (2, 3, 7, 16, 3, (3, 3), 0),
+    (1, 1, 4, 17, 4, (1, 2), (0, 1)), (2, 2, 9, 24, 5, (5, 1), (2, 0)),
+    (1, 3, 6, 25, 7, (2, 3), 1), (1, 4, 5, 30, 8, (3, 3), 1), (2, 1, 3, 32, 9, (1, 1), 0),
+    (1, 2, 4, 33, 13, (3, 5), (1, 2)), (1, 5, 8, 31, 16, (5, 5), 2), (1, 2, 3, 40, 6, (3, 3), 1),
+    (2, 2, 5, 6, 17, (3, 3), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DIRECT)
+def test_direct_kernel_shapes_against_oracle(each_arch, dtype, case):
+    n, cin, h, w, cout, (kh, kw), p = case
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((n, cin, h, w)).astype(dtype)
+    wt = rng.standard_normal((cout, cin, kh, kw)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    check_all(x, wt, b, dtype, padding=p)
+    # bias + ReLU on the direct tiles, as the GEMM epilogue gives them
+    y = ops.conv2d(x, wt, b, padding=p, activation="relu")
+    np.testing.assert_array_equal(y, np.maximum(ops.conv2d(x, wt, b, padding=p), 0))
+
+
+def test_direct_kernel_non_finite_like_the_gemm():
+    """inf and NaN spread through the direct kernel's sums as through any dot product: an inf
+    input reaches every output whose window holds it, NaN likewise, and the zero padding
+    times an infinite weight is NaN (as in the implicit GEMM and the reference)."""
+    x = np.zeros((1, 1, 6, 10), np.float32)
+    x[0, 0, 2, 3] = np.inf
+    x[0, 0, 4, 8] = np.nan
+    wt = np.ones((3, 1, 3, 3), np.float32)
+    y = ops.conv2d(x, wt, padding=1)
+    want = ref.conv2d(x.astype(np.float64), wt.astype(np.float64), None, padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+    wt[1, 0, 0, 0] = np.inf
+    y = ops.conv2d(np.ones((1, 1, 4, 5), np.float32), wt, padding=1)
+    assert np.isnan(y[0, 1, 0, 0]) and np.isinf(y[0, 1, 1, 1]) and np.isfinite(y[0, 0]).all()
+
+
 @pytest.mark.parametrize("case", CASES[:4] + CASES[5:9])
 def test_reference_kernels_against_oracle(case):
     n, cin, h, w, cout, k, s, p, d, g = case

@@ -45,16 +45,29 @@ typedef void (*fastnn_dpack_a)(double *dst, const double *a, int64_t rsa, int64_
 typedef void (*fastnn_dpack_b)(double *dst, const double *b, int64_t rsb, int64_t csb,
                                int64_t p0, int64_t kc, int64_t j0, int64_t nc, int64_t panel);
 
+/* Direct convolution (csrc/kernels/dconv.inc): ROWS output channels x width pixels of one
+ * output row into tile[ROWS][width], stride and dilation 1, from a zero-padded input whose
+ * rows are readable for width + kw - 1 elements and weights packed
+ * [(c * kh + r) * kw + s][ROWS]. */
+typedef void (*fastnn_sdconv)(int64_t cin, int64_t kh, int64_t kw, const float *x, int64_t xcs,
+                              int64_t xrs, const float *wp, float *tile);
+typedef void (*fastnn_ddconv)(int64_t cin, int64_t kh, int64_t kw, const double *x,
+                              int64_t xcs, int64_t xrs, const double *wp, double *tile);
+
 /* ukr: the MR x NR micro-kernel; tails: the same on the first 4, 2 and 1 rows of a packed
  * MR-row panel (the last rows of a block, so a 10-row product does not compute 16);
  * ukrs, tails_s: the same kernels on unpacked operands (the few-row path). */
 typedef struct {
     fastnn_sukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_spack_a pack_a; fastnn_spack_b pack_b;
     fastnn_sukrs ukrs, tails_s[3];
+    /* direct convolution kernels by output width (NULL where the table has none), with
+     * their output channels (rows) and widths in pixels; increasing widths */
+    fastnn_sdconv dconv[4]; int dconv_rows[4], dconv_width[4];
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
     fastnn_dukrs ukrs, tails_s[3];
+    fastnn_ddconv dconv[4]; int dconv_rows[4], dconv_width[4];
 } fastnn_dgemm_cfg;
 
 typedef struct {

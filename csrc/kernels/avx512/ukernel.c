@@ -120,10 +120,31 @@ static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t cs
 #define PFX(name) d##name##_avx512
 #include "../instantiate.inc"
 
+/* direct convolution kernels (float): csrc/kernels/dconv.inc */
+#define T float
+#define VL 16
+#define ROWS 8
+#define NV 1
+#define NAME sdconv1_avx512
+#include "../dconv.inc"
+#undef ROWS
+#undef NV
+#undef NAME
+#define ROWS 8
+#define NV 2
+#define NAME sdconv2_avx512
+#include "../dconv.inc"
+#undef ROWS
+#undef NV
+#undef NAME
+#undef T
+#undef VL
+
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
 const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sukr_avx512, {sukr4_avx512, sukr2_avx512, sukr1_avx512},
                                             8, 32, 160, 384, 4096, spack_a_avx512_t, spack_b_avx512_t,
-    sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512}};
+    sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512},
+    {sdconv1_avx512, sdconv2_avx512, NULL, NULL}, {8, 8, 0, 0}, {16, 32, 0, 0}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dukr_avx512, {dukr4_avx512, dukr2_avx512, dukr1_avx512},
                                             14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512,
     dukrs_avx512, {dukrs4_avx512, dukrs2_avx512, dukrs1_avx512}};
