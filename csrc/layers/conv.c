@@ -47,8 +47,9 @@ fastnn_status fastnn_conv2d(fastnn_dtype dt, void *y, const void *x, const void 
 
 static fastnn_status conv2d_bw_data_run(fastnn_dtype dt, void *dx, const void *dy, const void *w,
                                         const fastnn_conv2d_geom *g) {
-    if (dt == FASTNN_F32) return conv_backward_data_f32(dt, dx, dy, w, g);
-    return conv_backward_data_f64(dt, dx, dy, w, g);
+    const fastnn_kernel_table *t = fastnn_table();
+    if (dt == FASTNN_F32) return conv_backward_data_f32(&t->s, dt, dx, dy, w, g);
+    return conv_backward_data_f64(&t->d, dt, dx, dy, w, g);
 }
 
 fastnn_status fastnn_conv2d_backward_data(fastnn_dtype dt, void *dx, const void *dy,
