@@ -54,6 +54,16 @@ typedef void (*fastnn_sdconv)(int64_t cin, int64_t kh, int64_t kw, const float *
 typedef void (*fastnn_ddconv)(int64_t cin, int64_t kh, int64_t kw, const double *x,
                               int64_t xcs, int64_t xrs, const double *wp, double *tile);
 
+/* Direct weight gradient (csrc/kernels/dconvw.inc): one input channel and kernel row of dW
+ * for `rows` output channels, each output column in its own lane, over nb images x oh
+ * output rows (dy rows padded to the kernel's width, x rows readable for width + kw - 1). */
+typedef void (*fastnn_sdconvw)(int64_t nb, int64_t oh, const float *dy, int64_t dyb,
+                               int64_t dyc, const float *x, int64_t xb, int64_t xr,
+                               float *lanes);
+typedef void (*fastnn_ddconvw)(int64_t nb, int64_t oh, const double *dy, int64_t dyb,
+                               int64_t dyc, const double *x, int64_t xb, int64_t xr,
+                               double *lanes);
+
 /* ukr: the MR x NR micro-kernel; tails: the same on the first 4, 2 and 1 rows of a packed
  * MR-row panel (the last rows of a block, so a 10-row product does not compute 16);
  * ukrs, tails_s: the same kernels on unpacked operands (the few-row path). */
@@ -63,11 +73,14 @@ typedef struct {
     /* direct convolution kernels by output width (NULL where the table has none), with
      * their output channels (rows) and widths in pixels; increasing widths */
     fastnn_sdconv dconv[4]; int dconv_rows[4], dconv_width[4];
+    /* direct weight-gradient kernels: kernel width, output width and channels of each */
+    fastnn_sdconvw dconvw[6]; int dconvw_kw[6], dconvw_width[6], dconvw_rows[6];
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
     fastnn_dukrs ukrs, tails_s[3];
     fastnn_ddconv dconv[4]; int dconv_rows[4], dconv_width[4];
+    fastnn_ddconvw dconvw[6]; int dconvw_kw[6], dconvw_width[6], dconvw_rows[6];
 } fastnn_dgemm_cfg;
 
 typedef struct {

@@ -140,11 +140,55 @@ static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t cs
 #undef T
 #undef VL
 
+/* direct weight-gradient kernels (float): csrc/kernels/dconvw.inc; rows x kw x nv
+ * accumulators + rows x nv dy vectors + nv x vectors within the register file */
+#define T float
+#define VL 16
+#define ROWS 4
+#define KWC 5
+#define NV 1
+#define NAME sdconvw1_avx512
+#include "../dconvw.inc"
+#undef ROWS
+#undef KWC
+#undef NV
+#undef NAME
+#define ROWS 2
+#define KWC 5
+#define NV 2
+#define NAME sdconvw2_avx512
+#include "../dconvw.inc"
+#undef ROWS
+#undef KWC
+#undef NV
+#undef NAME
+#define ROWS 4
+#define KWC 3
+#define NV 1
+#define NAME sdconvw3_avx512
+#include "../dconvw.inc"
+#undef ROWS
+#undef KWC
+#undef NV
+#undef NAME
+#define ROWS 2
+#define KWC 3
+#define NV 2
+#define NAME sdconvw4_avx512
+#include "../dconvw.inc"
+#undef ROWS
+#undef KWC
+#undef NV
+#undef NAME
+#undef T
+#undef VL
+
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
 const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sukr_avx512, {sukr4_avx512, sukr2_avx512, sukr1_avx512},
                                             8, 32, 160, 384, 4096, spack_a_avx512_t, spack_b_avx512_t,
     sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512},
-    {sdconv1_avx512, sdconv2_avx512, NULL, NULL}, {8, 8, 0, 0}, {16, 32, 0, 0}};
+    {sdconv1_avx512, sdconv2_avx512, NULL, NULL}, {8, 8, 0, 0}, {16, 32, 0, 0},
+    {sdconvw1_avx512, sdconvw2_avx512, sdconvw3_avx512, sdconvw4_avx512, NULL, NULL}, {5, 5, 3, 3, 0, 0}, {16, 32, 16, 32, 0, 0}, {4, 2, 4, 2, 0, 0}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dukr_avx512, {dukr4_avx512, dukr2_avx512, dukr1_avx512},
                                             14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512,
     dukrs_avx512, {dukrs4_avx512, dukrs2_avx512, dukrs1_avx512}};
