@@ -75,9 +75,9 @@ def test_kernels_against_oracle(each_arch, dtype, case):
     check_all(x, wt, b, dtype, stride=s, padding=p, dilation=d, groups=g)
 
 
-# The direct kernels (csrc/kernels/dconv.inc) take stride 1, dilation 1, one group, at most
-# 16 output channels and output rows up to 32 pixels (avx512: widths 16, 32 with 8 channels a
-# block; avx2: 8, 16, 24 with 4 channels and 32 with 2). These shapes sit on both sides of
+# The direct kernels (csrc/kernels/dconv.inc) take stride 1, dilation 1, one group, output
+# rows up to 32 pixels (avx512: widths 16, 32 with 8 channels a block; avx2: 8, 16, 24 with 4
+# channels and 32 with 2), and at most 16 output channels or rows filling 3/4 of the lanes. These shapes sit on both sides of
 # every width and channel-block boundary, with odd kernels, asymmetric padding and rows
 # longer than any direct kernel (the implicit GEMM again).
 DIRECT = [   # n, cin, h, w, cout, (kh, kw), padding
@@ -86,6 +86,8 @@ DIRECT = [   # n, cin, h, w, cout, (kh, kw), padding
     (1, 3, 6, 25, 7, (2, 3), 1), (1, 4, 5, 30, 8, (3, 3), 1), (2, 1, 3, 32, 9, (1, 1), 0),
     (1, 2, 4, 33, 13, (3, 5), (1, 2)), (1, 5, 8, 31, 16, (5, 5), 2), (1, 2, 3, 40, 6, (3, 3), 1),
     (2, 2, 5, 6, 17, (3, 3), 1),
+    # many output channels on rows that fill at least 3/4 of a direct kernel's lanes
+    (1, 3, 6, 14, 40, (3, 3), 1), (1, 4, 4, 30, 33, (3, 3), 1), (2, 5, 5, 24, 20, (3, 3), 1),
 ]
 
 
