@@ -517,8 +517,9 @@ static fastnn_status lower_plan(fastnn_model *m) {
             memcpy(o->out, shape, sizeof shape);
             fastnn_op *prev = m->nops ? &m->ops[m->nops - 1] : NULL;
             if (l->act == FASTNN_ACT_RELU && prev &&
-                (prev->kind == FASTNN_OP_LINEAR || prev->kind == FASTNN_OP_CONV2D))
-                prev->act = FASTNN_ACT_RELU;   /* the GEMM's epilogue; relu' from its output */
+                (prev->kind == FASTNN_OP_LINEAR || prev->kind == FASTNN_OP_CONV2D ||
+                 prev->kind == FASTNN_OP_BATCHNORM))
+                prev->act = FASTNN_ACT_RELU;   /* the previous op's pass; relu' from its output */
             else
                 REGION(y, n, 4);
             break;

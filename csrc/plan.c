@@ -144,6 +144,11 @@ static int op_ok(const fastnn_net *net, int i) {
                o->b == -1 && o->rs == -1;
     case FASTNN_OP_BATCHNORM:
         if (!same3(o->in, o->out) || !region_ok(net, o->aux, 2 * C, (int64_t)es)) return 0;
+        /* a fused ReLU as for Linear / Conv2d: the next op, aliased */
+        if (o->act != FASTNN_ACT_IDENTITY &&
+            !(o->act == FASTNN_ACT_RELU && next && next->kind == FASTNN_OP_ACT &&
+              next->y == -1 && next->act == FASTNN_ACT_RELU))
+            return 0;
         if ((o->w >= 0) != (o->b >= 0)) return 0;
         if (o->w >= 0 && (!inside(o->w, C, net->nparams) || !inside(o->b, C, net->nparams)))
             return 0;
@@ -151,10 +156,11 @@ static int op_ok(const fastnn_net *net, int i) {
         return o->eps >= 0 && o->eps <= 1e300 && o->momentum >= 0 && o->momentum <= 1;
     case FASTNN_OP_ACT:
         if (!same3(o->in, o->out) || !act_valid(o->act)) return 0;
-        if (o->y == -1) {   /* fused into the previous Linear / Conv2d epilogue: ReLU only */
+        if (o->y == -1) {   /* fused into the previous Linear / Conv2d / BatchNorm: ReLU only */
             const fastnn_op *p = &net->ops[i - 1];
             if (o->act != FASTNN_ACT_RELU || p->act != FASTNN_ACT_RELU ||
-                (p->kind != FASTNN_OP_LINEAR && p->kind != FASTNN_OP_CONV2D))
+                (p->kind != FASTNN_OP_LINEAR && p->kind != FASTNN_OP_CONV2D &&
+                 p->kind != FASTNN_OP_BATCHNORM))
                 return 0;
         }
         return o->w == -1 && o->b == -1 && o->rs == -1;
@@ -221,8 +227,9 @@ fastnn_status fastnn_plan_forward(const fastnn_net *net, char *plan, const char 
             void *rm = o->rs >= 0 ? param(net, net->stats, o->rs) : NULL;
             void *rv = o->rs >= 0 ? param(net, net->stats, o->rs + C) : NULL;
             /* training updates rm, rv; eval reads them unchanged */
-            st = fastnn_batchnorm(dt, batch, y, aux, aux + (size_t)C * es, rm, rv, h, w, b, B, C,
-                                  H * W, o->momentum, o->eps);
+            st = (o->act == FASTNN_ACT_RELU ? fastnn_batchnorm_relu : fastnn_batchnorm)(
+                dt, batch, y, aux, aux + (size_t)C * es, rm, rv, h, w, b, B, C, H * W,
+                o->momentum, o->eps);
             break;
         }
         case FASTNN_OP_ACT:

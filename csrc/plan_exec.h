@@ -26,6 +26,14 @@ fastnn_status fastnn_plan_forward(const fastnn_net *net, char *plan, const char 
 fastnn_status fastnn_plan_backward(const fastnn_net *net, char *plan, const char *x,
                                    char *d0, char *d1, int64_t B, uint64_t key, int64_t row0);
 
+/* From csrc/layers/norm.c: fastnn_batchnorm followed by ReLU in the same pass (the plan's
+ * BatchNorm with a fused ReLU; the same bits as the two kernels one after the other). */
+fastnn_status fastnn_batchnorm_relu(fastnn_dtype dt, int training, void *y, void *save_mean,
+                                    void *save_invstd, void *running_mean, void *running_var,
+                                    const void *x, const void *weight, const void *bias,
+                                    int64_t n, int64_t c, int64_t hw, double momentum,
+                                    double eps);
+
 /* From csrc/net.c: the counter-based dropout shared with the unit path. */
 uint64_t fastnn_net_mix64(uint64_t x);
 fastnn_status fastnn_net_dropout(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,

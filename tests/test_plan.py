@@ -53,7 +53,9 @@ def test_plans_of_the_bundled_cnns():
     assert p.stats is None and p.norms == []
     m = models.cifar_net(seed=0)
     p = plan.build(m, (3, 32, 32))
-    assert kinds(p)[:4] == ["conv2d", "batch_norm", "activation", "max_pool2d"]
+    # the ReLU after BatchNorm2d runs in the normalization's pass (no region of its own)
+    assert kinds(p)[:4] == ["conv2d", "batch_norm+relu", "activation", "max_pool2d"]
+    assert p.ops[2]["y"] == -1
     assert p.ops[-1]["out"] == (10, 1, 1)
     # running statistics: one buffer, the layers' arrays are views of it (values kept)
     assert p.stats.size == 2 * (32 + 64 + 128) and len(p.norms) == 3
@@ -65,7 +67,7 @@ def test_plans_of_the_bundled_cnns():
     # a model of Linear, BatchNorm1d and ReLU on (N, features) rows
     p = plan.build(fn.Sequential(fn.Linear(6, 8), fn.BatchNorm1d(8), fn.ReLU(),
                                  fn.Linear(8, 3), seed=0), (6,))
-    assert kinds(p) == ["linear", "batch_norm", "activation", "linear"]
+    assert kinds(p) == ["linear", "batch_norm+relu", "activation", "linear"]
 
 
 class Twice(fn.Module):

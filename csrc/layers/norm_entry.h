@@ -22,10 +22,10 @@ static inline double fastnn_v8_total(fastnn_v8d a) {
 }
 
 #define FASTNN_NORM_ENTRY(suffix)                                                                   \
-fastnn_status fastnn_batchnorm##suffix(fastnn_dtype dt, int training, void *y, void *save_mean, \
+static fastnn_status batchnorm_entry##suffix(fastnn_dtype dt, int training, void *y, void *save_mean, \
                                void *save_invstd, void *running_mean, void *running_var,     \
                                const void *x, const void *weight, const void *bias, int64_t n, \
-                               int64_t c, int64_t hw, double momentum, double eps) {         \
+                               int64_t c, int64_t hw, double momentum, double eps, int relu) { \
     FASTNN_BN_CHECK();                                                                       \
     if (training && n * hw < 2 && c > 0) return FASTNN_EINVAL;                               \
     if (!training && c > 0 && (!running_mean || !running_var)) return FASTNN_ENULL;          \
@@ -33,11 +33,26 @@ fastnn_status fastnn_batchnorm##suffix(fastnn_dtype dt, int training, void *y, v
     FASTNN_CHECK_PTR(y, n * c * hw);                                                         \
     if (dt == FASTNN_F32)                                                                    \
         batchnorm##suffix##_f32(training, y, save_mean, save_invstd, running_mean, running_var, \
-                                x, weight, bias, n, c, hw, momentum, eps);                   \
+                                x, weight, bias, n, c, hw, momentum, eps, relu);             \
     else                                                                                     \
         batchnorm##suffix##_f64(training, y, save_mean, save_invstd, running_mean, running_var, \
-                                x, weight, bias, n, c, hw, momentum, eps);                   \
+                                x, weight, bias, n, c, hw, momentum, eps, relu);             \
     return FASTNN_OK;                                                                        \
+}                                                                                            \
+fastnn_status fastnn_batchnorm##suffix(fastnn_dtype dt, int training, void *y, void *save_mean, \
+                               void *save_invstd, void *running_mean, void *running_var,     \
+                               const void *x, const void *weight, const void *bias, int64_t n, \
+                               int64_t c, int64_t hw, double momentum, double eps) {         \
+    return batchnorm_entry##suffix(dt, training, y, save_mean, save_invstd, running_mean,    \
+                                   running_var, x, weight, bias, n, c, hw, momentum, eps, 0); \
+}                                                                                            \
+fastnn_status fastnn_batchnorm_relu##suffix(fastnn_dtype dt, int training, void *y,           \
+                               void *save_mean, void *save_invstd, void *running_mean,       \
+                               void *running_var, const void *x, const void *weight,         \
+                               const void *bias, int64_t n, int64_t c, int64_t hw,           \
+                               double momentum, double eps) {                                \
+    return batchnorm_entry##suffix(dt, training, y, save_mean, save_invstd, running_mean,    \
+                                   running_var, x, weight, bias, n, c, hw, momentum, eps, 1); \
 }                                                                                            \
 fastnn_status fastnn_batchnorm_backward##suffix(fastnn_dtype dt, int training, void *dx,      \
                                         void *dweight, void *dbias, const void *dy,          \

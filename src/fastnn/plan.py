@@ -181,8 +181,9 @@ def _build(model, input_shape):
             act = _activation(layer)
             op.update(kind="activation", out=shape, act=act)
             prev = ops[-1] if ops else None
-            if t is ReLU and prev is not None and prev["kind"] in ("linear", "conv2d"):
-                prev["act"] = "relu"      # the GEMM's epilogue; relu' from its output
+            if t is ReLU and prev is not None and prev["kind"] in ("linear", "conv2d",
+                                                                   "batch_norm"):
+                prev["act"] = "relu"      # in the previous op's pass; relu' from its output
             else:
                 out_region(op, C * H * W, es)
         else:

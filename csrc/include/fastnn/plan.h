@@ -34,7 +34,8 @@ typedef enum {
     FASTNN_OP_MAXPOOL2D = 2,  /* k, s, p; argmax kept in aux */
     FASTNN_OP_AVGPOOL2D = 3,  /* k, s, p, count_include_pad */
     FASTNN_OP_GLOBAL_AVGPOOL = 4,  /* AdaptiveAvgPool2d(1): (C, H, W) -> (C, 1, 1) */
-    FASTNN_OP_BATCHNORM = 5,  /* per channel in[0] over the batch and in[1] * in[2] pixels */
+    FASTNN_OP_BATCHNORM = 5,  /* per channel in[0] over the batch and in[1] * in[2] pixels,
+                                 then act (identity or relu, in the same pass) */
     FASTNN_OP_ACT = 6,        /* act(x) elementwise; y == -1: fused into the previous op */
     FASTNN_OP_DROPOUT = 7,    /* drop */
     FASTNN_OP_FLATTEN = 8     /* (C, H, W) -> (C H W, 1, 1): the same memory (NCHW) */
@@ -48,7 +49,8 @@ typedef struct {
     int64_t kh, kw, sh, sw, ph, pw; /* conv and pools: kernel, stride, top/left padding */
     int64_t dh, dw, groups;         /* conv: dilation, groups */
     int count_include_pad;          /* avg pool */
-    fastnn_act act;                 /* ACT: its activation; LINEAR, CONV2D: the epilogue's */
+    fastnn_act act;                 /* ACT: its activation; LINEAR, CONV2D, BATCHNORM: the
+                                       fused one (the next op, an aliased ReLU) */
     double p, p2;                   /* the activation's parameters */
     double drop;                    /* DROPOUT: probability in [0, 1) */
     double eps, momentum;           /* BATCHNORM */
