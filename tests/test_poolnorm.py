@@ -8,6 +8,11 @@ once, so float64 results agree with the oracle to RTOL64 and float32 results to 
 ulps of the output scale (normalized outputs are O(1): ATOL32 = 1e-5 covers the rounding of
 x * scale + shift in float32 for |xhat| up to ~10).
 """
+import os
+import platform
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -378,6 +383,61 @@ def test_every_kernel_table_gives_the_same_bits(each_arch):
         fn.set_arch(before)
     for a, b in zip(got, want):
         assert a.tobytes() == b.tobytes()
+
+
+def _clone_inputs(rows, cols, dtype):
+    """The inputs tests/c/clones_unoptimized.c builds (the same float64 arithmetic)."""
+    i, c = np.arange(rows * cols), np.arange(cols)
+    x = (((i * 7919) % 2003) / 173.0 - 5.8).astype(dtype).reshape(rows, cols)
+    dy = (((i * 104729) % 1009) / 97.0 - 5.2).astype(dtype).reshape(rows, cols)
+    w = (0.5 + (c % 7) / 4.0).astype(dtype)
+    b = ((c % 5) / 8.0 - 0.25).astype(dtype)
+    return x, dy, w, b, (np.arange(rows) * 31) % cols
+
+
+def _clone_outputs(rows, cols, dtype):
+    """What clones_unoptimized.c writes for one dtype, from the library through fastnn.ops."""
+    x, dy, w, b, labels = _clone_inputs(rows, cols, dtype)
+    outs = []
+    for fwd, bwd in ((ops.softmax, ops.softmax_backward),
+                     (ops.log_softmax, ops.log_softmax_backward)):
+        y = fwd(x)
+        outs += [y, bwd(dy, y)]
+    outs += [np.float64(ops.cross_entropy(x, labels, w, 0.1, "sum")),
+             ops.cross_entropy_backward(x, labels, w, 0.1, "sum")]
+    y, mean, rstd = ops.layer_norm(x, cols, w, b, 1e-5, return_stats=True)
+    outs += [y, *ops.layer_norm_backward(dy, x, cols, mean, rstd, w)]
+    x3, dy3 = x.reshape(rows, 1, cols), dy.reshape(rows, 1, cols)
+    y, sm, si = ops.batch_norm(x3, None, None, training=True, eps=1e-5, return_stats=True)
+    outs += [y, *ops.batch_norm_backward(dy3, x3, sm, si, None, True)]
+    return b"".join(np.ascontiguousarray(o).tobytes() for o in outs)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("gcc") is None,
+                    reason="target_clones: GCC on x86-64")
+def test_cloned_loops_compiled_without_inlining_give_the_same_bits(tmp_path):
+    """The loops cloned for AVX2 / AVX-512 (FASTNN_CLONES) pass 64-byte vectors only to
+    always-inline helpers. A helper left to the inliner is a real call at -O0, and from an
+    AVX-512 clone into baseline code the vector argument goes in a zmm register where the
+    callee reads the stack (the lane total of the norm kernels did so: garbage statistics).
+    Built at -O0 into a C program, the softmax, cross-entropy and norm kernels must give the
+    library's (-O3) bits; rows of 133 and 1100 cover the vector bodies, tails, 64-column
+    strips and the long-row chunks."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = fn.get_library_dir()
+    exe = str(tmp_path / "clones_unoptimized")
+    srcs = ["tests/c/clones_unoptimized.c", "csrc/ref/activations.c", "csrc/ref/losses.c",
+            "csrc/layers/norm.c"]
+    subprocess.run(["gcc", "-std=gnu11", "-O0", "-w", "-ffp-contract=off", "-fno-math-errno",
+                    *(f"-I{os.path.join(root, d)}" for d in ("csrc", "csrc/include", "csrc/ref")),
+                    *(os.path.join(root, s) for s in srcs), "-o", exe, f"-L{lib}", "-lfastnn",
+                    f"-Wl,-rpath,{lib}", "-lm"], check=True)
+    for rows, cols in ((6, 133), (3, 1100)):
+        got = subprocess.run([exe, str(rows), str(cols)], check=True, capture_output=True,
+                             timeout=60).stdout
+        want = b"".join(_clone_outputs(rows, cols, dt) for dt in DTYPES)
+        assert len(got) == len(want)
+        assert got == want, f"({rows}, {cols}): the -O0 build differs from the library"
 
 
 # ---- PyTorch parity -------------------------------------------------------------------------------
