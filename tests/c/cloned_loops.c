@@ -1,12 +1,12 @@
 /* Test helper (tests/test_poolnorm.py): the cloned loops of csrc/ref (softmax, cross-entropy)
- * and csrc/layers/norm.c, compiled at -O0 into this program (so nothing is inlined unless it
- * must be) and linked against libfastnn for the runtime (threads). The program's own
- * definitions of the kernels take precedence over the library's; it writes their outputs to
- * stdout as raw bytes, float32 then float64, for the test to compare bit for bit with the
- * library (-O3) through fastnn.ops on the same inputs.
+ * and csrc/layers/norm.c, compiled into this program another way than the library (gcc -O0,
+ * where nothing is inlined unless it must be; clang) and linked against libfastnn for the
+ * runtime (threads). The program's own definitions of the kernels take precedence over the
+ * library's; it writes their outputs to stdout as raw bytes, float32 then float64, for the
+ * test to compare bit for bit with the library through fastnn.ops on the same inputs.
  *
- *   clones_unoptimized rows cols
- * Inputs (exactly representable in both dtypes' arithmetic, so numpy rebuilds them):
+ *   cloned_loops rows cols
+ * Inputs (the same float64 operations in C and numpy, so both get the same values):
  * x[i] = ((i * 7919) % 2003) / 173.0 - 5.8, dy[i] = ((i * 104729) % 1009) / 97.0 - 5.2,
  * w[c] = 0.5 + (c % 7) / 4.0, b[c] = (c % 5) / 8.0 - 0.25, labels[r] = (r * 31) % cols. */
 #include <stdio.h>
