@@ -8,6 +8,11 @@ once, so float64 results agree with the oracle to RTOL64 and float32 results to 
 ulps of the output scale (normalized outputs are O(1): ATOL32 = 1e-5 covers the rounding of
 x * scale + shift in float32 for |xhat| up to ~10).
 """
+import os
+import platform
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -400,6 +405,68 @@ def test_every_kernel_table_gives_the_same_bits(each_arch):
         fn.set_arch(before)
     for a, b in zip(got, want):
         assert a.tobytes() == b.tobytes()
+
+
+def _clone_inputs(rows, cols, dtype):
+    """The inputs tests/c/cloned_loops.c builds (the same float64 arithmetic)."""
+    i, c = np.arange(rows * cols), np.arange(cols)
+    x = (((i * 7919) % 2003) / 173.0 - 5.8).astype(dtype).reshape(rows, cols)
+    dy = (((i * 104729) % 1009) / 97.0 - 5.2).astype(dtype).reshape(rows, cols)
+    w = (0.5 + (c % 7) / 4.0).astype(dtype)
+    b = ((c % 5) / 8.0 - 0.25).astype(dtype)
+    return x, dy, w, b, (np.arange(rows) * 31) % cols
+
+
+def _clone_outputs(rows, cols, dtype):
+    """What tests/c/cloned_loops.c writes for one dtype, from the library through fastnn.ops."""
+    x, dy, w, b, labels = _clone_inputs(rows, cols, dtype)
+    outs = []
+    for fwd, bwd in ((ops.softmax, ops.softmax_backward),
+                     (ops.log_softmax, ops.log_softmax_backward)):
+        y = fwd(x)
+        outs += [y, bwd(dy, y)]
+    outs += [np.float64(ops.cross_entropy(x, labels, w, 0.1, "sum")),
+             ops.cross_entropy_backward(x, labels, w, 0.1, "sum")]
+    y, mean, rstd = ops.layer_norm(x, cols, w, b, 1e-5, return_stats=True)
+    outs += [y, *ops.layer_norm_backward(dy, x, cols, mean, rstd, w)]
+    x3, dy3 = x.reshape(rows, 1, cols), dy.reshape(rows, 1, cols)
+    y, sm, si = ops.batch_norm(x3, None, None, training=True, eps=1e-5, return_stats=True)
+    outs += [y, *ops.batch_norm_backward(dy3, x3, sm, si, None, True)]
+    return b"".join(np.ascontiguousarray(o).tobytes() for o in outs)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 clones")
+@pytest.mark.parametrize("cc, opt", [("gcc", "-O0"), ("clang", "-O1")])
+def test_cloned_loops_built_otherwise_give_the_same_bits(tmp_path, cc, opt):
+    """The loops cloned for AVX2 / AVX-512 (FASTNN_CLONES) on GCC vector types, built another
+    way into a C program (tests/c/cloned_loops.c) linked to the library, must compile
+    and give the library's bits for softmax, cross-entropy and the norm kernels:
+    - gcc -O0: nothing is inlined unless it must be. A helper taking a 64-byte vector called
+      out of line from an AVX-512 clone passes it in a zmm register while the baseline callee
+      reads the stack (the lane total of the norm kernels did: garbage statistics);
+    - clang: it rejects such a call outright (an error), so it builds these loops without
+      clones (common.h); `CC=clang pip install .` failed on it.
+    Rows of 133 and 1100 columns cover the vector bodies, the tails, the 64-column strips of
+    layer norm and the chunks of long rows."""
+    if shutil.which(cc) is None:
+        pytest.skip(f"no {cc}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = fn.get_library_dir()
+    exe = str(tmp_path / "cloned_loops")
+    srcs = ["tests/c/cloned_loops.c", "csrc/ref/activations.c", "csrc/ref/losses.c",
+            "csrc/layers/norm.c"]
+    build = subprocess.run(
+        [cc, "-std=gnu11", opt, "-ffp-contract=off", "-fno-math-errno", "-Wno-unknown-pragmas",
+         *(f"-I{os.path.join(root, d)}" for d in ("csrc", "csrc/include", "csrc/ref")),
+         *(os.path.join(root, s) for s in srcs), "-o", exe, f"-L{lib}", "-lfastnn",
+         f"-Wl,-rpath,{lib}", "-lm"], capture_output=True, text=True)
+    assert build.returncode == 0, f"{cc} {opt} failed:\n{build.stderr[-3000:]}"
+    for rows, cols in ((6, 133), (3, 1100)):
+        got = subprocess.run([exe, str(rows), str(cols)], check=True, capture_output=True,
+                             timeout=60).stdout
+        want = b"".join(_clone_outputs(rows, cols, dt) for dt in DTYPES)
+        assert len(got) == len(want)
+        assert got == want, f"({rows}, {cols}): the {cc} {opt} build differs from the library"
 
 
 # ---- PyTorch parity -------------------------------------------------------------------------------

@@ -13,9 +13,12 @@ static inline double fastnn_lanes_total(const double *a) {
     for (int l = 0; l < FASTNN_LANES; l++) t += a[l];
     return t;
 }
-/* the same, of the lanes held in one vector (norm.inc's loops keep them so) */
+/* the same, of the lanes held in one vector (norm.inc's loops keep them so). Always
+ * inlined, like vec.h's helpers: called out of line from an AVX-512 clone (-O0, or an inliner
+ * that declines), the clone would pass the 64-byte vector in a zmm register while this
+ * baseline function reads it from the stack, and sum garbage. */
 _Static_assert(FASTNN_LANES == 8, "norm.inc keeps the lanes in one fastnn_v8d");
-static inline double fastnn_v8_total(fastnn_v8d a) {
+FASTNN_VEC_INLINE double fastnn_v8_total(fastnn_v8d a) {
     double t = 0;
     for (int l = 0; l < FASTNN_LANES; l++) t += a[l];
     return t;

@@ -13,9 +13,13 @@
 /* Loops outside the kernel tables run on any x86-64 (SSE2) unless cloned for wider vectors:
  * target_clones builds an AVX2 and an AVX-512 version next to the baseline and picks one at
  * load time (GCC's ifunc). The clones give bit-identical results: -ffp-contract=off keeps
- * every operation IEEE-rounded, and a cloned loop keeps each element's operations in order. */
+ * every operation IEEE-rounded, and a cloned loop keeps each element's operations in order.
+ * GCC only: clang refuses (an error, not a warning) an AVX-512 clone that calls a baseline
+ * helper with a 64-byte vector argument, always-inline or not, which is what the loops on
+ * GCC vector types (vec.h, vexp.h, the norm kernels) do; clang builds them for the baseline. */
 #ifndef FASTNN_CLONES
-#if defined(__x86_64__) && defined(__has_attribute) && !defined(FASTNN_NO_CLONES)
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(FASTNN_NO_CLONES) && \
+    !defined(__clang__)
 #if __has_attribute(target_clones)
 #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif

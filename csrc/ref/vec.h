@@ -19,7 +19,9 @@ typedef uint32_t fastnn_v16u __attribute__((vector_size(64)));
 
 /* These helpers are always inlined, so no vector ever crosses a call: the warning that a
  * 64-byte vector argument has a different ABI without AVX-512 does not apply. */
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
