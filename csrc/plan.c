@@ -297,10 +297,17 @@ fastnn_status fastnn_plan_backward(const fastnn_net *net, char *plan, const char
             st = fastnn_global_avgpool_backward(dt, dx, g, B, C, H * W);
             break;
         case FASTNN_OP_BATCHNORM:
-            st = fastnn_batchnorm_backward(dt, 1, dx, gw, gb, g, h, aux, aux + (size_t)C * es,
-                                           w, B, C, H * W, 0.0);
+            if (o->act == FASTNN_ACT_RELU)   /* relu' from its own output, inside its passes */
+                st = fastnn_batchnorm_relu_backward(dt, 1, dx, gw, gb, g, h, aux,
+                                                    aux + (size_t)C * es, w, B, C, H * W, 0.0,
+                                                    out_of(net, plan, x, i));
+            else
+                st = fastnn_batchnorm_backward(dt, 1, dx, gw, gb, g, h, aux,
+                                               aux + (size_t)C * es, w, B, C, H * W, 0.0);
             break;
         case FASTNN_OP_ACT:   /* in place; a fused ReLU reads its output (relu' alike) */
+            if (o->y == -1 && i > 0 && net->ops[i - 1].kind == FASTNN_OP_BATCHNORM)
+                continue;     /* done by the BatchNorm's backward */
             if (o->act != FASTNN_ACT_IDENTITY)
                 st = fastnn_act_backward(dt, o->act, o->p, o->p2, g, g, h, n);
             continue;

@@ -34,6 +34,15 @@ fastnn_status fastnn_batchnorm_relu(fastnn_dtype dt, int training, void *y, void
                                     int64_t n, int64_t c, int64_t hw, double momentum,
                                     double eps);
 
+/* Its backward: dy is first multiplied by relu'(relu_y), relu_y the fused pass's output
+ * (the same bits as relu_backward and then fastnn_batchnorm_backward). */
+fastnn_status fastnn_batchnorm_relu_backward(fastnn_dtype dt, int training, void *dx,
+                                             void *dweight, void *dbias, const void *dy,
+                                             const void *x, const void *save_mean,
+                                             const void *save_invstd, const void *weight,
+                                             int64_t n, int64_t c, int64_t hw, double beta,
+                                             const void *relu_y);
+
 /* From csrc/net.c: the counter-based dropout shared with the unit path. */
 uint64_t fastnn_net_mix64(uint64_t x);
 fastnn_status fastnn_net_dropout(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,

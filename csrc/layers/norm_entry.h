@@ -57,22 +57,41 @@ fastnn_status fastnn_batchnorm_relu##suffix(fastnn_dtype dt, int training, void 
     return batchnorm_entry##suffix(dt, training, y, save_mean, save_invstd, running_mean,    \
                                    running_var, x, weight, bias, n, c, hw, momentum, eps, 1); \
 }                                                                                            \
-fastnn_status fastnn_batchnorm_backward##suffix(fastnn_dtype dt, int training, void *dx,      \
+static fastnn_status bn_backward_entry##suffix(fastnn_dtype dt, int training, void *dx,       \
                                         void *dweight, void *dbias, const void *dy,          \
                                         const void *x, const void *save_mean,                \
                                         const void *save_invstd, const void *weight,         \
-                                        int64_t n, int64_t c, int64_t hw, double beta) {     \
+                                        int64_t n, int64_t c, int64_t hw, double beta,       \
+                                        const void *relu_y) {                                \
     FASTNN_BN_CHECK();                                                                       \
     FASTNN_CHECK_PTR(dy, n * c * hw);                                                        \
     FASTNN_CHECK_PTR(save_mean, c);                                                          \
     FASTNN_CHECK_PTR(save_invstd, c);                                                        \
     if (dt == FASTNN_F32)                                                                    \
         batchnorm_backward##suffix##_f32(training, dx, dweight, dbias, dy, x, save_mean,     \
-                                         save_invstd, weight, n, c, hw, beta);               \
+                                         save_invstd, weight, n, c, hw, beta, relu_y);       \
     else                                                                                     \
         batchnorm_backward##suffix##_f64(training, dx, dweight, dbias, dy, x, save_mean,     \
-                                         save_invstd, weight, n, c, hw, beta);               \
+                                         save_invstd, weight, n, c, hw, beta, relu_y);       \
     return FASTNN_OK;                                                                        \
+}                                                                                            \
+fastnn_status fastnn_batchnorm_backward##suffix(fastnn_dtype dt, int training, void *dx,      \
+                                        void *dweight, void *dbias, const void *dy,          \
+                                        const void *x, const void *save_mean,                \
+                                        const void *save_invstd, const void *weight,         \
+                                        int64_t n, int64_t c, int64_t hw, double beta) {     \
+    return bn_backward_entry##suffix(dt, training, dx, dweight, dbias, dy, x, save_mean,     \
+                                     save_invstd, weight, n, c, hw, beta, NULL);             \
+}                                                                                            \
+fastnn_status fastnn_batchnorm_relu_backward##suffix(fastnn_dtype dt, int training, void *dx, \
+                                        void *dweight, void *dbias, const void *dy,          \
+                                        const void *x, const void *save_mean,                \
+                                        const void *save_invstd, const void *weight,         \
+                                        int64_t n, int64_t c, int64_t hw, double beta,       \
+                                        const void *relu_y) {                                \
+    FASTNN_CHECK_PTR(relu_y, n * c * hw);                                                    \
+    return bn_backward_entry##suffix(dt, training, dx, dweight, dbias, dy, x, save_mean,     \
+                                     save_invstd, weight, n, c, hw, beta, relu_y);           \
 }                                                                                            \
 fastnn_status fastnn_layernorm##suffix(fastnn_dtype dt, void *y, void *save_mean,            \
                                void *save_rstd, const void *x, const void *weight,           \
