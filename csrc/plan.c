@@ -286,8 +286,8 @@ fastnn_status fastnn_plan_backward(const fastnn_net *net, char *plan, const char
             break;
         }
         case FASTNN_OP_MAXPOOL2D:
-            st = fastnn_maxpool2d_backward(dt, dx, g, (const int64_t *)aux, B, C, H, W, o->kh,
-                                           o->kw, o->sh, o->sw, o->ph, o->pw);
+            st = fastnn_maxpool2d_backward_plan(dt, dx, g, (const int64_t *)aux, B, C, H, W,
+                                                o->kh, o->kw, o->sh, o->sw, o->ph, o->pw);
             break;
         case FASTNN_OP_AVGPOOL2D:
             st = fastnn_avgpool2d_backward(dt, dx, g, B, C, H, W, o->kh, o->kw, o->sh, o->sw,

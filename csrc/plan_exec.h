@@ -43,6 +43,13 @@ fastnn_status fastnn_batchnorm_relu_backward(fastnn_dtype dt, int training, void
                                              int64_t n, int64_t c, int64_t hw, double beta,
                                              const void *relu_y);
 
+/* From csrc/layers/pool.c: fastnn_maxpool2d_backward without the range check of each
+ * argmax (the plan's own forward wrote them). */
+fastnn_status fastnn_maxpool2d_backward_plan(fastnn_dtype dt, void *dx, const void *dy,
+                                             const int64_t *argmax, int64_t n, int64_t c,
+                                             int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                             int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+
 /* From csrc/net.c: the counter-based dropout shared with the unit path. */
 uint64_t fastnn_net_mix64(uint64_t x);
 fastnn_status fastnn_net_dropout(fastnn_dtype dt, void *v, int64_t n, double p, uint64_t key,
