@@ -22,6 +22,12 @@
 #define NV 2
 #define PFX(name) d##name##_avx2
 #include "../instantiate.inc"
+#undef T
+#undef IT
+#undef VL
+#undef MR
+#undef NV
+#undef PFX
 
 /* direct convolution kernels (float): csrc/kernels/dconv.inc */
 #define T float

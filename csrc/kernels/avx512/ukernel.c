@@ -119,6 +119,12 @@ static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t cs
 #define NV 2
 #define PFX(name) d##name##_avx512
 #include "../instantiate.inc"
+#undef T
+#undef IT
+#undef VL
+#undef MR
+#undef NV
+#undef PFX
 
 /* direct convolution kernels (float): csrc/kernels/dconv.inc */
 #define T float
