@@ -1,5 +1,6 @@
 /* 2-D convolution entry points (fastnn_conv2d*, see fastnn.h). */
 #include <stdlib.h>
+#include <string.h>
 #include "ref/common.h"
 
 /* The calling thread's buffer for a convolution's whole-call arrays (the NHWC copies of x
