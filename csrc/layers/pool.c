@@ -25,39 +25,41 @@ fastnn_status fastnn_maxpool2d(fastnn_dtype dt, void *y, int64_t *argmax, const 
     return FASTNN_OK;
 }
 
-fastnn_status fastnn_maxpool2d_backward(fastnn_dtype dt, void *dx, const void *dy,
-                                        const int64_t *argmax, int64_t n, int64_t c,
-                                        int64_t h, int64_t w, int64_t kh, int64_t kw,
-                                        int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+/* check_argmax: range-check every index (the public entry); the layer plan skips it, its
+ * argmax being the one its own forward wrote into the arena (a pass over 8 bytes per
+ * output saved). The geometry is checked either way. */
+static fastnn_status maxpool2d_backward_entry(fastnn_dtype dt, void *dx, const void *dy,
+                                              const int64_t *argmax, int64_t n, int64_t c,
+                                              int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                              int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                              int check_argmax) {
     FASTNN_POOL_CHECK();
     FASTNN_CHECK_PTR(dx, planes * h * w);
     FASTNN_CHECK_PTR(dy, planes * oh * ow);
     FASTNN_CHECK_PTR(argmax, planes * oh * ow);
     if (dt != FASTNN_F32 && dt != FASTNN_F64) return FASTNN_EINVAL;
-    for (int64_t i = 0; i < planes * oh * ow; i++)
-        if (argmax[i] < 0 || argmax[i] >= h * w) return FASTNN_EINVAL;
+    if (check_argmax)
+        for (int64_t i = 0; i < planes * oh * ow; i++)
+            if (argmax[i] < 0 || argmax[i] >= h * w) return FASTNN_EINVAL;
     if (planes * h * w == 0) return FASTNN_OK;
     if (dt == FASTNN_F32) maxpool2d_backward_f32(dx, dy, argmax, planes, h * w, oh * ow);
     else maxpool2d_backward_f64(dx, dy, argmax, planes, h * w, oh * ow);
     return FASTNN_OK;
 }
 
-/* The layer plan's max-pool backward (csrc/plan_exec.h): the argmax it passes is the one its
- * forward wrote into the plan's arena, so the range check of every index is skipped (a
- * pass over 8 bytes per output); the geometry is checked as above. */
+fastnn_status fastnn_maxpool2d_backward(fastnn_dtype dt, void *dx, const void *dy,
+                                        const int64_t *argmax, int64_t n, int64_t c,
+                                        int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                        int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    return maxpool2d_backward_entry(dt, dx, dy, argmax, n, c, h, w, kh, kw, sh, sw, ph, pw, 1);
+}
+
+/* The layer plan's max-pool backward (csrc/plan_exec.h). */
 fastnn_status fastnn_maxpool2d_backward_plan(fastnn_dtype dt, void *dx, const void *dy,
                                              const int64_t *argmax, int64_t n, int64_t c,
                                              int64_t h, int64_t w, int64_t kh, int64_t kw,
                                              int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-    FASTNN_POOL_CHECK();
-    FASTNN_CHECK_PTR(dx, planes * h * w);
-    FASTNN_CHECK_PTR(dy, planes * oh * ow);
-    FASTNN_CHECK_PTR(argmax, planes * oh * ow);
-    if (dt != FASTNN_F32 && dt != FASTNN_F64) return FASTNN_EINVAL;
-    if (planes * h * w == 0) return FASTNN_OK;
-    if (dt == FASTNN_F32) maxpool2d_backward_f32(dx, dy, argmax, planes, h * w, oh * ow);
-    else maxpool2d_backward_f64(dx, dy, argmax, planes, h * w, oh * ow);
-    return FASTNN_OK;
+    return maxpool2d_backward_entry(dt, dx, dy, argmax, n, c, h, w, kh, kw, sh, sw, ph, pw, 0);
 }
 
 fastnn_status fastnn_avgpool2d(fastnn_dtype dt, void *y, const void *x, int64_t n, int64_t c,
