@@ -64,6 +64,15 @@ CASES = [   # n, cin, h, w, cout, k, stride, padding, dilation, groups
     (2, 16, 11, 9, 64, 3, 2, 1, 2, 2),           # NHWC path: groups, stride, dilation
     (13, 8, 5, 5, 32, 3, 1, "same", 1, 1),       # NHWC path: chunks of several images
     (3, 4, 20, 20, 96, 3, 1, 1, 1, 1),           # NHWC path: several row blocks per image
+    # dW on the NHWC copy (>= 16 input channels a group): B panels inside one tap and across
+    # taps, groups, stride and dilation, column ranges and channel panels cut short; dX as
+    # the transposed convolution on the NHWC GEMM (stride 1, many channels)
+    (2, 40, 9, 7, 24, 3, 1, 1, 1, 2),
+    (2, 67, 6, 5, 19, 3, 1, (1, 2), 1, 1),
+    (2, 24, 7, 6, 48, 3, 1, 1, 1, 1),
+    (2, 32, 9, 9, 40, 3, 2, 1, 2, 1),
+    (1, 17, 5, 6, 64, 2, 1, "same", 1, 1),
+    (3, 64, 4, 4, 128, 3, 1, 1, 1, 1),
 ]
 
 
@@ -174,7 +183,9 @@ def test_fused_activation_and_no_bias():
 
 @pytest.mark.parametrize("case", [(8, 1, 28, 28, 6, 5, 1, 2, 1, 1), (16, 32, 16, 16, 64, 3, 1, 1, 1, 1),
                                   (8, 8, 12, 9, 12, 3, (2, 1), (0, 2), 2, 4),
-                                  (4, 16, 40, 40, 40, 3, 1, 1, 1, 2)])
+                                  (4, 16, 40, 40, 40, 3, 1, 1, 1, 2),
+                                  (8, 64, 8, 8, 128, 3, 1, 1, 1, 1),
+                                  (4, 32, 10, 10, 64, 3, 1, 1, 1, 2)])
 def test_threads_bit_identical(threads, case):
     """Large enough for two threads in every kernel (forward, dW, dX)."""
     if not fastnn.openmp_enabled():

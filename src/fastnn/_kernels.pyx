@@ -2272,7 +2272,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bi
     same stride/padding/dilation/groups. dx (x's shape) is None when input_grad is False (a
     first layer); dbias (C_out,) is None when bias is False. dweight is computed by the
     implicit GEMM with a reduction blocking fixed by the shape, dbias by a fixed-order sum and
-    dx by a deterministic col2im gather: bit-identical for any thread count.
+    dx, at stride 1, as the transposed convolution (else by a deterministic col2im gather):
+    bit-identical for any thread count.
     Raises TypeError (dtype) and ValueError (shapes, arguments).
     """
     return _conv2d_backward("conv2d_backward", dy, x, weight, stride, padding, dilation, groups,

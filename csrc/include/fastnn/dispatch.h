@@ -56,7 +56,8 @@ typedef void (*fastnn_ddconv)(int64_t cin, int64_t kh, int64_t kw, const double 
 
 /* Direct weight gradient (csrc/kernels/dconvw.inc): one input channel and kernel row of dW
  * for `rows` output channels, each output column in its own lane, over nb images x oh
- * output rows (dy rows padded to the kernel's width, x rows readable for width + kw - 1). */
+ * output rows added to the lanes (dy rows padded to the kernel's width, x rows readable for
+ * width + kw - 1). */
 typedef void (*fastnn_sdconvw)(int64_t nb, int64_t oh, const float *dy, int64_t dyb,
                                int64_t dyc, const float *x, int64_t xb, int64_t xr,
                                float *lanes);
