@@ -24,6 +24,24 @@ FASTNN_VEC_INLINE double fastnn_v8_total(fastnn_v8d a) {
     return t;
 }
 
+/* Batch norm's reductions: FASTNN_BN_LANES interleaved partial sums (value j of a plane into
+ * lane j mod FASTNN_BN_LANES), added in lane order. 32 lanes are four independent chains of
+ * 8 doubles in the vector kernels: a single chain left the sums waiting on the add's latency
+ * (4 cycles a vector of 8). */
+#define FASTNN_BN_LANES 32
+typedef struct { fastnn_v8d v[FASTNN_BN_LANES / 8]; } fastnn_bn_acc;
+FASTNN_VEC_INLINE double fastnn_bn_lanes_total(const double *a) {
+    double t = 0;
+    for (int l = 0; l < FASTNN_BN_LANES; l++) t += a[l];
+    return t;
+}
+FASTNN_VEC_INLINE double fastnn_bn_acc_total(const fastnn_bn_acc *a) {
+    double t = 0;
+    for (int v = 0; v < FASTNN_BN_LANES / 8; v++)
+        for (int l = 0; l < 8; l++) t += a->v[v][l];
+    return t;
+}
+
 #define FASTNN_NORM_ENTRY(suffix)                                                                   \
 static fastnn_status batchnorm_entry##suffix(fastnn_dtype dt, int training, void *y, void *save_mean, \
                                void *save_invstd, void *running_mean, void *running_var,     \
