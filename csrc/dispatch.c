@@ -39,8 +39,8 @@ static char available[64];
  * share of L1d and MC the A block (MC x KC) to a share of L2, so on a core with smaller caches
  * than the tuned ones each shrinks with its cache: KC by L1d / tuned L1d (a multiple of 8,
  * within [128, 1024]), then MC so that MC x KC shrinks by L2 / tuned L2, with the A block at
- * most half of L2 (a multiple of MR). Larger caches keep the tuned values. NC (the B panel,
- * in L3) stays. FASTNN_GEMM_BLOCKING="MC,KC,NC" sets the
+ * most half of L2 (a multiple of MR). Larger caches keep the tuned values. NC (the B panel)
+ * stays in L3 unless L2 is 1 MiB or more (fit_nc). FASTNN_GEMM_BLOCKING="MC,KC,NC" sets the
  * float32 values of every table instead (MC and NC rounded to the micro-tile), for tuning. */
 static long cache_bytes(int level) {
 #ifdef _SC_LEVEL1_DCACHE_SIZE
@@ -73,6 +73,19 @@ static void scale_cfg(int *mc, int *kc, int mr, int elem, long l1, long l2, long
     if (mc_new < *mc) *mc = mc_new;
 }
 
+/* NC on a core with a large L2 (1 MiB or more): the column block of packed B that one k block
+ * covers (KC x NC) kept in L2 beside the A block, at most 3/4 of L2 for both, instead of
+ * streaming from L3 for every MR-row panel of A (the avx512 table's B micro-panel, 384 x 32
+ * floats, fills L1 by itself). On the 2 MiB-L2 Xeon of BENCHMARKS.md this took 2048^3 from
+ * 0.77-0.84x OpenBLAS to 0.9-0.96x. Smaller L2s (Zen 3's 512 KiB) keep the tuned NC: there
+ * the B block would be a few hundred columns and A would be packed again for each. */
+static void fit_nc(int *nc, int mc, int kc, int nr, int elem, long l2) {
+    if (l2 < (1L << 20)) return;
+    long cols = (l2 / 4 * 3 - (long)mc * kc * elem) / ((long)kc * elem);
+    int v = round_to(cols, nr, 8L * nr, *nc);
+    if (v < *nc) *nc = v;
+}
+
 static void fit_blocking(fastnn_kernel_table *t) {
     long tl1 = 32768, tl2;
     if (strcmp(t->name, "avx2") == 0) tl2 = 262144;
@@ -90,6 +103,8 @@ static void fit_blocking(fastnn_kernel_table *t) {
     long l1 = cache_bytes(1), l2 = cache_bytes(2);
     scale_cfg(&t->s.mc, &t->s.kc, t->s.mr, 4, l1, l2, tl1, tl2);
     scale_cfg(&t->d.mc, &t->d.kc, t->d.mr, 8, l1, l2, tl1, tl2);
+    fit_nc(&t->s.nc, t->s.mc, t->s.kc, t->s.nr, 4, l2);
+    fit_nc(&t->d.nc, t->d.mc, t->d.kc, t->d.nr, 8, l2);
 }
 
 void fastnn_gemm_blocking(int out[10]) {
