@@ -96,7 +96,8 @@ def test_launches_per_step(runs64):
         "gather_rows": 2, "conv2d": 2, "batch_norm": 1, "relu": 1, "max_pool2d": 1,
         "tanh": 1, "avg_pool2d": 1, "adaptive_avg_pool2d": 1, "matmul_bias_act": 2 * E,
         "cross_entropy_with_grad": 1, "correct_count_add": 1,
-        "matmul_bias_grad": 2 * E, "matmul": 2, "relu_backward": 2,
+        "matmul_bias_grad": 2 * E, "matmul": 1, "matmul_act_backward": E,
+        "relu_backward": 1,
         "batch_norm_backward": 1, "adaptive_avg_pool2d_backward": 1,
         "avg_pool2d_backward": 1, "tanh_backward": 1,
         # conv 2: dW and dX (no bias); conv 1: dW and db (no dX for the first layer)
@@ -210,3 +211,27 @@ def test_errors():
                                          r"value per channel when training, got a batch of 1"):
         fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.1), X, y,
                batch_size=2, verbose=0)
+
+
+@pytest.mark.skipif(fc.simulator(), reason="the bundled CNNs are too large for the CUDA "
+                                           "simulator (run with NUMBA_ENABLE_CUDASIM=0 on a GPU)")
+@pytest.mark.parametrize("name, shape", [("lenet5", (1, 28, 28)), ("digits_cnn", (1, 8, 8)),
+                                         ("cifar_net", (3, 32, 32))])
+def test_bundled_cnns_match_cpu_on_a_gpu(name, shape):
+    """fastnn.models' CNNs, float32: two epochs of three steps, then evaluate and predict."""
+    X, y = images(64, shape=shape, dtype=np.float32, classes=10)
+    loss = fn.CrossEntropyLoss()
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = getattr(fn.models, name)(seed=0).to(device)
+        opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        hist = fn.fit(model, loss, opt, X[:48], y[:48], epochs=2, batch_size=16, seed=1,
+                      verbose=0)
+        runs[device] = (model.state_dict(), hist.history["loss"],
+                        fn.evaluate(model, loss, X[48:], y[48:])["loss"], model.predict(X[48:]))
+    tol = dict(rtol=2e-3, atol=2e-4)
+    (w_cpu, *cpu), (w_gpu, *gpu) = runs["cpu"], runs["cuda"]
+    for k in w_cpu:
+        np.testing.assert_allclose(w_gpu[k], w_cpu[k], err_msg=k, **tol)
+    for a, b in zip(gpu, cpu):
+        np.testing.assert_allclose(a, b, **tol)

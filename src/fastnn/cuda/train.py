@@ -4,9 +4,14 @@
     fn.fit(model, fn.CrossEntropyLoss(), fn.Adam(model.parameters()), X, y, epochs=5)
     model.to("cpu")          # the trained weights, back in the same numpy Parameter views
 
+    cnn = fn.models.digits_cnn(seed=0).to("cuda")  # X of shape (N, 1, 8, 8): the layer plan
+
 Supported (anything else raises naming it): a Sequential of units Linear [activation]
 [Dropout(p=0)] after optional leading Flatten layers, one flat parameter buffer (float32 or
-float64; activations ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU); CrossEntropyLoss with
+float64; activations ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU); a Sequential holding
+Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), BatchNorm1d or BatchNorm2d runs its layer
+plan instead (fastnn.plan: those layers, Linear, the activations above, Dropout(p=0) and
+Flatten; X of shape (N, C, H, W) or (N, features)); CrossEntropyLoss with
 integer labels (class weights, label smoothing), MSELoss, L1Loss, HuberLoss and
 BCEWithLogitsLoss (pos_weight; no metric), reduction 'mean' or 'sum';
 SGD (momentum, dampening, nesterov, weight decay), Adam, AdamW, RMSprop, Adagrad with one
@@ -38,6 +43,40 @@ so 3L + 3 + A + M (+1 for CrossEntropyLoss with class weights and 'mean', +1 for
 activation after the last Linear): 9 + M for Linear-ReLU-Linear, 13 + M for
 Linear-ReLU-Linear-Tanh-Linear (tests/test_cuda_train.py counts them). evaluate/predict take
 L + A launches per batch.
+
+The layer plan (a model with Conv2d, pooling or batch norm layers) runs op by op on the
+device (_PlanNet), NCHW as the CPU plan step, on the same flat parameter buffer: forward
+keeps each op's output (the next op's input), the max-pool argmax and the batch-norm mean
+and inverse standard deviation; backward runs in reverse, writing dW and db into views of
+the flat gradient buffer (the CPU layout), then the one optimizer update. Flatten,
+Dropout(p=0) and a ReLU fused into the op before it (Linear, Conv2d, BatchNorm) launch
+nothing. Batch norm trains with the batch statistics and updates its running statistics on
+the device (momentum, unbiased variance, as PyTorch); they are downloaded into Plan.stats,
+of which the layers' running_mean / running_var are views, at the end of every epoch, and
+num_batches_tracked advances by the steps taken; evaluate and predict normalize with them.
+Launches per training step: the 2 gathers, the loss, the metrics and the optimizer update
+as above, plus per op, forward then backward:
+
+    Linear          matmul_bias_act (bias, ReLU in the epilogue); matmul_bias_grad (dW, db),
+                    and matmul (dX) unless no earlier op has parameters, or
+                    matmul_act_backward (dX times relu') when its input is the ReLU output
+                    of a Linear, Conv2d or BatchNorm, whose relu_backward it then replaces
+    Conv2d          conv2d, + relu when a ReLU follows; conv2d_backward: dW, db (with a
+                    bias), dX (unless no earlier op has parameters): up to 3 kernels
+    BatchNorm       batch_norm, + relu when a ReLU follows; batch_norm_backward (dx, dW, db)
+    MaxPool2d, AvgPool2d, AdaptiveAvgPool2d
+                    1 forward; 1 backward unless no earlier op has parameters
+    activation      1 forward; 1 backward (unless ...); a ReLU after Linear, Conv2d or
+                    BatchNorm runs in that op instead, and adds relu_backward to its backward
+                    (for Linear the ReLU is in the GEMM epilogue: no extra forward launch)
+    Flatten, Dropout(p=0)   none
+
+launch_count() counts each of these kernels under the name given (conv2d_backward once per
+kernel). LeNet-5 (2 Conv2d + ReLU, 2 max pools, 3 Linear) takes 28 + M launches per step
+with the Numba GEMM (6 more through cuBLAS: one epilogue kernel per GEMM with one);
+tests/test_cuda_cnn.py counts them for a model with every op kind. The kernels are the
+direct ones of fastnn.cuda.conv and fastnn.cuda.poolnorm (one thread per output, fixed
+summation order), not yet tiled: the CNN path has not been timed on a GPU.
 """
 import numpy as np
 from numba import cuda
@@ -300,6 +339,14 @@ class _PlanNet:
         for op in self.ops:
             self.need_dx.append(seen)
             seen = seen or op["w"] >= 0 or op["b"] >= 0
+        # a Linear whose input is a Linear's / Conv2d's / BatchNorm's ReLU output computes
+        # its input gradient times relu' in one GEMM (matmul_act_backward), as the MLP path
+        self.masked = set()
+        for i, op in enumerate(self.ops):
+            j = self.src[i]
+            if op["kind"] == "linear" and self.need_dx[i] and j >= 0 \
+                    and self.ops[j]["kind"] != "activation" and self.ops[j].get("act") == "relu":
+                self.masked.add(j)
         self._bufs = {}
         self._views = {}
 
@@ -469,18 +516,23 @@ class _PlanNet:
             X = x if j < 0 else vals[j]
             dX = grads[j] if self.need_dx[i] else None
             self._backward_op(self.ops[i], pv[i], gv[i], aux[i], X, vals[i], dX, grads[i],
-                              rows)
+                              rows, i in self.masked, j in self.masked)
 
-    def _backward_op(self, op, p, g, a, X, Y, dX, dY, m):
+    def _backward_op(self, op, p, g, a, X, Y, dX, dY, m, masked, mask_dx):
+        """masked: dY already holds relu' (the next Linear applied it); mask_dx: apply the
+        input's relu' to dX here (in the input gradient GEMM)."""
         k = op["kind"]
         (C, H, W), (OC, OH, OW) = op["in"], op["out"]
-        if op.get("act") == "relu" and k != "activation":
+        if op.get("act") == "relu" and k != "activation" and not masked:
             ops.relu_backward(dY, Y, out=dY)        # relu'(z) from the output
         if k == "linear":
             dZ = dY.reshape(m, OC)
             ops.matmul_bias_grad(dZ, X.reshape(m, C), out=g["w"],
                                  db=g["b"] if "b" in g else a["db"], trans_a=True)
-            if dX is not None:
+            if dX is not None and mask_dx:
+                ops.matmul_act_backward(dZ, p["w"], X.reshape(m, C), "relu",
+                                        out=dX.reshape(m, C))
+            elif dX is not None:
                 ops.matmul(dZ, p["w"], out=dX.reshape(m, C))
         elif k == "conv2d":
             geo = self._geo(op)
