@@ -66,9 +66,9 @@ as above, plus per op, forward then backward:
     BatchNorm       batch_norm, + relu when a ReLU follows; batch_norm_backward (dx, dW, db)
     MaxPool2d, AvgPool2d, AdaptiveAvgPool2d
                     1 forward; 1 backward unless no earlier op has parameters
-    activation      1 forward; 1 backward (unless ...); a ReLU after Linear, Conv2d or
-                    BatchNorm runs in that op instead, and adds relu_backward to its backward
-                    (for Linear the ReLU is in the GEMM epilogue: no extra forward launch)
+    activation      1 forward; 1 backward unless no earlier op has parameters; a ReLU
+                    after Linear, Conv2d or BatchNorm runs in that op instead: relu (none
+                    for Linear: the GEMM epilogue) and relu_backward added to its passes
     Flatten, Dropout(p=0)   none
 
 launch_count() counts each of these kernels under the name given (conv2d_backward once per
@@ -130,8 +130,7 @@ def _check_plan_model(model):
             buffers.append(p._buffer)
     if len(buffers) != 1 or buffers[0] is None:
         raise TypeError(f"fastnn.cuda: the parameters of {model._short()} must live in one "
-                        f"flat buffer of one dtype (as Sequential(..., seed=...) and "
-                        f"model.astype() make them); got {len(buffers)} buffer(s)")
+                        f"flat parameter buffer of one dtype; got {len(buffers)} buffer(s)")
     buffer = buffers[0]
     for layer in model:
         if type(layer) in (BatchNorm1d, BatchNorm2d) and layer.track_running_stats \
