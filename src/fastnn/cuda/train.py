@@ -303,7 +303,7 @@ class _PlanNet:
 
     def __init__(self, model, input_shape):
         self.units = None
-        _, buffer = check_model(model)
+        check_model(model)                          # the layers, one flat buffer
         plan = _plan.build(model, input_shape)      # ValueError naming a misfit layer
         if plan is None:
             raise TypeError(f"fastnn.cuda: the layers of {model._short()} do not form a "
