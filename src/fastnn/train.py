@@ -109,7 +109,9 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     if first is not None and (X.ndim != 2 or X.shape[1] != first.in_features):
         raise ValueError(f"{first._where()}: expected input with {first.in_features} features, "
                          f"got {X.shape[-1]} ({name_X} has shape {X.shape})")
-    out = model.predict(X[:1])
+    # the output's shape and dtype; two rows, so that a BatchNorm using batch statistics in
+    # evaluation mode (track_running_stats=False) has more than one value per channel
+    out = model.predict(X[:2])
     y = loss.check_target(y, (len(X),) + out.shape[1:], out.dtype, name_y)
     return X, y
 

@@ -1,0 +1,58 @@
+"""Inputs found by trying to break the CNN work of issue 11 (layers, layer plan, kernels)."""
+import numpy as np
+import pytest
+
+import fastnn as fn
+from fastnn import _fused, plan
+
+
+@pytest.fixture
+def per_op(monkeypatch):
+    """Run fit and predict on the per-op path."""
+    def force():
+        monkeypatch.setattr(_fused, "training_plan", lambda *a, **k: None)
+        monkeypatch.setattr(_fused, "inference_net", lambda *a, **k: None)
+    return force
+
+
+def bn_rows_model():
+    """A BatchNorm1d keeping no running statistics: batch statistics in eval() too."""
+    return fn.Sequential(fn.Flatten(), fn.Linear(18, 4),
+                         fn.BatchNorm1d(4, track_running_stats=False), fn.Tanh(),
+                         fn.Linear(4, 3), seed=0)
+
+
+def test_fit_a_batchnorm_without_running_statistics(per_op):
+    """fit probed the output shape with model.predict(X[:1]): one row has one value per
+    channel, so a model with BatchNorm1d(track_running_stats=False) could not be trained at
+    all (on the plan path the error was 'FusedNet.forward: invalid argument')."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 2, 3, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+
+    def run():
+        m = bn_rows_model()
+        h = fn.fit(m, fn.CrossEntropyLoss(), fn.SGD(m.parameters(), lr=0.1), X, y,
+                   epochs=2, batch_size=4, seed=1, verbose=0)
+        return m, h.history["loss"], m.predict(X)
+
+    m1, l1, p1 = run()
+    assert isinstance(plan.build(m1, (2, 3, 3)), plan.Plan)
+    per_op()
+    m2, l2, p2 = run()
+    assert l1 == l2
+    for k, v in m1.state_dict().items():
+        assert np.asarray(v).tobytes() == np.asarray(m2.state_dict()[k]).tobytes(), k
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_predict_one_row_through_batch_statistics_names_the_layer():
+    """The fused inference step gave 'FusedNet.forward: invalid argument' for a batch of one
+    row through a BatchNorm1d using batch statistics; the per-op layer's error names it."""
+    m = bn_rows_model()
+    X = np.random.default_rng(0).standard_normal((5, 2, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*more than 1 value per channel"):
+        m.predict(X[:1])
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*more than 1 value per channel"):
+        m.predict(X, batch_size=4)       # a last batch of one row
+    assert m.predict(X[:2]).shape == (2, 3)
