@@ -56,3 +56,22 @@ def test_predict_one_row_through_batch_statistics_names_the_layer():
     with pytest.raises(ValueError, match=r"BatchNorm1d.*more than 1 value per channel"):
         m.predict(X, batch_size=4)       # a last batch of one row
     assert m.predict(X[:2]).shape == (2, 3)
+
+
+def test_reference_convolution_multiplies_the_zero_padding_like_the_kernels():
+    """conv2d_reference / conv2d_backward_reference skipped the padding, so an inf weight
+    over it (forward) or an inf in dy over it (weight gradient) gave a finite value where
+    the fast kernels, tests/reference.py and PyTorch give NaN (0 * inf)."""
+    ops = fn.ops
+    x = np.ones((1, 1, 4, 5), np.float32)
+    w = np.ones((3, 1, 3, 3), np.float32)
+    w[1, 0, 0, 0] = np.inf              # over the top-left padding at output (0, 0)
+    for y in (ops.conv2d(x, w, padding=1), ops.conv2d_reference(x, w, padding=1)):
+        assert np.isnan(y[0, 1, 0, 0]) and np.isinf(y[0, 1, 1, 1]) and np.isfinite(y[0, 0]).all()
+    dy = np.ones((1, 3, 4, 5), np.float32)
+    dy[0, 0, 0, 0] = np.inf             # output (0, 0) sees the padding at tap (0, 0)
+    w = np.ones((3, 1, 3, 3), np.float32)
+    fast = ops.conv2d_backward(dy, x, w, padding=1)[1]
+    ref = ops.conv2d_backward_reference(dy, x, w, padding=1)[1]
+    np.testing.assert_array_equal(np.isnan(ref), np.isnan(fast))
+    assert np.isnan(ref[0, 0, 0, 0]) and np.isinf(ref[0, 0, 1, 1]) and np.isfinite(ref[1:]).all()
