@@ -75,3 +75,30 @@ def test_reference_convolution_multiplies_the_zero_padding_like_the_kernels():
     ref = ops.conv2d_backward_reference(dy, x, w, padding=1)[1]
     np.testing.assert_array_equal(np.isnan(ref), np.isnan(fast))
     assert np.isnan(ref[0, 0, 0, 0]) and np.isinf(ref[0, 0, 1, 1]) and np.isfinite(ref[1:]).all()
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["conv-flatten-bn1d", "mlp-bn1d"])
+def test_a_last_batch_of_one_row_for_batchnorm_raises_before_any_update(per_op, image):
+    """9 samples at batch_size 4 leave a last batch of one row: BatchNorm1d cannot train on
+    it. fit promises to check its arguments before any weight changes, but raised only at
+    that batch, after the epoch's first two updates (the cuda path checks it up front)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((9, 2, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 9)
+    if image:
+        layers = [fn.Conv2d(2, 3, 3), fn.Flatten(), fn.Linear(12, 5)]
+    else:
+        layers, X = [fn.Linear(32, 5)], X.reshape(9, -1)
+    for path in ("plan", "per-op"):
+        if path == "per-op":
+            per_op()
+        m = fn.Sequential(*layers, fn.BatchNorm1d(5), fn.Linear(5, 3), seed=0)
+        before = {k: np.array(v) for k, v in m.state_dict().items()}
+        with pytest.raises(ValueError, match=r"BatchNorm1d.*more than 1 value per channel.*"
+                                             r"batch_size=4 with 9 training samples"):
+            fn.fit(m, fn.CrossEntropyLoss(), fn.SGD(m.parameters(), lr=0.1), X, y, epochs=1,
+                   batch_size=4, verbose=0)
+        for k, v in m.state_dict().items():
+            np.testing.assert_array_equal(v, before[k], err_msg=k)
+        fn.fit(m, fn.CrossEntropyLoss(), fn.SGD(m.parameters(), lr=0.1), X, y, epochs=1,
+               batch_size=3, verbose=0)      # 3 batches of 3 rows train
