@@ -171,6 +171,21 @@ def test_batch_norm_without_affine_or_running_statistics():
         np.testing.assert_allclose(w_gpu[k], w_cpu[k], err_msg=k, **TOL[np.float64])
 
 
+def test_batch_norm1d_without_running_statistics_trains_and_refuses_one_row():
+    """BatchNorm1d(track_running_stats=False) uses batch statistics in predict too: fit (whose
+    output probe took one row) trains it, and a batch of one row raises on cuda as on the
+    CPU, where cuda gave the layer's bias for every such row."""
+    X, y = images(5, shape=(2,), classes=3)
+    for device in ("cpu", "cuda"):
+        model = fn.Sequential(fn.Linear(2, 3), fn.BatchNorm1d(3, track_running_stats=False),
+                              fn.Linear(3, 3), dtype=np.float64, seed=0).to(device)
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.1), X, y,
+               epochs=1, batch_size=5, verbose=0)
+        for rows, bs in ((1, 256), (5, 2)):
+            with pytest.raises(ValueError, match=r"BatchNorm1d.* more than 1 value per channel"):
+                model.predict(X[:rows], batch_size=bs)
+
+
 def test_float32_matches_cpu():
     # SGD: Adam would divide the conv bias's gradient, zero but for rounding (batch norm
     # follows), by its own magnitude, and so compare rounding noise

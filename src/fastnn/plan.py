@@ -285,4 +285,7 @@ def inference_net(model, input_shape, max_batch=256):
         return None     # the per-op path raises its own error
     if plan is None:
         return None
+    if any(o["kind"] == "batch_norm" and o["rs"] < 0 and o["in"][1:] == (1, 1)
+           for o in plan.ops):
+        return None     # batch statistics of rows: the per-op layer raises for a batch of one
     return plan.fused_net(max_batch, optim="sgd", hyper={"lr": 0.0})

@@ -109,9 +109,36 @@ def _prepare(model, loss, X, y, name_X, name_y, width=None):
     if first is not None and (X.ndim != 2 or X.shape[1] != first.in_features):
         raise ValueError(f"{first._where()}: expected input with {first.in_features} features, "
                          f"got {X.shape[-1]} ({name_X} has shape {X.shape})")
-    out = model.predict(X[:1])
+    # the output's shape and dtype; two rows, so that a BatchNorm using batch statistics in
+    # evaluation mode (track_running_stats=False) has more than one value per channel
+    out = model.predict(X[:2])
     y = loss.check_target(y, (len(X),) + out.shape[1:], out.dtype, name_y)
     return X, y
+
+
+def _check_batch_norm_batches(model, X, batch_size):
+    """ValueError before any update when a batch of one sample (batch_size 1, or the last
+    batch of an epoch) would reach a BatchNorm with one value per channel: the error the
+    layer raises, which mid-epoch would come after the epoch's first updates. Checked for
+    the models the layer plan describes (their per-sample shapes are known)."""
+    from . import plan as _plan
+
+    n = len(X)
+    rows = {batch_size, n % batch_size} - {0}
+    if 1 not in rows:
+        return
+    try:
+        p = _plan.build(model, X.shape[1:])
+    except ValueError:
+        return          # the layers raise their own error
+    if p is None:
+        return
+    for layer, op in zip(model, p.ops):
+        if op["kind"] == "batch_norm" and op["in"][1] * op["in"][2] == 1:
+            raise ValueError(f"fit: {layer._where()}: expected more than 1 value per channel "
+                             f"when training, but batch_size={batch_size} with {n} training "
+                             f"samples gives a batch of 1 sample; choose a batch_size that "
+                             f"does not leave a last batch of one sample")
 
 
 @_guard.for_reading
@@ -285,6 +312,8 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     if getattr(model, "device", "cpu") != "cpu":   # fastnn.cuda.train: checks, uploads X, y
         from .cuda import train as _cuda_train
         gpu = _cuda_train.Trainer(model, loss, optimizer, X, y, batch_size, names)
+    if gpu is None and dist is None:
+        _check_batch_norm_batches(model, X, batch_size)
     plan = None if gpu is not None else _fused.training_plan(model, loss, optimizer, X, y,
                                                              batch_size, names)
     if dist is not None and hasattr(plan, "plan"):

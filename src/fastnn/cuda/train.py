@@ -597,13 +597,16 @@ class _PlanNet:
             layer.num_batches_tracked += self.forwards
         self.forwards = 0
 
-    def check_batch_norm(self, rows, fn):
+    def check_batch_norm(self, rows, fn, training=True):
         """ValueError when a batch of `rows` rows leaves one value per channel for a
-        BatchNorm in training (the per-op layer's error)."""
+        BatchNorm using batch statistics (in training; in evaluation one without running
+        statistics): the per-op layer's error."""
         for i, op in enumerate(self.ops):
-            if op["kind"] == "batch_norm" and rows * op["in"][1] * op["in"][2] < 2:
+            if op["kind"] == "batch_norm" and (training or op["rs"] < 0) \
+                    and rows * op["in"][1] * op["in"][2] < 2:
+                when = "when training" if training else "for batch statistics"
                 raise ValueError(f"{fn}: {self.model[i]._where()}: expected more than 1 value "
-                                 f"per channel when training, got a batch of {rows} sample(s) "
+                                 f"per channel {when}, got a batch of {rows} sample(s) "
                                  f"of shape {op['in']} (choose a batch_size that does not "
                                  f"leave a last batch of one sample)")
 
@@ -667,8 +670,10 @@ def _plan_predict(model, X, batch_size):
     n = len(X)
     out = np.empty((n, net.out_features), net.dtype)
     if n:
-        Xd = cuda.to_device(X)
         bs = min(int(batch_size), n)
+        for rows in {bs, n % bs or bs}:
+            net.check_batch_norm(rows, "predict", training=False)
+        Xd = cuda.to_device(X)
         for i in range(0, n, bs):
             m = min(bs, n - i)
             xb = Xd[i:i + m]
