@@ -1,4 +1,6 @@
-"""Inputs found by trying to break the CNN work of issue 11 (layers, layer plan, kernels)."""
+"""Edge cases of the CNN layers, the layer plan and the convolution kernels: batch norm with
+batch statistics on rows, a last batch of one sample, and the reference kernels on non-finite
+inputs over the padding."""
 import numpy as np
 import pytest
 
