@@ -1,19 +1,13 @@
-"""The PyTorch counterparts of fastnn.models.lenet5 and cifar_net, for the benchmark scripts
-(bench_cnn_epoch.py, fashion_lenet.py, cnn_peak_memory.py). Imports torch only, not fastnn,
-so a process measuring PyTorch alone stays free of fastnn."""
+"""The PyTorch counterparts of fastnn.models.lenet5 and cifar_net for the benchmark scripts
+(bench_cnn_epoch.py, fashion_lenet.py, cnn_peak_memory.py): fastnn's own _torch_models.py,
+loaded by path without importing the fastnn package, so that a process measuring PyTorch
+alone stays free of fastnn."""
+import importlib.util
+import os
 
-
-def torch_model(name):
-    """'lenet': LeNet-5 for 1x28x28 images; 'cifar': the CIFAR-style net for 3x32x32."""
-    import torch.nn as nn
-    if name == "lenet":
-        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                             nn.Linear(84, 10))
-    layers, c_in = [], 3
-    for c in (32, 64, 128):
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                   nn.MaxPool2d(2)]
-        c_in = c
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(2048, 10))
+_spec = importlib.util.find_spec("fastnn")   # finds the package; runs none of its code
+_path = os.path.join(list(_spec.submodule_search_locations)[0], "_torch_models.py")
+_mod_spec = importlib.util.spec_from_file_location("_fastnn_torch_models", _path)
+_mod = importlib.util.module_from_spec(_mod_spec)
+_mod_spec.loader.exec_module(_mod)
+torch_model = _mod.torch_model

@@ -1,6 +1,7 @@
 """The `fastnn train` command: in a subprocess, in-process on a fake terminal, with each kind
 of --data, and installed into a fresh virtual environment with pip."""
 import io
+import json
 import os
 import re
 import subprocess
@@ -436,6 +437,33 @@ def test_bench_quick_defaults_and_progress_on_stderr(monkeypatch, capsys):
     assert cli.main(["bench", "--full", "--json", "-q"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and seen["n"] == 60000 and len(seen["workloads"]) == 6
+
+
+def test_bench_model_runs_a_cnn_epoch_against_pytorch(capsys):
+    """fastnn bench --model: real (tiny) epochs of the fused step, the per-op path and
+    PyTorch when installed, interleaved; the table and the ratio; argument errors."""
+    assert cli.main(["bench", "--model", "convnet", "--samples", "70", "--batch", "32",
+                     "--per-op", "--repeats", "5", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "convnet: one epoch of 70 images, batch 32" in out
+    assert "| fastnn fused |" in out and "| fastnn per-op |" in out
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "PyTorch" not in out
+    else:
+        assert "| PyTorch |" in out and "x PyTorch's time" in out
+    assert cli.main(["bench", "--model", "lenet", "--samples", "64", "--libs", "fastnn",
+                     "--repeats", "5", "--json", "-q"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["model"] == "lenet" and got["images"] == 64
+    assert list(got["seconds"]) == ["fastnn fused"] and len(got["seconds"]["fastnn fused"]) == 5
+    for args, word in ((["--batch", "3,4"], "--batch"), (["--libs", "numpy"], "--libs"),
+                       (["--samples", "40"], "--samples")):
+        res = run("bench", "--model", "lenet", *args)
+        assert res.returncode == 2 and word in res.stderr, res.stderr
+    res = run("bench", "--model", "resnet")
+    assert res.returncode == 2 and "lenet" in res.stderr
 
 
 def test_predict_with_a_model_saved_without_preprocessing(tmp_path, capsys):

@@ -5,7 +5,8 @@
   fastnn predict           answers of a saved model for the rows of a CSV file
   fastnn evaluate          a saved model's score on a labelled CSV file
   fastnn info              build and CPU facts: kernel tables, OpenMP, threads
-  fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn; GEMM
+  fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn; GEMM;
+                           --model lenet|convnet: a CNN epoch against PyTorch
                            (a quick suite by default, --full for the long one)
   fastnn bench-gemm        fastnn's GEMM against numpy's BLAS, side by side (see benchmarks/)
   fastnn bench-fused       fused GEMM + bias + ReLU against the three separate passes
@@ -575,6 +576,56 @@ _FULL = {"hidden": "256,1024", "batch": "32,128,256", "samples": 60000,
          "overhead_steps": 20000}
 
 
+_CNN_IMAGES = {"lenet": (10000, 60000), "convnet": (2000, 10000)}   # quick, --full
+
+
+def _bench_cnn(args, log):
+    """fastnn bench --model lenet|convnet: one training epoch of the CNN, fastnn's fused
+    step (and per-op path with --per-op) against PyTorch, interleaved."""
+    import json
+    import statistics
+
+    from . import _bench_cnn as bc
+
+    libs = [lib.strip() for lib in (args.libs or "fastnn,torch").split(",") if lib.strip()]
+    unknown = sorted(set(libs) - {"fastnn", "torch"})
+    if unknown:
+        raise UsageError(f"--libs: unknown {', '.join(unknown)} for --model; expected some "
+                         f"of fastnn,torch")
+    try:
+        batch = _ints(args.batch or "64")
+    except ValueError:
+        batch = []
+    if len(batch) != 1:
+        raise UsageError(f"--batch: with --model, one batch size >= 1, got {args.batch!r}")
+    args.batch_cnn = batch[0]
+    if (args.samples or _CNN_IMAGES[args.model][1 if args.full else 0]) < args.batch_cnn:
+        raise UsageError(f"--samples: with --model, at least one batch of images "
+                         f"(--batch {args.batch_cnn}), got {args.samples}")
+    runs = (["fastnn fused"] if "fastnn" in libs else []) + \
+        (["fastnn per-op"] if args.per_op else []) + (["PyTorch"] if "torch" in libs else [])
+    images = args.samples or _CNN_IMAGES[args.model][1 if args.full else 0]
+    log(f"fastnn bench --model {args.model}: one epoch of {images} images "
+        f"{bc.SHAPES[args.model]}, batch {args.batch_cnn}, SGD momentum 0.9, "
+        f"{', '.join(runs)}, {args.repeats} interleaved rounds, {args.threads} thread(s), "
+        f"CPU time")
+    times = bc.cnn_compare(args.model, images, args.batch_cnn, args.repeats, runs,
+                           threads=args.threads, log=log)
+    log("done")
+    if args.json:
+        print(json.dumps({"model": args.model, "images": images, "seconds": times},
+                         indent=1))
+        return 0
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.model}: one epoch of {images} images, batch {args.batch_cnn}, "
+          f"{args.threads} thread(s), CPU time, median of {args.repeats} interleaved rounds")
+    print("\n".join(bc.table(times)))
+    if "fastnn fused" in med and "PyTorch" in med:
+        print(f"\nfastnn's epoch takes {med['fastnn fused'] / med['PyTorch']:.2f}x PyTorch's "
+              f"time")
+    return 0
+
+
 def _bench(args):
     import json
     import time
@@ -585,6 +636,9 @@ def _bench(args):
         if not args.quiet:
             print(f"[{time.perf_counter() - t_start:6.1f}s] {message}", file=sys.stderr,
                   flush=True)
+
+    if args.model is not None:
+        return _bench_cnn(args, log)
 
     suite = _FULL if args.full else _QUICK
     for key, value in suite.items():
@@ -726,6 +780,14 @@ def _build_parser():
                    help="threads for every library (default 1: the protocol's primary "
                         "figures are single-thread)")
     m.add_argument("--min-time", type=float, default=0.1, help=argparse.SUPPRESS)
+    m.add_argument("--model", choices=("lenet", "convnet"),
+                   help="instead of the MLP suite: one training epoch of LeNet-5 (1x28x28) or "
+                        "the CIFAR-style convnet (3x32x32) on random images, fastnn against "
+                        "PyTorch; --samples images (default: lenet 10000, convnet 2000; "
+                        "--full: 60000, 10000), --batch one size (default 64), --libs among "
+                        "fastnn,torch")
+    m.add_argument("--per-op", action="store_true",
+                   help="with --model: also time fastnn's per-op path (no layer plan)")
     m.set_defaults(run=_bench)
     t = sub.add_parser("bench-threads", parents=[common],
                        help="fastnn's GEMM on 1 and 2 threads, with a probe")
