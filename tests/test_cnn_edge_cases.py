@@ -104,3 +104,21 @@ def test_a_last_batch_of_one_row_for_batchnorm_raises_before_any_update(per_op, 
             np.testing.assert_array_equal(v, before[k], err_msg=k)
         fn.fit(m, fn.CrossEntropyLoss(), fn.SGD(m.parameters(), lr=0.1), X, y, epochs=1,
                batch_size=3, verbose=0)      # 3 batches of 3 rows train
+
+
+def test_one_unbatched_image_is_one_sample():
+    """A (C, H, W) array to a model whose first layer takes images is one sample, as an
+    unbatched input to PyTorch's Conv2d (and as the cuda path takes it): predict and
+    predict_proba give one row, the same as the batch of one; a 3-D array to an MLP is
+    still refused with its shape named."""
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    model = fn.models.lenet5(seed=0)
+    one = model.predict(x[1])
+    assert one.shape == (10,)
+    np.testing.assert_array_equal(one, model.predict(x[1:2])[0])
+    np.testing.assert_array_equal(model.predict_proba(x[1]), model.predict_proba(x[1:2])[0])
+    pooled = fn.Sequential(fn.MaxPool2d(2), fn.Flatten(), fn.Linear(196, 4), seed=0)
+    np.testing.assert_array_equal(pooled.predict(x[0]), pooled.predict(x[:1])[0])
+    mlp = fn.Sequential(fn.Linear(28, 4), seed=0)
+    with pytest.raises(ValueError, match=r"X has shape \(1, 28, 28\)"):
+        mlp.predict(x[0])

@@ -337,7 +337,9 @@ class Module:
     @_guard.for_reading
     def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X in batches, in evaluation mode (the previous mode is restored).
-        X is converted to the model's dtype; a 1-D X is one sample and gives one row.
+        X is converted to the model's dtype; a 1-D X is one sample and gives one row, and so
+        is one (C, H, W) image for a model whose first layer takes images (Conv2d, the 2-d
+        pools, BatchNorm2d), as PyTorch's unbatched input.
         Several threads may predict at once only on a model in evaluation mode that no
         thread trains (else RuntimeError). comm: split the rows between its ranks (see
         fastnn.distributed.predict); every rank gets the whole output."""
@@ -366,6 +368,13 @@ class Module:
         layer = self._input_layer()
         return None if layer is None else layer.in_features
 
+    _takes_images = False   # a layer of (N, C, H, W) inputs (Conv2d, the 2-d pools, BatchNorm2d)
+
+    def _image_input(self):
+        """True when the model's first layer takes images, so that one (C, H, W) array is one
+        sample, as an unbatched input to PyTorch's Conv2d."""
+        return self._takes_images
+
     def _predict_input(self, X, batch_size):
         """(X as a numpy array of the model's dtype, whether it was one 1-D sample); raises
         ValueError naming X's shape when it cannot be the model's input."""
@@ -382,7 +391,7 @@ class Module:
                                        f"shape ({k},)")
         if a.ndim == 0 or (k is not None and (a.ndim > 2 or a.shape[-1] != k)):
             raise ValueError(f"predict: X has shape {a.shape}{expect}")
-        if a.ndim == 1:
+        if a.ndim == 1 or (a.ndim == 3 and self._image_input()):
             return a[None], True
         return a, False
 
@@ -571,7 +580,7 @@ class Sequential(Module):
     def predict(self, X, batch_size=256, comm=None):
         """Forward pass over X (n, features) in batches in evaluation mode -> (n, outputs); one
         sample of shape (features,) gives one row (outputs,); a model starting with Conv2d takes
-        X (n, C, H, W). A model of supported layers (Linear, Conv2d, pools, BatchNorm,
+        X (n, C, H, W), and one image (C, H, W) gives one row. A model of supported layers (Linear, Conv2d, pools, BatchNorm,
         activations, Dropout, Flatten) runs it in one native call per batch (fastnn._fused,
         fastnn.plan), with the same numbers.
         ValueError naming X's shape when it does not fit the first Linear layer. Several
@@ -603,6 +612,13 @@ class Sequential(Module):
                 continue
             return layer._input_layer()
         return None
+
+    def _image_input(self):
+        for layer in self:
+            if isinstance(layer, (_Activation, Dropout, Softmax)):
+                continue
+            return layer._image_input()
+        return False
 
     def _last_layer(self):
         layers = list(self)
@@ -955,6 +971,7 @@ class Conv2d(Module):
     the bias starts at zero. The kernels are fastnn.ops.conv2d / conv2d_backward (implicit
     GEMM). Raises ValueError for bad arguments or input shapes, TypeError for dtypes.
     """
+    _takes_images = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, init=None, dtype=np.float32, seed=None):
@@ -1088,6 +1105,7 @@ class MaxPool2d(Module):
     (int or pair) moved by stride (default kernel_size), input padded by padding (<= half the
     kernel) with -inf. Output (N, C, (H + 2 padding - kernel) // stride + 1, ...). The first
     maximum of a window wins ties (its gradient goes there); NaN propagates."""
+    _takes_images = True
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -1124,6 +1142,7 @@ class AvgPool2d(Module):
     """Average pooling over (N, C, H, W) inputs as torch.nn.AvgPool2d (geometry as
     MaxPool2d): each window's sum over kernel_h * kernel_w (count_include_pad=True, the zero
     padding counted) or over its pixels inside the image."""
+    _takes_images = True
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__()
@@ -1162,6 +1181,7 @@ class AvgPool2d(Module):
 class AdaptiveAvgPool2d(Module):
     """Global average pooling, torch.nn.AdaptiveAvgPool2d(1): (N, C, H, W) -> (N, C, 1, 1).
     Only output_size 1 (or (1, 1)) is supported."""
+    _takes_images = True
 
     def __init__(self, output_size=1):
         super().__init__()
@@ -1311,6 +1331,7 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """torch.nn.BatchNorm2d over (N, C, H, W): as BatchNorm1d, statistics over N*H*W values
     per channel."""
+    _takes_images = True
     _ndims = (4,)
 
 
