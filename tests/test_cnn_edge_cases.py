@@ -122,3 +122,12 @@ def test_one_unbatched_image_is_one_sample():
     mlp = fn.Sequential(fn.Linear(28, 4), seed=0)
     with pytest.raises(ValueError, match=r"X has shape \(1, 28, 28\)"):
         mlp.predict(x[0])
+
+
+def test_a_sequential_names_its_layers_in_error_messages():
+    """Error messages name a model by Sequential._short(): its first layers and their count
+    (it printed 'Sequential()' for every model, as if empty)."""
+    assert fn.models.lenet5()._short().startswith("Sequential(Conv2d(1, 6), ReLU(), MaxPool2d(")
+    assert fn.models.lenet5()._short().endswith(", ... (12 layers))")
+    assert fn.Sequential(fn.Linear(2, 3), fn.ReLU())._short() == "Sequential(Linear(2, 3), ReLU())"
+    assert fn.Sequential()._short() == "Sequential()"

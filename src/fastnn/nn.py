@@ -555,6 +555,13 @@ class Sequential(Module):
             return Sequential._view(layers[index])
         return layers[index]
 
+    def _short(self):
+        """'Sequential(Conv2d(1, 6), ReLU(), ...)': the first four layers and the count, for
+        error messages (repr(model) prints every layer)."""
+        names = [m._short() for m in self]
+        more = f", ... ({len(names)} layers)" if len(names) > 4 else ""
+        return f"Sequential({', '.join(names[:4])}{more})"
+
     def __len__(self):
         return len(self._modules)
 
