@@ -35,3 +35,15 @@ def pytest_report_header(config):
     return (f"fastnn {fastnn.__version__}: arch={fastnn.arch()} available={fastnn.available_archs()} "
             f"openmp={fastnn.openmp_enabled()} threads={fastnn.get_num_threads()} "
             f"FASTNN_ARCH={os.environ.get('FASTNN_ARCH', '')!r}")
+
+
+@pytest.fixture
+def per_op(monkeypatch):
+    """A function that makes fit and predict take the per-op path (no layer plan, no fused
+    inference net) for the rest of the test."""
+    from fastnn import _fused
+
+    def force():
+        monkeypatch.setattr(_fused, "training_plan", lambda *a, **k: None)
+        monkeypatch.setattr(_fused, "inference_net", lambda *a, **k: None)
+    return force

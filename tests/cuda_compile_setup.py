@@ -1,5 +1,5 @@
 """What the compile-for-the-GPU tests share (tests/test_cuda_compile.py,
-tests/test_cuda_poolnorm_compile.py): each runs its own file in a subprocess with
+tests/test_cuda_poolnorm_compile.py, tests/test_cuda_conv_compile.py): each runs its own file in a subprocess with
 NUMBA_ENABLE_CUDASIM=0, where `target()` makes Numba's CUDA target compile for CC with no GPU
 present (exit status 3 when NVVM / NVRTC is missing), and `run(path)` is the pytest side."""
 import os
@@ -29,6 +29,16 @@ def target():
             raise
         print(f"cannot compile for the CUDA target here: {text}"[:400])
         sys.exit(3)
+
+
+def compile_all(module, sigs, dtype):
+    """In the subprocess: each kernel `name` of module compiled to PTX for CC with its argument
+    types sigs[name], printing "name|dtype" after each (what run's caller counts)."""
+    from numba import cuda
+
+    for name, sig in sigs.items():
+        cuda.compile_ptx(getattr(module, name).py_func, sig, cc=CC)
+        print(f"{name}|{dtype}", flush=True)
 
 
 def run(path):

@@ -5,16 +5,7 @@ import numpy as np
 import pytest
 
 import fastnn as fn
-from fastnn import _fused, plan
-
-
-@pytest.fixture
-def per_op(monkeypatch):
-    """Run fit and predict on the per-op path."""
-    def force():
-        monkeypatch.setattr(_fused, "training_plan", lambda *a, **k: None)
-        monkeypatch.setattr(_fused, "inference_net", lambda *a, **k: None)
-    return force
+from fastnn import plan
 
 
 def bn_rows_model():

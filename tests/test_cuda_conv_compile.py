@@ -9,12 +9,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_compile_setup import CC, run, target  # noqa: E402
+from cuda_compile_setup import compile_all, run, target  # noqa: E402
 
 
 def _compile_all():
     import numpy as np
-    from numba import cuda, types
+    from numba import types
 
     target()
     import importlib
@@ -34,9 +34,7 @@ def _compile_all():
             "_backward_weight": (a4, a4, a4) + geo,
             "_backward_bias": (v, a4),
         }
-        for name, sig in sigs.items():
-            cuda.compile_ptx(getattr(C, name).py_func, sig, cc=CC)
-            print(f"{name}|{np.dtype(npdt).name}", flush=True)
+        compile_all(C, sigs, np.dtype(npdt).name)
 
 
 def test_conv_kernels_compile_for_the_gpu_target():

@@ -7,12 +7,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_compile_setup import CC, run, target  # noqa: E402
+from cuda_compile_setup import compile_all, run, target  # noqa: E402
 
 
 def _compile_all():
     import numpy as np
-    from numba import cuda, types
+    from numba import types
 
     target()
     import fastnn.cuda._poolnorm_kernels as P
@@ -34,9 +34,7 @@ def _compile_all():
             "_ln_bwd_rows": (v,) * 6 + (i, b),
             "_ln_bwd_cols": (v,) * 6 + (i, i),
         }
-        for name, sig in sigs.items():
-            cuda.compile_ptx(getattr(P, name).py_func, sig, cc=CC)
-            print(f"{name}|{np.dtype(npdt).name}", flush=True)
+        compile_all(P, sigs, np.dtype(npdt).name)
 
 
 def test_poolnorm_kernels_compile_for_the_gpu_target():

@@ -16,15 +16,6 @@ import fastnn as fn
 from fastnn import _fused, models, plan
 
 
-@pytest.fixture
-def per_op(monkeypatch):
-    """Run fit and predict on the per-op path."""
-    def force():
-        monkeypatch.setattr(_fused, "training_plan", lambda *a, **k: None)
-        monkeypatch.setattr(_fused, "inference_net", lambda *a, **k: None)
-    return force
-
-
 def images(n, shape, classes=10, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n,) + shape).astype(dtype)

@@ -613,19 +613,19 @@ class Sequential(Module):
             return super().predict(X, batch_size)
         return net.forward(X)
 
+    def _first_layer(self):
+        """The first layer that fixes the input's shape (activations, Dropout and Softmax
+        take any), or None."""
+        return next((layer for layer in self
+                     if not isinstance(layer, (_Activation, Dropout, Softmax))), None)
+
     def _input_layer(self):
-        for layer in self:
-            if isinstance(layer, (_Activation, Dropout, Softmax)):
-                continue
-            return layer._input_layer()
-        return None
+        first = self._first_layer()
+        return None if first is None else first._input_layer()
 
     def _image_input(self):
-        for layer in self:
-            if isinstance(layer, (_Activation, Dropout, Softmax)):
-                continue
-            return layer._image_input()
-        return False
+        first = self._first_layer()
+        return first is not None and first._image_input()
 
     def _last_layer(self):
         layers = list(self)
