@@ -297,8 +297,84 @@ static fastnn_status add_l2(fastnn_dtype dt, void *dw, const void *w, int64_t n,
     return FASTNN_OK;
 }
 
+/* Range i of the units' parameters: W of unit i/2 for even i, its b for odd i (start, end in
+ * *hi; -1 for no bias). */
+static int64_t unit_range(const fastnn_net *net, int i, int64_t *hi) {
+    const fastnn_unit *u = &net->units[i / 2];
+    int64_t lo = i % 2 ? u->b : u->w, n = i % 2 ? u->out : u->in * u->out;
+    if (hi) *hi = lo + n;
+    return lo < 0 || n <= 0 ? -1 : lo;
+}
+
+/* The step's optimizer update as a fastnn_update for the weight-gradient GEMMs to apply
+ * (backward), or NULL where update() must run after the pass: a layer plan, the l2 term
+ * (added to dW after its GEMM), optimizers other than SGD and Adam, arguments fastnn_sgd or
+ * fastnn_adam would refuse, or parameters outside the units' W and b. */
+static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, fastnn_update *u) {
+    const fastnn_optim *o = &net->opt;
+    if (net->nops > 0 || net->l2 != 0 || step < 1) return NULL;
+    /* W and b of every unit inside the buffer and disjoint (the rest, e.g. alignment padding,
+     * is updated by update_rest) */
+    for (int i = 0; i < 2 * net->nunits; i++) {
+        int64_t hi, lo = unit_range(net, i, &hi);
+        if (lo < 0) continue;
+        if (hi > net->nparams) return NULL;
+        for (int j = 0; j < i; j++) {
+            int64_t hj, lj = unit_range(net, j, &hj);
+            if (lj >= 0 && lo < hj && lj < hi) return NULL;
+        }
+    }
+    memset(u, 0, sizeof *u);
+    u->dt = net->dt;
+    u->p = net->params, u->g = net->grads, u->s1 = o->s1, u->s2 = o->s2, u->s3 = o->s3;
+    u->lr = o->lr, u->weight_decay = o->weight_decay, u->maximize = o->maximize;
+    if (o->kind == FASTNN_OPT_SGD) {
+        if (o->nesterov && (o->momentum <= 0 || o->dampening != 0)) return NULL;
+        if (o->momentum != 0 && !o->s1) return NULL;
+        u->momentum = o->momentum, u->dampening = o->dampening, u->nesterov = o->nesterov;
+        u->first = step == 1;
+        return u;
+    }
+    if (o->kind != FASTNN_OPT_ADAM || !o->s1 || !o->s2 || (o->amsgrad && !o->s3) ||
+        !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1))
+        return NULL;
+    /* as update() and fastnn_adam compute them */
+    u->adam = 1, u->beta1 = o->beta1, u->beta2 = o->beta2;
+    u->eps = net->adam_eps_uncorrected ? o->eps / sqrt(1.0 - pow(o->beta2, (double)step)) : o->eps;
+    u->decoupled = o->decoupled, u->amsgrad = o->amsgrad;
+    u->step_size = o->lr / (1 - pow(o->beta1, (double)step));
+    u->bc2_sqrt = sqrt(1 - pow(o->beta2, (double)step));
+    return u;
+}
+
+/* What a fused update leaves after the weight GEMMs: the biases and any element of the buffer
+ * outside every unit's W and b. */
+static fastnn_status update_rest(const fastnn_net *net, const fastnn_update *upd) {
+    for (int64_t pos = 0; pos < net->nparams;) {
+        int64_t next = net->nparams, end = -1;
+        int bias = 0;
+        for (int i = 0; i < 2 * net->nunits; i++) {
+            int64_t hi, lo = unit_range(net, i, &hi);
+            if (lo == pos) end = hi, bias = i % 2;
+            else if (lo > pos && lo < next) next = lo;
+        }
+        if (end < 0) {   /* a gap, up to the next range */
+            fastnn_update_block(upd, pos, 0, 1, next - pos);
+            pos = next;
+        } else {
+            if (bias) fastnn_update_block(upd, pos, 0, 1, end - pos);
+            pos = end;
+        }
+    }
+    return FASTNN_OK;
+}
+
+/* Backpropagation through the units. With upd (see fused_update), each weight gradient's GEMM
+ * also applies the optimizer step to its tiles as they finish, while they are in cache, and the
+ * biases are updated at the end: the step's update() is then done. dx is computed before dW,
+ * so it uses the weights before the step either way. */
 static fastnn_status backward(const fastnn_net *net, const layout *L, const char *x, int64_t B,
-                              uint64_t key) {
+                              uint64_t key, const fastnn_update *upd) {
     if (net->nops > 0)
         return fastnn_plan_backward(net, L->plan, x, L->d[0], L->d[1], B, key, L->row0);
     fastnn_dtype dt = net->dt;
@@ -319,30 +395,37 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
                                          n);
             if (st != FASTNN_OK) return st;
         }
-        const char *h = i > 0 ? L->y[i - 1] : x;
+        const char *w = at(net, net->params, u->w);
+        if (i > 0) {
+            /* d y_{i-1} = dZ W; when unit i-1 is fused its act' is applied in the same GEMM */
+            const fastnn_unit *p = &net->units[i - 1];
+            if (fused(p) && p->act == FASTNN_ACT_RELU)
+                st = fastnn_gemm_act_backward(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in,
+                                              0.0, L->d[1 - cur], u->in, L->y[i - 1], u->in,
+                                              FASTNN_ACT_RELU, 0, 0);
+            else
+                st = fastnn_gemm(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in, 0.0,
+                                 L->d[1 - cur], u->in);
+            if (st != FASTNN_OK) return st;
+        }
         /* dW = dZ^T h, db = column sums of dZ */
-        st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0,
-                         at(net, net->grads, u->w), u->in);
+        const char *h = i > 0 ? L->y[i - 1] : x;
+        char *dw = at(net, net->grads, u->w);
+        if (upd)
+            st = fastnn_gemm_update(dt, 1, 0, u->out, u->in, B, g, u->out, h, u->in, dw, u->in,
+                                    upd);
+        else
+            st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0, dw,
+                             u->in);
         if (st == FASTNN_OK && net->l2 != 0)
-            FASTNN_ON_THREAD0(team, st, add_l2(dt, at(net, net->grads, u->w),
-                                               at(net, net->params, u->w), u->in * u->out,
-                                               net->l2 / (double)B));
+            FASTNN_ON_THREAD0(team, st, add_l2(dt, dw, w, u->in * u->out, net->l2 / (double)B));
         if (st == FASTNN_OK && u->b >= 0)
             st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
-        if (st != FASTNN_OK || i == 0) return st;
-        /* d y_{i-1} = dZ W; when unit i-1 is fused its act' is applied in the same GEMM */
-        const fastnn_unit *p = &net->units[i - 1];
-        const char *w = at(net, net->params, u->w);
-        if (fused(p) && p->act == FASTNN_ACT_RELU)
-            st = fastnn_gemm_act_backward(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in, 0.0,
-                                          L->d[1 - cur], u->in, L->y[i - 1], u->in,
-                                          FASTNN_ACT_RELU, 0, 0);
-        else
-            st = fastnn_gemm(dt, 0, 0, B, u->in, u->out, 1.0, g, u->out, w, u->in, 0.0,
-                             L->d[1 - cur], u->in);
         if (st != FASTNN_OK) return st;
         cur = 1 - cur;
     }
+    if (upd)
+        FASTNN_ON_THREAD0(team, st, update_rest(net, upd));
     return st;
 }
 
@@ -415,8 +498,10 @@ static fastnn_status one_step(fastnn_net *net, const layout *L, const void *X, c
     if ((st = forward(net, L, L->x, B, 1, key)) != FASTNN_OK) return st;
     FASTNN_ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
     if (st != FASTNN_OK) return st;
-    if ((st = backward(net, L, L->x, B, key)) != FASTNN_OK) return st;
-    if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+    fastnn_update u;
+    const fastnn_update *upd = fused_update(net, step + 1, &u);
+    if ((st = backward(net, L, L->x, B, key, upd)) != FASTNN_OK) return st;
+    if (!upd && (st = update(net, step + 1)) != FASTNN_OK) return st;
     if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
     return FASTNN_OK;
 }
@@ -632,7 +717,7 @@ static fastnn_status rows_grad(const fastnn_net *net, const layout *L, const voi
             *correct += count_correct(net->dt, Ls.y[net->nunits - 1], (const int64_t *)Ls.t, n,
                                       net->units[net->nunits - 1].out);
     }
-    return backward(&ns, &Ls, Ls.x, n, key);
+    return backward(&ns, &Ls, Ls.x, n, key, NULL);
 }
 
 /* Exact mode: the sum over shards [lo, hi) of the fixed pairwise tree over the batch's

@@ -14,7 +14,7 @@
 
 /* Bias (along rows of C) and ReLU or identity: applied in the micro-kernel's registers. */
 static int epilogue_in_regs(const fastnn_epilogue *ep) {
-    return ep && !ep->backward && (!ep->bias || (ep->brs == 0 && ep->bcs == 1)) &&
+    return ep && !ep->backward && !ep->update && (!ep->bias || (ep->brs == 0 && ep->bcs == 1)) &&
            (ep->act == FASTNN_ACT_RELU || ep->act == FASTNN_ACT_IDENTITY);
 }
 
@@ -86,4 +86,15 @@ fastnn_status fastnn_gemm_act_backward(fastnn_dtype dt, int transa, int transb, 
     fastnn_epilogue ep = {1, act, p, p2, NULL, 0, 0, x, ldx, 1};
     return fastnn_gemm_run(dt, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                            &ep);
+}
+
+fastnn_status fastnn_gemm_update(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                                 int64_t k, const void *a, int64_t lda, const void *b,
+                                 int64_t ldb, void *c, int64_t ldc, const fastnn_update *u) {
+    fastnn_status st = fastnn_gemm_check(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    if (st != FASTNN_OK) return st;
+    if (!u) return FASTNN_ENULL;
+    fastnn_epilogue ep = {0};
+    ep.update = u;
+    return fastnn_gemm_run(dt, transa, transb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc, &ep);
 }

@@ -82,3 +82,27 @@ fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g,
              adagrad_f64(p, sum, g, n, clr, weight_decay, eps, maximize));
     return FASTNN_OK;
 }
+
+void fastnn_update_block(const fastnn_update *u, int64_t off, int64_t ld, int64_t rows,
+                         int64_t cols) {
+    double sign = u->maximize ? -1 : 1;
+    if (u->dt == FASTNN_F32) {
+        if (u->adam)
+            adam_block_f32(u->p, u->s1, u->s2, u->s3, u->g, off, ld, rows, cols, (float)u->lr,
+                           (float)u->beta1, (float)u->beta2, (float)u->eps,
+                           (float)u->weight_decay, (float)sign, (float)u->step_size,
+                           (float)u->bc2_sqrt, u->decoupled, u->amsgrad);
+        else
+            sgd_block_f32(u->p, u->s1, u->g, off, ld, rows, cols, (float)u->lr,
+                          (float)u->momentum, (float)u->dampening, (float)u->weight_decay,
+                          (float)sign, u->nesterov, u->first);
+    } else {
+        if (u->adam)
+            adam_block_f64(u->p, u->s1, u->s2, u->s3, u->g, off, ld, rows, cols, u->lr,
+                           u->beta1, u->beta2, u->eps, u->weight_decay, sign, u->step_size,
+                           u->bc2_sqrt, u->decoupled, u->amsgrad);
+        else
+            sgd_block_f64(u->p, u->s1, u->g, off, ld, rows, cols, u->lr, u->momentum,
+                          u->dampening, u->weight_decay, sign, u->nesterov, u->first);
+    }
+}

@@ -109,12 +109,37 @@ typedef struct {
     int64_t brs, bcs;
     const void *aux;           /* the activation's input, for backward */
     int64_t ars, acs;
+    const struct fastnn_update *update;   /* not NULL: C is a weight gradient, updated in place */
 } fastnn_epilogue;
+
+/* One optimizer step (SGD or Adam) over flat buffers, applied by blocks: the fused training
+ * step (net.c) has the GEMM that computes a weight gradient update each finished tile of it
+ * while the tile is in cache. Element e of p (and the state buffers) is updated from g[e],
+ * exactly as fastnn_sgd / fastnn_adam update it. */
+typedef struct fastnn_update {
+    fastnn_dtype dt;
+    int adam;                  /* 0: SGD, 1: Adam */
+    void *p, *s1, *s2, *s3;    /* parameters; momentum buffer, or exp_avg, exp_avg_sq, max */
+    const void *g;             /* gradients */
+    double lr, momentum, dampening, weight_decay;
+    double beta1, beta2, eps, step_size, bc2_sqrt;   /* Adam at this step */
+    int nesterov, maximize, first, decoupled, amsgrad;
+} fastnn_update;
+
+/* Elements off + r*ld + [0, cols) for r in [0, rows), on the calling thread. */
+void fastnn_update_block(const fastnn_update *u, int64_t off, int64_t ld, int64_t rows,
+                         int64_t cols);
 
 /* GEMM with the table in use; arguments as fastnn_gemm, ep may be NULL. Unchecked. */
 fastnn_status fastnn_gemm_run(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
                               int64_t k, double alpha, const void *a, int64_t lda,
                               const void *b, int64_t ldb, double beta, void *c, int64_t ldc,
                               const fastnn_epilogue *ep);
+
+/* C = op(A) op(B) (alpha 1, beta 0), C a weight gradient inside u->g: each finished tile of C
+ * then gets the optimizer step u (fastnn_update_block). Checked as fastnn_gemm. */
+fastnn_status fastnn_gemm_update(fastnn_dtype dt, int transa, int transb, int64_t m, int64_t n,
+                                 int64_t k, const void *a, int64_t lda, const void *b,
+                                 int64_t ldb, void *c, int64_t ldc, const fastnn_update *u);
 
 #endif
