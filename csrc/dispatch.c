@@ -3,6 +3,9 @@
 #define _GNU_SOURCE   /* syscall() for the futex of fastnn_team_barrier */
 #endif
 #include <pthread.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,7 +208,17 @@ void *fastnn_scratch_slot(int slot, size_t bytes) {
     if (s->size[slot] < bytes) {
         if (bytes > SIZE_MAX - 63) return NULL;
         size_t size = (bytes + 63) / 64 * 64;
-        void *p = aligned_alloc(64, size);
+        void *p = NULL;
+#ifdef MADV_HUGEPAGE
+        /* A large scratch (the packed B of a big GEMM, megabytes read panel after panel) on
+         * 2 MiB pages: with 4 KiB pages its panels cost a TLB miss every 4 KiB */
+        if (size >= ((size_t)1 << 21)) {
+            size = (size + ((size_t)1 << 21) - 1) & ~(((size_t)1 << 21) - 1);
+            p = aligned_alloc((size_t)1 << 21, size);
+            if (p) madvise(p, size, MADV_HUGEPAGE);
+        }
+#endif
+        if (!p) p = aligned_alloc(64, size);
         if (!p) return NULL;
         free(s->p[slot]);
         s->p[slot] = p;
