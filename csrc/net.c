@@ -257,6 +257,8 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
         double scale = 1.0;
         if (net->mean && L->denom > 0) {
             scale = 1.0 / L->denom;
+        } else if (net->mean && !net->loss_weight) {
+            scale = 1.0 / (double)B;   /* the weight sum of B rows of weight 1, exactly */
         } else if (net->mean) {
             st = fastnn_cross_entropy(dt, NULL, &wsum, NULL, NULL, 1.0, y, lab, net->loss_weight,
                                       net->label_smoothing, B, outw);
@@ -307,12 +309,13 @@ static int64_t unit_range(const fastnn_net *net, int i, int64_t *hi) {
 }
 
 /* The step's optimizer update as a fastnn_update for the weight-gradient GEMMs to apply
- * (backward), or NULL where update() must run after the pass: a layer plan, the l2 term
- * (added to dW after its GEMM), optimizers other than SGD and Adam, arguments fastnn_sgd or
- * fastnn_adam would refuse, or parameters outside the units' W and b. */
-static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, fastnn_update *u) {
+ * (backward, with the L2 term added to each gradient tile first), or NULL where update() must
+ * run after the pass: a layer plan, optimizers other than SGD and Adam, or arguments
+ * fastnn_sgd or fastnn_adam would refuse, or units whose W and b overlap. */
+static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, int64_t B,
+                                        fastnn_update *u) {
     const fastnn_optim *o = &net->opt;
-    if (net->nops > 0 || net->l2 != 0 || step < 1) return NULL;
+    if (net->nops > 0 || step < 1 || B < 1) return NULL;
     /* W and b of every unit inside the buffer and disjoint (the rest, e.g. alignment padding,
      * is updated by update_rest) */
     for (int i = 0; i < 2 * net->nunits; i++) {
@@ -328,6 +331,7 @@ static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, fa
     u->dt = net->dt;
     u->p = net->params, u->g = net->grads, u->s1 = o->s1, u->s2 = o->s2, u->s3 = o->s3;
     u->lr = o->lr, u->weight_decay = o->weight_decay, u->maximize = o->maximize;
+    u->l2 = net->l2 != 0 ? net->l2 / (double)B : 0;   /* as backward adds it */
     if (o->kind == FASTNN_OPT_SGD) {
         if (o->nesterov && (o->momentum <= 0 || o->dampening != 0)) return NULL;
         if (o->momentum != 0 && !o->s1) return NULL;
@@ -349,7 +353,9 @@ static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, fa
 
 /* What a fused update leaves after the weight GEMMs: the biases and any element of the buffer
  * outside every unit's W and b. */
-static fastnn_status update_rest(const fastnn_net *net, const fastnn_update *upd) {
+static fastnn_status update_rest(const fastnn_net *net, const fastnn_update *weights) {
+    fastnn_update b = *weights, *upd = &b;
+    b.l2 = 0;   /* the L2 term is the weights' */
     for (int64_t pos = 0; pos < net->nparams;) {
         int64_t next = net->nparams, end = -1;
         int bias = 0;
@@ -417,7 +423,7 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
         else
             st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0, dw,
                              u->in);
-        if (st == FASTNN_OK && net->l2 != 0)
+        if (st == FASTNN_OK && net->l2 != 0 && !upd)   /* else in the update */
             FASTNN_ON_THREAD0(team, st, add_l2(dt, dw, w, u->in * u->out, net->l2 / (double)B));
         if (st == FASTNN_OK && u->b >= 0)
             st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
@@ -499,7 +505,7 @@ static fastnn_status one_step(fastnn_net *net, const layout *L, const void *X, c
     FASTNN_ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
     if (st != FASTNN_OK) return st;
     fastnn_update u;
-    const fastnn_update *upd = fused_update(net, step + 1, &u);
+    const fastnn_update *upd = fused_update(net, step + 1, B, &u);
     if ((st = backward(net, L, L->x, B, key, upd)) != FASTNN_OK) return st;
     if (!upd && (st = update(net, step + 1)) != FASTNN_OK) return st;
     if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;

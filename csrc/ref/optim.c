@@ -86,6 +86,20 @@ fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g,
 void fastnn_update_block(const fastnn_update *u, int64_t off, int64_t ld, int64_t rows,
                          int64_t cols) {
     double sign = u->maximize ? -1 : 1;
+    if (u->l2 != 0) {   /* as net.c's add_l2 */
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t lo = off + r * ld;
+            if (u->dt == FASTNN_F32) {
+                float *g = (float *)u->g + lo, cf = (float)u->l2;
+                const float *p = (const float *)u->p + lo;
+                for (int64_t k = 0; k < cols; k++) g[k] += cf * p[k];
+            } else {
+                double *g = (double *)u->g + lo;
+                const double *p = (const double *)u->p + lo;
+                for (int64_t k = 0; k < cols; k++) g[k] += u->l2 * p[k];
+            }
+        }
+    }
     if (u->dt == FASTNN_F32) {
         if (u->adam)
             adam_block_f32(u->p, u->s1, u->s2, u->s3, u->g, off, ld, rows, cols, (float)u->lr,

@@ -120,10 +120,11 @@ typedef struct fastnn_update {
     fastnn_dtype dt;
     int adam;                  /* 0: SGD, 1: Adam */
     void *p, *s1, *s2, *s3;    /* parameters; momentum buffer, or exp_avg, exp_avg_sq, max */
-    const void *g;             /* gradients */
+    void *g;                   /* gradients */
     double lr, momentum, dampening, weight_decay;
     double beta1, beta2, eps, step_size, bc2_sqrt;   /* Adam at this step */
     int nesterov, maximize, first, decoupled, amsgrad;
+    double l2;                 /* != 0: g += l2 * p first (net.c's weights-only L2 term) */
 } fastnn_update;
 
 /* Elements off + r*ld + [0, cols) for r in [0, rows), on the calling thread. */
