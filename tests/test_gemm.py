@@ -310,3 +310,21 @@ print("ok", fastnn.arch())
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n", [(128, 784, 256), (37, 50, 45), (203, 900, 70), (61, 33, 129)])
+@pytest.mark.parametrize("tb", [False, True])
+def test_row_major_a_read_in_place_gives_the_packed_bits(each_arch, dtype, m, k, n, tb):
+    """A row-major A (rows not a multiple of 4 KiB apart) is read in place by the micro-kernels
+    (gemm.inc, arows), a column-major one is packed first: the same products in the same order,
+    so the same bits, across k blocks, the last rows of a block, partial column panels and the
+    fused bias + ReLU."""
+    rng = np.random.default_rng(m + n)
+    a = operand(rng, m, k, dtype, False, 3)
+    b = operand(rng, k, n, dtype, tb, 0)
+    bias = rng.standard_normal(n).astype(dtype)
+    a_packed = np.asfortranarray(a)
+    assert ops.matmul(a, b).tobytes() == ops.matmul(a_packed, b).tobytes()
+    assert (ops.matmul_bias_act(a, b, bias, "relu").tobytes()
+            == ops.matmul_bias_act(a_packed, b, bias, "relu").tobytes())

@@ -76,12 +76,16 @@ typedef struct {
     fastnn_sdconv dconv[4]; int dconv_rows[4], dconv_width[4];
     /* direct weight-gradient kernels: kernel width, output width and channels of each */
     fastnn_sdconvw dconvw[6]; int dconvw_kw[6], dconvw_width[6], dconvw_rows[6];
+    /* ukr and tails reading a row-major A where it lies, A(i, p) = a[i*as + p], B packed (bs
+     * unused): no A packing for x in x @ W.T or dY in dY @ W. NULL: A is packed. */
+    fastnn_sukrs ukra, tails_a[3];
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
     fastnn_dukrs ukrs, tails_s[3];
     fastnn_ddconv dconv[4]; int dconv_rows[4], dconv_width[4];
     fastnn_ddconvw dconvw[6]; int dconvw_kw[6], dconvw_width[6], dconvw_rows[6];
+    fastnn_dukrs ukra, tails_a[3];
 } fastnn_dgemm_cfg;
 
 typedef struct {

@@ -195,7 +195,9 @@ const fastnn_sgemm_cfg fastnn_sgemm_avx2 = {sukr_avx2, {sukr4_avx2, sukr2_avx2, 
                                             6, 16, 144, 256, 4096, spack_a_avx2_t, spack_b_avx2_t,
     sukrs_avx2, {sukrs4_avx2, sukrs2_avx2, sukrs1_avx2},
     {sdconv1_avx2, sdconv2_avx2, sdconv3_avx2, sdconv4_avx2}, {4, 4, 4, 2}, {8, 16, 24, 32},
-    {sdconvw1_avx2, sdconvw2_avx2, sdconvw3_avx2, sdconvw4_avx2, sdconvw5_avx2, NULL}, {5, 5, 3, 3, 3, 0}, {8, 16, 8, 16, 24, 0}, {2, 1, 2, 1, 1, 0}};
+    {sdconvw1_avx2, sdconvw2_avx2, sdconvw3_avx2, sdconvw4_avx2, sdconvw5_avx2, NULL}, {5, 5, 3, 3, 3, 0}, {8, 16, 8, 16, 24, 0}, {2, 1, 2, 1, 1, 0},
+    .ukra = sukra_avx2, .tails_a = {sukra4_avx2, sukra2_avx2, sukra1_avx2}};
 const fastnn_dgemm_cfg fastnn_dgemm_avx2 = {dukr_avx2, {dukr4_avx2, dukr2_avx2, dukr1_avx2},
                                             6, 8, 96, 256, 2048, dpack_a_avx2, dpack_b_avx2,
-    dukrs_avx2, {dukrs4_avx2, dukrs2_avx2, dukrs1_avx2}};
+    dukrs_avx2, {dukrs4_avx2, dukrs2_avx2, dukrs1_avx2},
+    .ukra = dukra_avx2, .tails_a = {dukra4_avx2, dukra2_avx2, dukra1_avx2}};
