@@ -353,7 +353,8 @@ THREADS = 1  # threads every library gets (set by single_thread)
 
 
 def single_thread(threads=1):
-    """`threads` threads (default one) for fastnn, numpy's BLAS and torch."""
+    """`threads` threads (default one) for fastnn, numpy's BLAS and torch; JAX gets them when
+    the jax runner imports it (`_import_jax`)."""
     global THREADS
     THREADS = threads
     fastnn.set_num_threads(threads)

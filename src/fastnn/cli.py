@@ -757,7 +757,8 @@ def _build_parser():
     f.set_defaults(run=_bench_fused)
     m = sub.add_parser("bench", parents=[common],
                        help="the standard comparison: MLP epochs against numpy, PyTorch and "
-                            "scikit-learn (when installed), GEMM, step overhead; a quick suite "
+                            "scikit-learn (when installed; JAX with --libs), GEMM, step "
+                            "overhead; a quick suite "
                             "(about a minute) by default, --full for the long one")
     m.add_argument("--full", action="store_true",
                    help=f"the long suite: H {_FULL['hidden']}, batches {_FULL['batch']}, "
