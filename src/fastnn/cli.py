@@ -5,7 +5,7 @@
   fastnn predict           answers of a saved model for the rows of a CSV file
   fastnn evaluate          a saved model's score on a labelled CSV file
   fastnn info              build and CPU facts: kernel tables, OpenMP, threads
-  fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn; GEMM;
+  fastnn bench             MLP training epochs against numpy, PyTorch, scikit-learn, JAX; GEMM;
                            --model lenet|convnet: a CNN epoch against PyTorch
                            (a quick suite by default, --full for the long one)
   fastnn bench-gemm        fastnn's GEMM against numpy's BLAS, side by side (see benchmarks/)
@@ -656,6 +656,9 @@ def _bench(args):
     if unknown:
         raise UsageError(f"--libs: unknown {', '.join(unknown)}; expected some of "
                          f"{','.join(_bench_mlp.LIBRARIES)}")
+    if "jax" in libs and not _bench_mlp.available(["jax"]):
+        raise UsageError("--libs jax: JAX is not installed in this environment; `pip install "
+                         "jax` (it is no dependency of fastnn), or leave jax out of --libs")
     log(f"fastnn bench, {'full' if args.full else 'quick (--full for the long)'} suite: MLP "
         f"784-H-H-10 one epoch of {args.samples} samples for H/B "
         f"{', '.join(f'{h}/{b}' for h, b in workloads)}, libraries {','.join(libs)}, "
@@ -679,10 +682,11 @@ def _bench(args):
     if args.memory:
         log("peak memory per library (fresh processes)")
         memory = _bench_mlp.memory_compare(*workloads[0], libs, n=args.samples)
+    kernels = {"jax": _bench_mlp.jax_kernels()} if "jax" in libs else {}
     log("done")
     if args.json:
         print(json.dumps({"mlp": rows, "gemm": gemm, "step_overhead_s": step,
-                          "peak_memory_mib": memory}, indent=1))
+                          "peak_memory_mib": memory, **kernels}, indent=1))
         return 0
     print(f"MLP one epoch, {args.samples} samples, float32, {args.threads} thread(s), median "
           f"of {args.repeats} interleaved rounds")
@@ -692,6 +696,8 @@ def _bench(args):
         ratio = "" if r["ratio_to_fastnn"] is None else f"{r['ratio_to_fastnn']:.2f}"
         print(f"{r['workload']:>26} {r['library']:>8} {r['seconds']:>8.3f} "
               f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {ratio:>13}")
+    for lib, line in kernels.items():
+        print(f"{lib}: {line}")
     if gemm:
         print()
         _bench.print_table(gemm)
@@ -751,7 +757,8 @@ def _build_parser():
     f.set_defaults(run=_bench_fused)
     m = sub.add_parser("bench", parents=[common],
                        help="the standard comparison: MLP epochs against numpy, PyTorch and "
-                            "scikit-learn (when installed), GEMM, step overhead; a quick suite "
+                            "scikit-learn (when installed; JAX with --libs), GEMM, step "
+                            "overhead; a quick suite "
                             "(about a minute) by default, --full for the long one")
     m.add_argument("--full", action="store_true",
                    help=f"the long suite: H {_FULL['hidden']}, batches {_FULL['batch']}, "
@@ -761,8 +768,9 @@ def _build_parser():
                         f"GEMM {_QUICK['gemm']})")
     m.add_argument("--hidden", help="hidden widths H (overrides the suite's)")
     m.add_argument("--batch", help="batch sizes (overrides the suite's)")
-    m.add_argument("--libs", help="libraries to compare, among fastnn,torch,numpy,sklearn "
-                                  "(overrides the suite's)")
+    m.add_argument("--libs", help="libraries to compare, among fastnn,torch,numpy,sklearn,jax "
+                                  "(overrides the suite's; jax, never in a suite: one "
+                                  "jax.jit(lax.scan) program per epoch, when JAX is installed)")
     m.add_argument("--samples", type=_positive_int, help="samples per epoch (overrides the "
                                                           "suite's)")
     m.add_argument("--repeats", type=int, default=5)
