@@ -149,3 +149,21 @@ def test_import_jax_in_a_fresh_process_restores_flags_and_mask(arch):
     assert "--xla_cpu_multi_thread_eigen=false" in got["seen"]
     assert ("--xla_cpu_max_isa=AVX2" in got["seen"]) == (arch == "avx2")
     assert "XLA CPU pool 1 thread(s)" in got["line"]
+
+
+def test_benches_name_the_kernels_each_library_ran(capsys):
+    """`fastnn bench-gemm` and `fastnn bench` end with one line per library naming its kernels:
+    fastnn's table, numpy's BLAS and its kernel set (threadpoolctl's architecture), PyTorch's
+    ATen CPU capability."""
+    from fastnn import _bench, cli
+
+    lines = _bench.kernel_lines(["fastnn", "numpy"])
+    assert f"kernel table {fastnn.arch()}" in lines["fastnn"]
+    assert "kernels" in lines["numpy"] and "thread(s)" in lines["numpy"]
+    assert cli.main(["bench-gemm", "--sizes", "16", "--repeats", "5", "--min-time", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert f"fastnn: fastnn {fastnn.__version__}, kernel table {fastnn.arch()}" in out
+    assert "numpy: numpy " in out
+    torch = pytest.importorskip("torch")
+    line = _bench.kernel_lines(["torch"])["torch"]
+    assert f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}" in line

@@ -69,6 +69,44 @@ def interleaved(candidates, repeats=7, min_time=0.2):
     return times
 
 
+def kernel_lines(libs):
+    """{library: one line naming the kernels it runs here}: fastnn's table and GEMM blocking,
+    numpy's BLAS from threadpoolctl (library, version, the kernels' `architecture`, e.g.
+    OpenBLAS's Haswell or SkylakeX, and threads), PyTorch's ATen CPU capability
+    (torch.backends.cpu.get_cpu_capability()) and BLAS. scikit-learn runs numpy's BLAS. A library
+    that cannot be inspected says why instead."""
+    out = {}
+    for lib in libs:
+        try:
+            if lib == "fastnn":
+                from ._kernels import gemm_blocking
+                mr, nr, mc, kc, nc = gemm_blocking()["float32"]
+                out[lib] = (f"fastnn {fastnn.__version__}, kernel table {fastnn.arch()} (float32 "
+                            f"micro-tile {mr}x{nr}, MC {mc}, KC {kc}, NC {nc})")
+            elif lib in ("numpy", "sklearn"):
+                from threadpoolctl import threadpool_info
+                blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+                desc = "; ".join(f"{i.get('internal_api')} {i.get('version')} kernels "
+                                 f"{i.get('architecture')} {i.get('num_threads')} thread(s)"
+                                 for i in blas) or "no BLAS found by threadpoolctl"
+                if lib == "sklearn":
+                    import sklearn
+                    out[lib] = f"scikit-learn {sklearn.__version__} on numpy's BLAS: {desc}"
+                else:
+                    out[lib] = f"numpy {np.__version__}, BLAS {desc}"
+            elif lib == "torch":
+                import torch
+                blas = next((p.split("=", 1)[1] for p in torch.__config__.show().replace(",", "\n")
+                             .split() if p.startswith("BLAS_INFO=")), "unknown")
+                out[lib] = (f"torch {torch.__version__}, ATen CPU capability "
+                            f"{torch.backends.cpu.get_cpu_capability()}, BLAS {blas}, oneDNN "
+                            f"{'on' if torch.backends.mkldnn.is_available() else 'off'}, "
+                            f"{torch.get_num_threads()} thread(s)")
+        except Exception as e:  # a report line, never a failed benchmark
+            out[lib] = f"not inspected ({type(e).__name__}: {e})"
+    return out
+
+
 def gemm_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2, layouts=("nn",)):
     """Rows of dicts: shape, layout, fastnn and numpy GFLOP/s (medians) and their ratio.
     dtype 'bfloat16': fastnn's matmul_bf16 on float32 arrays against numpy's float32."""

@@ -111,6 +111,9 @@ def _bench_gemm(args):
                                repeats=args.repeats, min_time=args.min_time,
                                layouts=args.layouts.split(","))
     _bench.print_table(rows)
+    with _bench.kept_threads(args.threads), _bench.blas_threads(args.threads):
+        for lib, line in _bench.kernel_lines(["fastnn", "numpy"]).items():
+            print(f"{lib}: {line}")
     return 0
 
 
@@ -682,11 +685,15 @@ def _bench(args):
     if args.memory:
         log("peak memory per library (fresh processes)")
         memory = _bench_mlp.memory_compare(*workloads[0], libs, n=args.samples)
-    kernels = {"jax": _bench_mlp.jax_kernels()} if "jax" in libs else {}
+    with _bench.blas_threads(args.threads):
+        kernels = _bench.kernel_lines([lib for lib in libs if lib != "jax"])
+    if "jax" in libs:
+        kernels["jax"] = _bench_mlp.jax_kernels()
     log("done")
     if args.json:
         print(json.dumps({"mlp": rows, "gemm": gemm, "step_overhead_s": step,
-                          "peak_memory_mib": memory, **kernels}, indent=1))
+                          "peak_memory_mib": memory, "kernels": kernels,
+                          **({"jax": kernels["jax"]} if "jax" in kernels else {})}, indent=1))
         return 0
     print(f"MLP one epoch, {args.samples} samples, float32, {args.threads} thread(s), median "
           f"of {args.repeats} interleaved rounds")
