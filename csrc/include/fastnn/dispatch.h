@@ -79,6 +79,11 @@ typedef struct {
     /* ukr and tails reading a row-major A where it lies, A(i, p) = a[i*as + p], B packed (bs
      * unused): no A packing for x in x @ W.T or dY in dY @ W. NULL: A is packed. */
     fastnn_sukrs ukra, tails_a[3];
+    /* a full MR x NR tile of C^T (row stride NR) into C with stride ldc, as the micro-kernel
+     * would store it with its epilogue (bias along the tile's rows, ReLU or not); NULL:
+     * element by element */
+    void (*tstore)(const float *tile, float *c, int64_t ldc, float alpha, float beta,
+                   const float *bias, int relu);
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
@@ -86,6 +91,8 @@ typedef struct {
     fastnn_ddconv dconv[4]; int dconv_rows[4], dconv_width[4];
     fastnn_ddconvw dconvw[6]; int dconvw_kw[6], dconvw_width[6], dconvw_rows[6];
     fastnn_dukrs ukra, tails_a[3];
+    void (*tstore)(const double *tile, double *c, int64_t ldc, double alpha, double beta,
+                   const double *bias, int relu);
 } fastnn_dgemm_cfg;
 
 typedef struct {

@@ -30,25 +30,7 @@
 #undef NV
 #undef PFX
 
-/* 8 x 8 float transpose in AVX registers: r[i] holds row i; on return r[i] holds column i
- * (32-bit and 64-bit interleaves within 128-bit lanes, then a swap of the lanes). */
-static inline void transpose8x8(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
-}
+#include "../transpose8x8.h"
 
 /* B panels of the x @ W.T layout (rsb == 1: each column of op(B) is a contiguous row of W):
  * 16 columns x 8 depths at a time through two 8 x 8 register transposes, instead of the
@@ -191,12 +173,19 @@ static void spack_a_avx2_t(float *dst, const float *a, int64_t rsa, int64_t csa,
 #undef VL
 
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
+/* C^T tiles of the swapped x @ W.T (gemm.inc) into C: see tstore8. */
+static void ststore_avx2(const float *tile, float *c, int64_t ldc, float alpha, float beta,
+                          const float *bias, int relu) {
+    tstore8(tile, 6, 16, c, ldc, alpha, beta, bias, relu);
+}
+
 const fastnn_sgemm_cfg fastnn_sgemm_avx2 = {sukr_avx2, {sukr4_avx2, sukr2_avx2, sukr1_avx2},
                                             6, 16, 144, 256, 4096, spack_a_avx2_t, spack_b_avx2_t,
     sukrs_avx2, {sukrs4_avx2, sukrs2_avx2, sukrs1_avx2},
     {sdconv1_avx2, sdconv2_avx2, sdconv3_avx2, sdconv4_avx2}, {4, 4, 4, 2}, {8, 16, 24, 32},
     {sdconvw1_avx2, sdconvw2_avx2, sdconvw3_avx2, sdconvw4_avx2, sdconvw5_avx2, NULL}, {5, 5, 3, 3, 3, 0}, {8, 16, 8, 16, 24, 0}, {2, 1, 2, 1, 1, 0},
-    .ukra = sukra_avx2, .tails_a = {sukra4_avx2, sukra2_avx2, sukra1_avx2}};
+    .ukra = sukra_avx2, .tails_a = {sukra4_avx2, sukra2_avx2, sukra1_avx2},
+    .tstore = ststore_avx2};
 const fastnn_dgemm_cfg fastnn_dgemm_avx2 = {dukr_avx2, {dukr4_avx2, dukr2_avx2, dukr1_avx2},
                                             6, 8, 96, 256, 2048, dpack_a_avx2, dpack_b_avx2,
     dukrs_avx2, {dukrs4_avx2, dukrs2_avx2, dukrs1_avx2},

@@ -1,6 +1,7 @@
 /* GEMM micro-kernels and packing for the avx512 table (float 8x32, double 14x16). */
 #include <immintrin.h>
 #include "fastnn/dispatch.h"
+#include "../transpose8x8.h"
 
 #define T float
 #define IT int32_t
@@ -197,12 +198,19 @@ static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t cs
 #undef VL
 
 /* micro-kernels (MR rows; 4, 2, 1 rows), mr, nr, mc, kc, nc, packing of A and B */
+/* C^T tiles of the swapped x @ W.T (gemm.inc) into C: see tstore8. */
+static void ststore_avx512(const float *tile, float *c, int64_t ldc, float alpha, float beta,
+                          const float *bias, int relu) {
+    tstore8(tile, 8, 32, c, ldc, alpha, beta, bias, relu);
+}
+
 const fastnn_sgemm_cfg fastnn_sgemm_avx512 = {sukr_avx512, {sukr4_avx512, sukr2_avx512, sukr1_avx512},
                                             8, 32, 160, 384, 4096, spack_a_avx512_t, spack_b_avx512_t,
     sukrs_avx512, {sukrs4_avx512, sukrs2_avx512, sukrs1_avx512},
     {sdconv1_avx512, sdconv2_avx512, NULL, NULL}, {8, 8, 0, 0}, {16, 32, 0, 0},
     {sdconvw1_avx512, sdconvw2_avx512, sdconvw3_avx512, sdconvw4_avx512, NULL, NULL}, {5, 5, 3, 3, 0, 0}, {16, 32, 16, 32, 0, 0}, {4, 2, 4, 2, 0, 0},
-    .ukra = sukra_avx512, .tails_a = {sukra4_avx512, sukra2_avx512, sukra1_avx512}};
+    .ukra = sukra_avx512, .tails_a = {sukra4_avx512, sukra2_avx512, sukra1_avx512},
+    .tstore = ststore_avx512};
 const fastnn_dgemm_cfg fastnn_dgemm_avx512 = {dukr_avx512, {dukr4_avx512, dukr2_avx512, dukr1_avx512},
                                             14, 16, 112, 256, 2048, dpack_a_avx512, dpack_b_avx512,
     dukrs_avx512, {dukrs4_avx512, dukrs2_avx512, dukrs1_avx512},
