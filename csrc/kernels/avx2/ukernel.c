@@ -47,15 +47,21 @@ static void spack_b_avx2_t(float *dst, const float *b, int64_t rsb, int64_t csb,
     float *d = dst + panel * 16 * kc;
     const float *src = b + p0 + (j0 + jr) * csb;
     int64_t p = 0, kc8 = kc / 8 * 8;
-    for (int h = 0; h < 2; h++)   /* one band of 8 rows of W at a time */
-        for (p = 0; p < kc8; p += 8) {
+    for (int h = 0; h < 2; h++) {   /* one band of 8 rows of W at a time */
+        int64_t rows = nb - h * 8 < 0 ? 0 : nb - h * 8 < 8 ? nb - h * 8 : 8;
+        const float *band = src + h * 8 * csb;
+        for (p = 0; p < kc8; p += 8) {   /* rows by one pointer, as spack_b_avx512_t */
             __m256 r[8];
-            for (int j = 0; j < 8; j++)
-                r[j] = h * 8 + j < nb ? _mm256_loadu_ps(src + (h * 8 + j) * csb + p)
-                                      : _mm256_setzero_ps();
+            const float *q = band + p;
+            if (rows == 8)
+                for (int j = 0; j < 8; j++, q += csb) r[j] = _mm256_loadu_ps(q);
+            else
+                for (int j = 0; j < 8; j++, q += csb)
+                    r[j] = j < rows ? _mm256_loadu_ps(q) : _mm256_setzero_ps();
             transpose8x8(r);
-            for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (p + q) * 16 + h * 8, r[q]);
+            for (int t = 0; t < 8; t++) _mm256_storeu_ps(d + (p + t) * 16 + h * 8, r[t]);
         }
+    }
     for (p = kc8; p < kc; p++)
         for (int j = 0; j < 16; j++) d[p * 16 + j] = j < nb ? src[p + j * csb] : 0.0f;
 }
