@@ -83,8 +83,12 @@ static void spack_a_avx2_t(float *dst, const float *a, int64_t rsa, int64_t csa,
     int64_t p = 0;
     for (; p + 9 <= kc; p += 8) {   /* p + 8 < kc: the 2 lanes past depth p + 7 stay inside */
         __m256 r[8];
-        for (int i = 0; i < 8; i++)
-            r[i] = i < mb ? _mm256_loadu_ps(src + i * rsa + p) : _mm256_setzero_ps();
+        const float *s = src + p;   /* rows by one pointer (see spack_b_avx2_t) */
+        if (mb == 6)
+            for (int i = 0; i < 8; i++, s += rsa) r[i] = i < 6 ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
+        else
+            for (int i = 0; i < 8; i++, s += rsa)
+                r[i] = i < mb ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
         transpose8x8(r);
         for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (p + q) * 6, r[q]);
     }

@@ -98,8 +98,12 @@ static void spack_a_avx512_t(float *dst, const float *a, int64_t rsa, int64_t cs
     int64_t p = 0;
     for (; p + 16 <= kc; p += 16) {
         __m512 r[8], t[8], u[8], w[8];
-        for (int i = 0; i < 8; i++)
-            r[i] = i < mb ? _mm512_loadu_ps(src + i * rsa + p) : _mm512_setzero_ps();
+        const float *s = src + p;   /* rows by one pointer (see spack_b_avx512_t) */
+        if (mb == 8)
+            for (int i = 0; i < 8; i++, s += rsa) r[i] = _mm512_loadu_ps(s);
+        else
+            for (int i = 0; i < 8; i++, s += rsa)
+                r[i] = i < mb ? _mm512_loadu_ps(s) : _mm512_setzero_ps();
         for (int i = 0; i < 8; i += 2) {   /* t: rows i, i+1 interleaved */
             t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
             t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
