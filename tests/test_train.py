@@ -589,3 +589,27 @@ def test_fused_step_never_counts_a_nan_row_as_correct():
     model[0].weight[0, 0] = np.nan     # column 0, the label, is NaN in every output row:
     plan.net.nonfinite_ok = True       # (the loss is NaN: train on to count the accuracy)
     assert plan.train(X, labels, np.arange(64), 64, 0)[1] == 0    # no comparison wins it
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_nonfinite_finds_the_first_nan_or_inf(dtype):
+    """fit's check of X and y (fastnn_first_nonfinite: blocks of 4096 reduced without branches,
+    then the flagged block searched) against numpy, at block edges and the last element, with
+    -0, subnormals and the largest finite values not flagged."""
+    from fastnn._kernels import first_nonfinite
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(3 * 4096 + 5).astype(dtype)
+    x[:4] = [-0.0, np.finfo(dtype).tiny / 4, np.finfo(dtype).max, -np.finfo(dtype).max]
+    assert first_nonfinite(x) == -1
+    for pos in (0, 4095, 4096, 8191, 3 * 4096 + 4):
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[pos] = bad
+            y[-1] = np.nan   # a later one does not win
+            assert first_nonfinite(y) == min(pos, y.size - 1) == np.flatnonzero(~np.isfinite(y))[0]
+    assert first_nonfinite(x.reshape(-1, 1)[:0]) == -1
+    with pytest.raises(TypeError, match="C-contiguous"):
+        first_nonfinite(np.ones((4, 4), dtype)[:, ::2])
+    with pytest.raises(TypeError):
+        first_nonfinite(np.ones(4, np.int64))

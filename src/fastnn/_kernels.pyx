@@ -439,6 +439,21 @@ def gemm_blocking():
             "float64": tuple(v[i] for i in range(5, 10)), "l1d": c[0], "l2": c[1]}
 
 
+def first_nonfinite(a):
+    """Flat index (C order) of the first NaN or infinity of a, or -1 when every value is
+    finite. a: a C-contiguous, aligned, native float32 or float64 array (TypeError otherwise).
+    One read of a with the GIL released, no temporary (fastnn_first_nonfinite)."""
+    cdef cnp.ndarray x = _array(a, "first_nonfinite", "a")
+    if not x.flags.c_contiguous:
+        raise TypeError(f"{_sig('first_nonfinite', 'a')} must be C-contiguous")
+    cdef fastnn_dtype dt = _dt(x)
+    cdef const void *p = _ptr(x)
+    cdef int64_t n = x.size, r
+    with nogil:
+        r = fastnn_first_nonfinite(dt, p, n)
+    return r
+
+
 def bf16_native():
     """True when matmul_bf16 runs on AVX512-BF16 instructions (else it is emulated)."""
     return bool(fastnn_bf16_native())

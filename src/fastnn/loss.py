@@ -78,6 +78,14 @@ def _check_finite(a, name):
     size of a training set is made."""
     if a.dtype.kind != "f" or a.size == 0:
         return
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.flags.aligned \
+            and a.dtype.isnative:   # one vectorized read in C
+        from ._kernels import first_nonfinite
+        i = first_nonfinite(a)
+        if i >= 0:
+            raise ValueError(f"{name} contains NaN or Inf (first at index "
+                             f"{tuple(int(j) for j in np.unravel_index(i, a.shape))})")
+        return
     rows = max(1, (1 << 20) // max(1, a[0].size)) if a.ndim > 1 else 1 << 20
     for r in range(0, len(a), rows):
         part = a[r:r + rows]

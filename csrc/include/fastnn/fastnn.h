@@ -49,6 +49,10 @@ fastnn_status fastnn_set_arch(const char *name);  /* "generic" | "avx2" | "avx51
 /* GEMM blocking of the table in use: float32 mr, nr, mc, kc, nc, then the same for float64
  * (mc and kc fitted to the CPU's caches at load; see csrc/dispatch.c). */
 void fastnn_gemm_blocking(int out[10]);
+
+/* Flat index of the first NaN or infinity among x[0:n] (float32 or float64, contiguous), or -1
+ * when all are finite (or n <= 0). One read of x, vectorized; fit checks its inputs with it. */
+int64_t fastnn_first_nonfinite(fastnn_dtype dt, const void *x, int64_t n);
 /* L1d and L2 sizes in bytes as the CPU reports them (0 when unknown). */
 void fastnn_cache_sizes(long out[2]);
 
