@@ -210,3 +210,47 @@ def test_finite_check_message_same_in_c_and_numpy_fallback(tmp_path):
             _check_finite(arr, "X")
     with pytest.raises(TypeError):
         first_nonfinite(np.asfortranarray(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 32])
+def test_one_row_w_transpose_is_the_same_product_however_seen(each_arch, dtype, rows):
+    """W.T of a one-row W is a (k, 1) array that fastnn.ops takes as a row-major B (ldb 1)
+    while the fused step passes it as W^T (transb): the same column, the same bits, and the
+    same as that column of the product with a wider W (batches of 1 and 2 rows took the
+    unpacked path's two branches, which sum in different orders)."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 33)).astype(dtype)
+    W = rng.standard_normal((2, 33)).astype(dtype)
+    one = ops.matmul(x, W[:1].T)
+    assert one.tobytes() == ops.matmul(x, W.T)[:, :1].tobytes()
+    assert one.tobytes() == ops.matmul(x, np.ascontiguousarray(W[:1].T)).tobytes()
+    bias = rng.standard_normal(1).astype(dtype)
+    assert (ops.matmul_bias_act(x, W[:1].T, bias, "relu").tobytes()
+            == ops.matmul_bias_act(x, W.T, np.r_[bias, bias], "relu")[:, :1].tobytes())
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: fn.SGD(p, lr=0.01),
+                                      lambda p: fn.RMSprop(p, lr=0.01),
+                                      lambda p: fn.Adam(p, lr=0.01)],
+                         ids=["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("bs", [1, 2, 3])
+def test_hidden_layer_of_one_unit_fused_equals_per_op(per_op, each_arch, make_opt, bs):
+    """A hidden layer of one unit (its forward product has one column) with batches of 1 to
+    3 rows: the fused step gives the per-op path's bits."""
+    rng = np.random.default_rng(126)
+    X = rng.standard_normal((11, 33))
+    y = rng.integers(0, 2, 11).astype(np.int64)
+
+    def run():
+        model = fn.Sequential(fn.Linear(33, 1), fn.ReLU(), fn.Linear(1, 2), dtype=np.float64,
+                              seed=1)
+        opt = make_opt(model.parameters())
+        fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=bs, seed=3,
+               verbose=0)
+        return model, opt
+
+    m1, o1 = run()
+    per_op()
+    m2, o2 = run()
+    _same_state(m1, o1, m2, o2)
