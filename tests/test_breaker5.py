@@ -254,3 +254,37 @@ def test_hidden_layer_of_one_unit_fused_equals_per_op(per_op, each_arch, make_op
     per_op()
     m2, o2 = run()
     _same_state(m1, o1, m2, o2)
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: fn.SGD(p, lr=0.05, momentum=0.9),
+                                      lambda p: fn.Adam(p, lr=1e-2, amsgrad=True)],
+                         ids=["sgd-momentum", "adam-ams"])
+@pytest.mark.parametrize("mode", ["terminate", "train-on"])
+def test_nan_gradients_through_the_fused_update_as_per_op(per_op, each_arch, make_opt, mode):
+    """A batch whose loss is NaN, trained on (TerminateOnNaN: that batch's update, then stop;
+    error_if_nonfinite=False: every batch): the NaN gradients go through the update inside
+    the dW GEMM to the same weights and optimizer state (NaN where per-op has NaN)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((48, 20)).astype(np.float32)
+    T = rng.standard_normal((48, 3)).astype(np.float32)
+    X[20] = 3e38
+
+    def run():
+        m = fn.Sequential(fn.Linear(20, 40), fn.ReLU(), fn.Linear(40, 3), seed=4)
+        o = make_opt(m.parameters())
+        kw = ({"callbacks": [fn.callbacks.TerminateOnNaN()]} if mode == "terminate"
+              else {"error_if_nonfinite": False})
+        fn.fit(m, fn.MSELoss(), o, X, T, epochs=2, batch_size=16, shuffle=False, verbose=0,
+               metrics=[], **kw)
+        return m, o
+
+    m1, o1 = run()
+    per_op()
+    m2, o2 = run()
+    assert np.isnan(m1.state_dict()["0.weight"]).any()
+    for k, a in m1.state_dict().items():
+        np.testing.assert_array_equal(a, m2.state_dict()[k], err_msg=k)
+    s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    for i in s1:
+        for k in s1[i]:
+            np.testing.assert_array_equal(s1[i][k], s2[i][k], err_msg=f"{i} {k}")
