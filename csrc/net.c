@@ -27,6 +27,7 @@ typedef struct {
     char *plan;     /* a layer plan's region: row_bytes per row (net->nops > 0) */
     int64_t row0;   /* data-parallel: the arena's first row is this row of the global batch */
     double denom;   /* data-parallel: > 0, the mean's denominator over the global batch */
+    int disjoint;   /* fastnn_net_train: the units' W and b lie apart inside the buffer */
 } layout;
 
 #define FASTNN_NET_MAX_UNITS 64
@@ -47,6 +48,7 @@ static char *net_y(const fastnn_net *net, const layout *L) {
  * overflows (every product is checked: sizes come from the caller). */
 static size_t carve(const fastnn_net *net, char *base, layout *L) {
     size_t es = esize(net->dt), off = 0, bytes;
+    L->disjoint = 0;
     int64_t B = net->max_batch, widest = 1;
     const fastnn_unit *u = net->units;
 #define TAKE(ptr, rows, cols, size) do {                                                       \
@@ -285,20 +287,6 @@ static fastnn_status loss_and_grad(const fastnn_net *net, const layout *L, int64
     return st;
 }
 
-/* dW += c * W over n elements (the weights-only L2 term, net->l2). */
-static fastnn_status add_l2(fastnn_dtype dt, void *dw, const void *w, int64_t n, double c) {
-    if (dt == FASTNN_F32) {
-        float *g = dw, cf = (float)c;
-        const float *p = w;
-        for (int64_t k = 0; k < n; k++) g[k] += cf * p[k];
-    } else {
-        double *g = dw;
-        const double *p = w;
-        for (int64_t k = 0; k < n; k++) g[k] += c * p[k];
-    }
-    return FASTNN_OK;
-}
-
 /* Range i of the units' parameters: W of unit i/2 for even i, its b for odd i (start, end in
  * *hi; -1 for no bias). */
 static int64_t unit_range(const fastnn_net *net, int i, int64_t *hi) {
@@ -308,25 +296,30 @@ static int64_t unit_range(const fastnn_net *net, int i, int64_t *hi) {
     return lo < 0 || n <= 0 ? -1 : lo;
 }
 
-/* The step's optimizer update as a fastnn_update for the weight-gradient GEMMs to apply
- * (backward, with the L2 term added to each gradient tile first), or NULL where update() must
- * run after the pass: a layer plan, optimizers other than SGD and Adam, or arguments
- * fastnn_sgd or fastnn_adam would refuse, or units whose W and b overlap. */
-static const fastnn_update *fused_update(const fastnn_net *net, int64_t step, int64_t B,
-                                        fastnn_update *u) {
-    const fastnn_optim *o = &net->opt;
-    if (net->nops > 0 || step < 1 || B < 1) return NULL;
-    /* W and b of every unit inside the buffer and disjoint (the rest, e.g. alignment padding,
-     * is updated by update_rest) */
+/* W and b of every unit inside the buffer and apart (the rest, e.g. alignment padding, is
+ * updated by update_rest): checked once per fastnn_net_train call. */
+static int units_disjoint(const fastnn_net *net) {
+    if (net->nops > 0) return 0;
     for (int i = 0; i < 2 * net->nunits; i++) {
         int64_t hi, lo = unit_range(net, i, &hi);
         if (lo < 0) continue;
-        if (hi > net->nparams) return NULL;
+        if (hi > net->nparams) return 0;
         for (int j = 0; j < i; j++) {
             int64_t hj, lj = unit_range(net, j, &hj);
-            if (lj >= 0 && lo < hj && lj < hi) return NULL;
+            if (lj >= 0 && lo < hj && lj < hi) return 0;
         }
     }
+    return 1;
+}
+
+/* The step's optimizer update as a fastnn_update for the weight-gradient GEMMs to apply
+ * (backward, with the L2 term added to each gradient tile first), or NULL where update() must
+ * run after the pass: a layer plan, optimizers other than SGD and Adam, arguments fastnn_sgd
+ * or fastnn_adam would refuse, or units whose W and b overlap (L->disjoint). */
+static const fastnn_update *fused_update(const fastnn_net *net, const layout *L, int64_t step,
+                                        int64_t B, fastnn_update *u) {
+    const fastnn_optim *o = &net->opt;
+    if (!L->disjoint || step < 1 || B < 1) return NULL;
     memset(u, 0, sizeof *u);
     u->dt = net->dt;
     u->p = net->params, u->g = net->grads, u->s1 = o->s1, u->s2 = o->s2, u->s3 = o->s3;
@@ -424,7 +417,8 @@ static fastnn_status backward(const fastnn_net *net, const layout *L, const char
             st = fastnn_gemm(dt, 1, 0, u->out, u->in, B, 1.0, g, u->out, h, u->in, 0.0, dw,
                              u->in);
         if (st == FASTNN_OK && net->l2 != 0 && !upd)   /* else in the update */
-            FASTNN_ON_THREAD0(team, st, add_l2(dt, dw, w, u->in * u->out, net->l2 / (double)B));
+            FASTNN_ON_THREAD0(team, st, (fastnn_add_l2(dt, dw, w, u->in * u->out,
+                                                       net->l2 / (double)B), FASTNN_OK));
         if (st == FASTNN_OK && u->b >= 0)
             st = fastnn_bias_grad(dt, at(net, net->grads, u->b), g, B, u->out, 0.0);
         if (st != FASTNN_OK) return st;
@@ -505,7 +499,7 @@ static fastnn_status one_step(fastnn_net *net, const layout *L, const void *X, c
     FASTNN_ON_THREAD0(team, st, loss_step(net, L, B, loss_sum, correct));
     if (st != FASTNN_OK) return st;
     fastnn_update u;
-    const fastnn_update *upd = fused_update(net, step + 1, B, &u);
+    const fastnn_update *upd = fused_update(net, L, step + 1, B, &u);
     if ((st = backward(net, L, L->x, B, key, upd)) != FASTNN_OK) return st;
     if (!upd && (st = update(net, step + 1)) != FASTNN_OK) return st;
     if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
@@ -590,6 +584,7 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
         if (index[i] < 0 || index[i] >= rows) return FASTNN_EINVAL;
     layout L;
     carve(net, net->arena, &L);
+    L.disjoint = units_disjoint(net);
     /* One parallel region for all the steps of this call, when a step is big enough. */
     int nt = fastnn_net_threads(net, fastnn_min64(batch_size, n));
     if (nt <= 1 || fastnn_cur_team || (net->nops > 0 && fastnn_plan_own_teams(net)))

@@ -11,6 +11,14 @@ from fastnn._kernels import first_nonfinite
 from fastnn.loss import _check_finite
 
 
+def _both_paths(run, per_op):
+    """run() (a fresh model and optimizer, trained) on the fused path, then on the per-op path:
+    (model, optimizer) of each."""
+    fused = run()
+    per_op()
+    return fused, run()
+
+
 def _same_state(m1, o1, m2, o2):
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert a.tobytes() == b.tobytes(), k
@@ -65,9 +73,7 @@ def test_fused_update_odd_shapes_and_tiny_last_batch(per_op, threads, case, dtyp
                verbose=0, scheduler=sched)
         return model, opt
 
-    m1, o1 = run()
-    per_op()
-    m2, o2 = run()
+    (m1, o1), (m2, o2) = _both_paths(run, per_op)
     _same_state(m1, o1, m2, o2)
 
 
@@ -250,9 +256,7 @@ def test_hidden_layer_of_one_unit_fused_equals_per_op(per_op, each_arch, make_op
                verbose=0)
         return model, opt
 
-    m1, o1 = run()
-    per_op()
-    m2, o2 = run()
+    (m1, o1), (m2, o2) = _both_paths(run, per_op)
     _same_state(m1, o1, m2, o2)
 
 
@@ -278,9 +282,7 @@ def test_nan_gradients_through_the_fused_update_as_per_op(per_op, each_arch, mak
                metrics=[], **kw)
         return m, o
 
-    m1, o1 = run()
-    per_op()
-    m2, o2 = run()
+    (m1, o1), (m2, o2) = _both_paths(run, per_op)
     assert np.isnan(m1.state_dict()["0.weight"]).any()
     for k, a in m1.state_dict().items():
         np.testing.assert_array_equal(a, m2.state_dict()[k], err_msg=k)

@@ -12,11 +12,13 @@
 #define FASTNN_SMALL_M 2              /* up to this many rows of C: the unpacked path */
 #define FASTNN_FEW_ROWS_B (1 << 20)   /* bytes of B read in place by 2-4 MR rows (L2) */
 
-/* Bias (along rows of C) and ReLU or identity: applied in the micro-kernel's registers. */
-static int epilogue_in_regs(const fastnn_epilogue *ep) {
-    return ep && !ep->backward && !ep->update && (!ep->bias || (ep->brs == 0 && ep->bcs == 1)) &&
+/* Bias and ReLU or identity, applied with the store of a tile: by the micro-kernel (bias along
+ * C's rows: brs 0, bcs 1) or by cfg->tstore for C^T tiles (brs 1, bcs 0). */
+static int epilogue_fusable(const fastnn_epilogue *ep, int64_t brs, int64_t bcs) {
+    return ep && !ep->backward && !ep->update && (!ep->bias || (ep->brs == brs && ep->bcs == bcs)) &&
            (ep->act == FASTNN_ACT_RELU || ep->act == FASTNN_ACT_IDENTITY);
 }
+static int epilogue_in_regs(const fastnn_epilogue *ep) { return epilogue_fusable(ep, 0, 1); }
 
 typedef fastnn_sgemm_cfg cfg_f32;
 typedef fastnn_dgemm_cfg cfg_f64;

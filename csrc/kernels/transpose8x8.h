@@ -23,6 +23,17 @@ static inline void transpose8x8(__m256 r[8]) {
     }
 }
 
+/* rows <= 8 rows of 8 floats from q, stride apart, into r (zeros for the missing rows): by one
+ * pointer stepped by the stride, and without per-row tests when all 8 are there (GCC kept a
+ * register per row offset for the tested loads, and spilled them in the 16-row AVX-512 pack). */
+static inline void load_rows8(__m256 r[8], const float *q, int64_t stride, int64_t rows) {
+    if (rows == 8)
+        for (int j = 0; j < 8; j++, q += stride) r[j] = _mm256_loadu_ps(q);
+    else
+        for (int j = 0; j < 8; j++, q += stride)
+            r[j] = j < rows ? _mm256_loadu_ps(q) : _mm256_setzero_ps();
+}
+
 /* A full MR x NR tile of C^T (row-major, row stride NR; MR <= 8 rows, NR a multiple of 8)
  * into C: c[j*ldc + i] = act(alpha * tile[i][j] + beta * c[j*ldc + i] + bias[i]) for i < MR,
  * j < NR, act ReLU (relu != 0: NaN and -0 pass) or identity, in the order of the

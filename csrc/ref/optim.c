@@ -83,23 +83,26 @@ fastnn_status fastnn_adagrad(fastnn_dtype dt, void *p, void *sum, const void *g,
     return FASTNN_OK;
 }
 
+void fastnn_add_l2(fastnn_dtype dt, void *g, const void *p, int64_t n, double c) {
+    if (dt == FASTNN_F32) {
+        float *gf = g, cf = (float)c;
+        const float *pf = p;
+        for (int64_t k = 0; k < n; k++) gf[k] += cf * pf[k];
+    } else {
+        double *gd = g;
+        const double *pd = p;
+        for (int64_t k = 0; k < n; k++) gd[k] += c * pd[k];
+    }
+}
+
 void fastnn_update_block(const fastnn_update *u, int64_t off, int64_t ld, int64_t rows,
                          int64_t cols) {
     double sign = u->maximize ? -1 : 1;
-    if (u->l2 != 0) {   /* as net.c's add_l2 */
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t lo = off + r * ld;
-            if (u->dt == FASTNN_F32) {
-                float *g = (float *)u->g + lo, cf = (float)u->l2;
-                const float *p = (const float *)u->p + lo;
-                for (int64_t k = 0; k < cols; k++) g[k] += cf * p[k];
-            } else {
-                double *g = (double *)u->g + lo;
-                const double *p = (const double *)u->p + lo;
-                for (int64_t k = 0; k < cols; k++) g[k] += u->l2 * p[k];
-            }
-        }
-    }
+    int64_t es = u->dt == FASTNN_F32 ? 4 : 8;
+    if (u->l2 != 0)
+        for (int64_t r = 0; r < rows; r++)
+            fastnn_add_l2(u->dt, (char *)u->g + (off + r * ld) * es,
+                          (const char *)u->p + (off + r * ld) * es, cols, u->l2);
     if (u->dt == FASTNN_F32) {
         if (u->adam)
             adam_block_f32(u->p, u->s1, u->s2, u->s3, u->g, off, ld, rows, cols, (float)u->lr,

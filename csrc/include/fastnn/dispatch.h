@@ -138,6 +138,10 @@ typedef struct fastnn_update {
     double l2;                 /* != 0: g += l2 * p first (net.c's weights-only L2 term) */
 } fastnn_update;
 
+/* g[0:n] += c * p[0:n] (c rounded to the dtype first): the L2 term of a weight gradient, in
+ * the fused update and in net.c's unfused step alike. */
+void fastnn_add_l2(fastnn_dtype dt, void *g, const void *p, int64_t n, double c);
+
 /* Elements off + r*ld + [0, cols) for r in [0, rows), on the calling thread. */
 void fastnn_update_block(const fastnn_update *u, int64_t off, int64_t ld, int64_t rows,
                          int64_t cols);

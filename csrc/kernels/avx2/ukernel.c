@@ -50,14 +50,9 @@ static void spack_b_avx2_t(float *dst, const float *b, int64_t rsb, int64_t csb,
     for (int h = 0; h < 2; h++) {   /* one band of 8 rows of W at a time */
         int64_t rows = nb - h * 8 < 0 ? 0 : nb - h * 8 < 8 ? nb - h * 8 : 8;
         const float *band = src + h * 8 * csb;
-        for (p = 0; p < kc8; p += 8) {   /* rows by one pointer, as spack_b_avx512_t */
+        for (p = 0; p < kc8; p += 8) {
             __m256 r[8];
-            const float *q = band + p;
-            if (rows == 8)
-                for (int j = 0; j < 8; j++, q += csb) r[j] = _mm256_loadu_ps(q);
-            else
-                for (int j = 0; j < 8; j++, q += csb)
-                    r[j] = j < rows ? _mm256_loadu_ps(q) : _mm256_setzero_ps();
+            load_rows8(r, band + p, csb, rows);
             transpose8x8(r);
             for (int t = 0; t < 8; t++) _mm256_storeu_ps(d + (p + t) * 16 + h * 8, r[t]);
         }
@@ -83,12 +78,7 @@ static void spack_a_avx2_t(float *dst, const float *a, int64_t rsa, int64_t csa,
     int64_t p = 0;
     for (; p + 9 <= kc; p += 8) {   /* p + 8 < kc: the 2 lanes past depth p + 7 stay inside */
         __m256 r[8];
-        const float *s = src + p;   /* rows by one pointer (see spack_b_avx2_t) */
-        if (mb == 6)
-            for (int i = 0; i < 8; i++, s += rsa) r[i] = i < 6 ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
-        else
-            for (int i = 0; i < 8; i++, s += rsa)
-                r[i] = i < mb ? _mm256_loadu_ps(s) : _mm256_setzero_ps();
+        load_rows8(r, src + p, rsa, mb);
         transpose8x8(r);
         for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (p + q) * 6, r[q]);
     }
