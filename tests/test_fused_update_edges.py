@@ -11,6 +11,11 @@ from fastnn._kernels import first_nonfinite
 from fastnn.loss import _check_finite
 
 
+SGD_OR_ADAM = pytest.mark.parametrize(
+    "make_opt", [lambda p: fn.SGD(p, lr=0.05, momentum=0.9),
+                 lambda p: fn.Adam(p, lr=1e-2, amsgrad=True)], ids=["sgd-momentum", "adam-ams"])
+
+
 def _both_paths(run, per_op):
     """run() (a fresh model and optimizer, trained) on the fused path, then on the per-op path:
     (model, optimizer) of each."""
@@ -77,9 +82,7 @@ def test_fused_update_odd_shapes_and_tiny_last_batch(per_op, threads, case, dtyp
     _same_state(m1, o1, m2, o2)
 
 
-@pytest.mark.parametrize("make_opt", [lambda p: fn.SGD(p, lr=0.05, momentum=0.9),
-                                      lambda p: fn.Adam(p, lr=1e-2, amsgrad=True)],
-                         ids=["sgd-momentum", "adam-ams"])
+@SGD_OR_ADAM
 def test_step_with_infinite_loss_leaves_model_and_state_untouched(make_opt):
     """error_if_nonfinite: the batch whose loss is infinite raises before its update, so the
     weights and optimizer state are those of the steps before it (here: one batch)."""
@@ -260,9 +263,7 @@ def test_hidden_layer_of_one_unit_fused_equals_per_op(per_op, each_arch, make_op
     _same_state(m1, o1, m2, o2)
 
 
-@pytest.mark.parametrize("make_opt", [lambda p: fn.SGD(p, lr=0.05, momentum=0.9),
-                                      lambda p: fn.Adam(p, lr=1e-2, amsgrad=True)],
-                         ids=["sgd-momentum", "adam-ams"])
+@SGD_OR_ADAM
 @pytest.mark.parametrize("mode", ["terminate", "train-on"])
 def test_nan_gradients_through_the_fused_update_as_per_op(per_op, each_arch, make_opt, mode):
     """A batch whose loss is NaN, trained on (TerminateOnNaN: that batch's update, then stop;
