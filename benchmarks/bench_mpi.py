@@ -7,8 +7,10 @@ and what two ranks deliver, with a cost model of scaling to many machines.
    batch --batch1 without comm, with comm=MPI.COMM_WORLD (one rank) and in the exact mode;
    interleaved in one process, one thread, median of --repeats, ratios.
 2. Two ranks: one process at global batch --batch2 against `mpiexec -n 2` at the same global
-   batch (one thread per rank), interleaved launches, each timing its second epoch; with
-   the second-core probe (2.0: the second core is free, 1.0: busy) before and after.
+   batch (one thread per rank), the gradients reduced through the shared-memory window and
+   through an Allreduce (MPICommunicator(shared_memory=False)); interleaved launches, each
+   timing its second epoch; with the second-core probe (2.0: the second core is free, 1.0:
+   busy) before and after.
 3. The cost model: bytes reduced per step, the step time at P ranks for a network bandwidth,
    the rank count where communication dominates; checked against the P=1, 2 measurements.
 """
@@ -56,16 +58,19 @@ def worker(args):
 
         from fastnn import distributed
         comm = MPI.COMM_WORLD
-        inner = distributed.Session.reduce
+        comm_fit = distributed.MPICommunicator(comm, shared_memory=not args.no_shared)
 
-        def timed(self, grads, step):            # the time spent in the Allreduce
-            t0 = time.perf_counter()
-            inner(self, grads, step)
-            reduce_s[0] += time.perf_counter() - t0
-        distributed.Session.reduce = timed
-    epoch_seconds(X, y, args.hidden, args.batch2, comm)
+        def timer(inner):
+            def timed(self, grads, step):        # the time spent in the reduce
+                t0 = time.perf_counter()
+                inner(self, grads, step)
+                reduce_s[0] += time.perf_counter() - t0
+            return timed
+        distributed.Session.reduce = timer(distributed.Session.reduce)
+        distributed.Session.reduce_shared = timer(distributed.Session.reduce_shared)
+    epoch_seconds(X, y, args.hidden, args.batch2, comm and comm_fit)
     reduce_s[0] = 0.0
-    t = epoch_seconds(X, y, args.hidden, args.batch2, comm)
+    t = epoch_seconds(X, y, args.hidden, args.batch2, comm and comm_fit)
     allreduce = 0.0
     if comm is not None:   # the Allreduce alone: 10 of the gradient buffer's size, median
         h = args.hidden
@@ -99,6 +104,7 @@ def main():
                    "against one process, and the cost model (default %(default)s)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--comm", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-shared", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
@@ -154,26 +160,31 @@ def part2(args, nparams, t1_step_256):
     one_cmd = me
     two_cmd = [args.mpiexec, "-n", "2", *me, "--comm"]
     print(f"\n2. global batch {args.batch2}: one process against mpiexec -n 2 (1 thread per "
-          f"rank), {args.repeats} interleaved launches (median of the second epoch)")
+          f"rank; the gradients reduced through a shared-memory window, and through an "
+          f"Allreduce), {args.repeats} interleaved launches (median of the second epoch)")
     probe0 = _bench.second_core_probe()
-    one, two = [], []
+    one, two, two_ar = [], [], []
     for _ in range(args.repeats):
         one.append(launch(one_cmd, env))
         two.append(launch(two_cmd, env))
+        two_ar.append(launch(two_cmd + ["--no-shared"], env))
     probe1 = _bench.second_core_probe()
     t_one = statistics.median(r["seconds"] for r in one)
-    t_two = statistics.median(r["seconds"] for r in two)
-    t_red = statistics.median(r["reduce_seconds"] for r in two)
     t_ar = statistics.median(r["allreduce"] for r in two)
     steps2 = -(-args.samples // args.batch2)
     print(f"   second-core probe: {probe0:.2f}x before, {probe1:.2f}x after")
-    print(f"   1 process   {t_one:8.3f} s  {args.samples / t_one:9.0f} samples/s")
-    print(f"   2 ranks     {t_two:8.3f} s  {args.samples / t_two:9.0f} samples/s   throughput "
-          f"{t_one / t_two:5.2f}x; in the reduce callback {t_red / steps2 * 1e3:.2f} ms/step "
-          f"(the Allreduce and the wait for the other rank); an Allreduce alone "
-          f"{t_ar * 1e3:.2f} ms")
-    print(f"   all runs (s): 1 process {[round(r['seconds'], 3) for r in one]}, 2 ranks "
-          f"{[round(r['seconds'], 3) for r in two]}")
+    print(f"   1 process          {t_one:8.3f} s  {args.samples / t_one:9.0f} samples/s")
+    for name, runs in (("2 ranks, shared", two), ("2 ranks, Allreduce", two_ar)):
+        t = statistics.median(r["seconds"] for r in runs)
+        red = statistics.median(r["reduce_seconds"] for r in runs)
+        print(f"   {name:<18} {t:8.3f} s  {args.samples / t:9.0f} samples/s   throughput "
+              f"{t_one / t:5.2f}x; in the reduce callback {red / steps2 * 1e3:.2f} ms/step "
+              f"(the reduce and the wait for the other rank)")
+    t_two = statistics.median(r["seconds"] for r in two)
+    print(f"   an Allreduce of the gradient alone: {t_ar * 1e3:.2f} ms")
+    print(f"   all runs (s): 1 process {[round(r['seconds'], 3) for r in one]}, 2 ranks shared "
+          f"{[round(r['seconds'], 3) for r in two]}, 2 ranks Allreduce "
+          f"{[round(r['seconds'], 3) for r in two_ar]}")
 
     # 3. the cost model
     S = 4 * nparams

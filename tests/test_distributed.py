@@ -69,13 +69,18 @@ def test_exact_mode_same_bits_for_1_2_4_ranks(compare, case):
 
 
 @needs_mpi
+@pytest.mark.parametrize("reduce", ["", "-allreduce"])
 @pytest.mark.parametrize("case", ["sgd-default", "adam-default", "adam-default-float64"])
-def test_default_mode_agrees_to_rounding(compare, case):
-    w1, w2 = compare[1][case], compare[2][case]
+def test_default_mode_agrees_to_rounding(compare, case, reduce):
+    """Through the shared-memory window (all ranks on this machine) and through an Allreduce
+    (MPICommunicator(shared_memory=False))."""
+    w1, w2 = compare[1][case], compare[2][case + reduce]
     assert not np.array_equal(w1, wd.initial(str(w1.dtype)))
     # 20 steps of a float sum in another order: 1e-6 relative to the weights' scale
     assert np.max(np.abs(w2 - w1)) <= 1e-6 * np.max(np.abs(w1))
-    np.testing.assert_allclose(compare[4][case], w1, rtol=0, atol=1e-6 * np.max(np.abs(w1)))
+    assert not np.array_equal(w2, wd.initial(str(w1.dtype)))
+    np.testing.assert_allclose(compare[4][case + reduce], w1, rtol=0,
+                               atol=1e-6 * np.max(np.abs(w1)))
 
 
 @needs_mpi
@@ -229,6 +234,40 @@ def test_train_dist_checks_its_arguments():
     with pytest.raises(KeyError, match="reduce failed"):
         plan.net.train_dist(X, y, idx, 32, rank=0, size=2, reduce=boom)
     np.testing.assert_array_equal(model[0].weight, before)   # no update after a failed reduce
+
+    n = plan.net.buffer_size
+    for bad, what in ((np.zeros(n, np.float64), "dtype"), (np.zeros(n + 1, np.float32), "elements"),
+                      (np.zeros((n, 2), np.float32)[:, 0], "contiguous"),
+                      ([0.0] * n, "numpy array"), (plan.net_params, "overlaps")):
+        with pytest.raises((TypeError, ValueError), match=what):
+            plan.net.train_dist(X, y, idx, 32, reduce=lambda g, s: None, grads=bad)
+    np.testing.assert_array_equal(model[0].weight, before)
+
+
+def test_train_dist_into_another_gradient_buffer():
+    """grads=: the step writes its gradients there (the array reduce gets), with the same
+    bits as into the net's own buffer, which gets the last gradient at the end."""
+    from fastnn import _fused
+    X, y = wd.data()
+    idx = np.arange(96)
+    out = {}
+    for other in (False, True):
+        model = wd.mlp()
+        plan = _fused.training_plan(model, fn.CrossEntropyLoss(),
+                                    fn.SGD(model.parameters(), lr=0.1, momentum=0.9), X, y, 32,
+                                    [])
+        g = np.full(plan.net.buffer_size, 0.0, dtype=np.float32) if other else None
+        seen = []
+        plan.net.train_dist(X, y, idx, 32, rank=0, size=2, grads=g,
+                            reduce=lambda a, s: (seen.append(a), a.__imul__(2)))
+        assert all(a is (g if other else seen[0]) for a in seen) and len(seen) == 3
+        own = model[0].weight._buffer.grad
+        out[other] = (plan.net_params.copy(), own.copy())
+        if other:
+            np.testing.assert_array_equal(own, g)
+    np.testing.assert_array_equal(out[True][0], out[False][0])
+    np.testing.assert_array_equal(out[True][1], out[False][1])
+    assert np.abs(out[True][1]).max() > 0
 
 
 LOSSES = {"ce": lambda: fn.CrossEntropyLoss(),

@@ -1447,6 +1447,11 @@ cdef class FusedNet:
         else:
             raise ValueError(f"FusedNet: unknown hyperparameter {k!r}")
 
+    property buffer_size:
+        """Elements of the flat parameter (and gradient) buffer."""
+        def __get__(self):
+            return self.keep[0].size
+
     property step:
         """Optimizer updates done so far (the next step is step + 1)."""
         def __get__(self):
@@ -1537,15 +1542,25 @@ cdef class FusedNet:
         return Xa, Ya, I
 
     def train_dist(self, X, Y, index, int64_t batch_size, seed=0, *, reduce=None, int rank=0,
-                   int size=1, int64_t shards=0):
+                   int size=1, int64_t shards=0, grads=None):
         """Data-parallel train(): index[0:bs], index[bs:2bs], ... are global batches; this rank
         computes the gradient of its part of each (rows [B rank / size, B (rank+1) / size),
         or with shards > 0 its block of shards summed over a fixed tree: see
         fastnn_net_train_dist), then calls reduce(grads, step) with the flat gradient array,
         which must leave the gradient of the whole batch in it (in place), and updates the
         parameters. reduce's exception is raised here. Returns this rank's shares
-        (loss sum, correct rows): sum them over the ranks."""
+        (loss sum, correct rows): sum them over the ranks.
+        grads: an array (like the net's gradient buffer: same dtype and size, C-contiguous)
+        that the gradients go to during this call instead of the net's own buffer, e.g. one in
+        memory the ranks share; its padding must be zero. At the end (also on an error) the
+        net's own buffer gets its contents, the last gradient, as train() leaves it."""
         fn = "FusedNet.train_dist"
+        cdef cnp.ndarray own = self.keep[1]
+        cdef cnp.ndarray G = own
+        if grads is not None:
+            G = _state(grads, fn, "grads", own)
+            if _overlap(G, self.keep[0]):
+                raise ValueError(f"{_sig(fn, 'grads')} overlaps the parameters in memory")
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"{_sig(fn, 'rank')} must be in [0, size={size}), got {rank}")
         if shards < 0 or (shards and shards % size):
@@ -1561,7 +1576,7 @@ cdef class FusedNet:
         d.scratch = NULL
         d.reduce = NULL
         d.ctx = NULL
-        holder = [reduce, self.keep[1], None]
+        holder = [reduce, G, None]
         if reduce is not None:
             d.reduce = _reduce_grads
             d.ctx = <void *>holder
@@ -1580,9 +1595,16 @@ cdef class FusedNet:
         cdef void *py = _ptr(Ya)
         cdef int64_t *pi = <int64_t *>_ptr(I)
         cdef fastnn_status st
-        with nogil:
-            st = fastnn_net_train_dist(&self.net, &d, px, py, rows, pi, n, batch_size, s,
-                                       &loss_sum, &correct)
+        cdef void *own_ptr = self.net.grads
+        self.net.grads = _ptr(G)
+        try:
+            with nogil:
+                st = fastnn_net_train_dist(&self.net, &d, px, py, rows, pi, n, batch_size, s,
+                                           &loss_sum, &correct)
+        finally:
+            self.net.grads = own_ptr
+            if G is not own:
+                np.copyto(own, G)
         if holder[2] is not None:
             raise holder[2]
         if st == FASTNN_ELABEL:

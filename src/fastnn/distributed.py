@@ -19,7 +19,10 @@ How it works. Every rank draws the same seeded permutation; each global batch of
 ``batch_size`` rows is split between the ranks (rank r: rows ``[B r / P, B (r+1) / P)``),
 each rank's fused C step computes the gradient of its rows with the loss normalised over the
 whole global batch, pauses where the gradient is complete while one in-place ``Allreduce``
-sums the flat gradient buffer over the ranks, and then runs the optimizer update in C. So
+sums the flat gradient buffer over the ranks, and then runs the optimizer update in C. When
+all ranks share one machine (MPICommunicator(shared_memory=True), the default), the C step
+writes the gradient into an MPI shared-memory window instead and the reduce sums it there
+(Session.reduce_shared), which saves the Allreduce's copies into and out of MPI's buffers. So
 ``mpiexec -n P`` trains the model one process trains with the same ``batch_size``, up to the
 rounding of the sum (the default mode). Rank 0's initial weights and optimizer state are
 broadcast at the start, so they stay identical on every rank; every ``check_every`` steps the
@@ -82,6 +85,10 @@ class Communicator(Protocol):
     def abort(self, code=1):
         """End the whole job now (all ranks) with this exit code."""
 
+    # Optional, for the default mode's reduce through shared memory (MPICommunicator has
+    # them): shared_segments(n, dtype) -> every rank's array in one shared window, or None;
+    # sync_shared() (a barrier that orders the window's loads and stores); free_shared().
+
 
 class SelfCommunicator:
     """The one-rank communicator (no MPI): fit(comm=SelfCommunicator(), deterministic=True)
@@ -122,9 +129,11 @@ def _mpi():
 
 class MPICommunicator:
     """The Communicator over an mpi4py communicator (default MPI.COMM_WORLD). check_every:
-    steps between parameter-hash comparisons in fit."""
+    steps between parameter-hash comparisons in fit. shared_memory: when every rank runs on
+    one machine, fit's default mode reduces the gradients through an MPI shared-memory window
+    (shared_segments) instead of an Allreduce; False always uses the Allreduce."""
 
-    def __init__(self, comm=None, check_every=CHECK_EVERY):
+    def __init__(self, comm=None, check_every=CHECK_EVERY, shared_memory=True):
         MPI = _mpi()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
@@ -134,6 +143,56 @@ class MPICommunicator:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
         self.check_every = check_every
+        if not isinstance(shared_memory, bool):
+            raise TypeError(f"shared_memory must be True or False, got {shared_memory!r}")
+        self.shared_memory = shared_memory
+        self._win = None          # (window, size, dtype, segments) of shared_segments
+
+    def shared_segments(self, n, dtype):
+        """Every rank's segment (n elements of dtype, zeros) of an MPI shared-memory window,
+        as numpy arrays in rank order, this rank's at [rank]; None when the ranks are not all
+        on one machine (or shared_memory is False, or one rank). Collective: every rank calls
+        it with the same n and dtype. The window is kept for the next call of the same size
+        (the previous one is freed otherwise)."""
+        if not self.shared_memory or self.size == 1:
+            return None
+        dtype = np.dtype(dtype)
+        if self._win is not None and self._win[1:3] == (n, dtype):
+            return self._win[3]     # its padding is still zero: only sums of zeros went there
+        self.free_shared()
+        MPI = self.MPI
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            if node.Get_size() != self.size:
+                return None
+            win = MPI.Win.Allocate_shared(n * dtype.itemsize, dtype.itemsize, comm=node)
+        finally:
+            node.Free()
+        segs = []
+        for q in range(self.size):
+            buf, _ = win.Shared_query(q)
+            segs.append(np.frombuffer(buf, dtype=dtype, count=n))
+        segs[self.rank][...] = 0
+        win.Lock_all(MPI.MODE_NOCHECK)   # one passive epoch: loads and stores with Sync
+        self._win = (win, n, dtype, segs)
+        self.comm.Barrier()
+        return segs
+
+    def sync_shared(self):
+        """A barrier with memory synchronisation of the shared window: the stores every rank
+        made to it before are seen by every rank's loads after."""
+        win = self._win[0]
+        win.Sync()
+        self.comm.Barrier()
+        win.Sync()
+
+    def free_shared(self):
+        """Free the window of shared_segments (collective), if there is one."""
+        if self._win is not None:
+            win = self._win[0]
+            self._win = None
+            win.Unlock_all()
+            win.Free()
 
     def allreduce(self, buf):
         if self.size > 1:
@@ -202,6 +261,7 @@ class Session:
         self.check_every = getattr(self.comm, "check_every", CHECK_EVERY)
         self.since_check = 0
         self._recv = None
+        self._segs = None         # every rank's shared gradient segment (default mode)
 
     # -- the start ---------------------------------------------------------------------------
     def agree(self, what):
@@ -270,14 +330,70 @@ class Session:
             np.add(grads, self._recv, out=grads)
             bit <<= 1
 
+    def reduce_shared(self, grads, step):
+        """The default mode's reduce through shared memory: each rank sums its 1/P of the
+        buffer over every rank's segment (in rank order) into its own segment, then copies the
+        other ranks' summed parts from theirs. The gradients are written to the shared window
+        by the C step itself, so nothing is copied in; against an Allreduce (which copies the
+        buffer into and out of MPI's own shared memory) this reads 1.5 buffers and writes one
+        per rank at P=2."""
+        comm, segs, P, r = self.comm, self._segs, self.size, self.rank
+        comm.sync_shared()                    # every rank's gradient is complete
+        lo, hi = self._bounds[r], self._bounds[r + 1]
+        if P == 2:
+            np.add(segs[0][lo:hi], segs[1][lo:hi], out=grads[lo:hi])
+        else:
+            acc = self._acc[:hi - lo]
+            np.add(segs[0][lo:hi], segs[1][lo:hi], out=acc)
+            for q in range(2, P):
+                np.add(acc, segs[q][lo:hi], out=acc)
+            grads[lo:hi] = acc
+        comm.sync_shared()                    # every part is summed
+        for q in range(P):
+            if q != r:
+                a, b = self._bounds[q], self._bounds[q + 1]
+                grads[a:b] = segs[q][a:b]
+        comm.sync_shared()                    # no rank writes its segment while others read
+
+    def _shared(self, grads_size, dtype):
+        """This rank's shared gradient segment for the default mode, or None (exact mode,
+        one rank, ranks on several machines, or a communicator without shared memory)."""
+        get = getattr(self.comm, "shared_segments", None)
+        if self.size == 1 or self.shards or get is None:
+            return None
+        segs = get(grads_size, dtype)
+        if segs is None:
+            return None
+        self._segs = segs
+        # the parts each rank sums: whole cache lines (16 float32) apart
+        self._bounds = [min(grads_size, (grads_size * q // self.size) // 16 * 16)
+                        for q in range(self.size)] + [grads_size]
+        if self.size > 2:
+            self._acc = np.empty(max(b - a for a, b in zip(self._bounds, self._bounds[1:])),
+                                 dtype=dtype)
+        return segs[self.rank]
+
     def train(self, net, X, y, idx, batch_size, seed, model):
         """One chunk of global batches; (loss sum, correct) over all ranks."""
-        loss_sum, correct = net.train_dist(X, y, idx, batch_size, seed, reduce=self.reduce,
-                                           rank=self.rank, size=self.size, shards=self.shards)
+        grads = self._shared(net.buffer_size, net.dtype)
+        loss_sum, correct = net.train_dist(
+            X, y, idx, batch_size, seed, reduce=self.reduce if grads is None else
+            self.reduce_shared, rank=self.rank, size=self.size, shards=self.shards,
+            grads=grads)
         sums = np.array([loss_sum, correct], dtype=np.float64)
         self.comm.allreduce(sums)
         self.since_check += -(-len(idx) // batch_size)
         return float(sums[0]), int(round(sums[1]))
+
+    def finish(self):
+        """At the end of fit (every rank): free the shared gradient window, if any. A fit that
+        raises leaves it to the communicator object (freed by its next shared_segments of
+        another size): a collective free on an error path would hang the ranks that did not
+        raise."""
+        free = getattr(self.comm, "free_shared", None)
+        if free is not None and self._segs is not None:
+            self._segs = None
+            free()
 
     def stop(self, model):
         """After the callbacks: if any rank's model.stop_training is set, every rank's is (the

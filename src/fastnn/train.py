@@ -392,6 +392,7 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
             break
     if dist is not None and plan is not None:
         dist.check(plan.net_params, plan.chunk.step, force=True)
+        dist.finish()
     for c in cbs:
         c.on_train_end({})
     return history
