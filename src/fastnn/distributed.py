@@ -216,6 +216,9 @@ class MPICommunicator:
         self.comm.Abort(code)
 
 
+_WORLD = None   # as_communicator(MPI.COMM_WORLD)
+
+
 def as_communicator(comm):
     """comm as a Communicator: an mpi4py communicator is wrapped in MPICommunicator; an object
     with the protocol's methods is used as it is. Raises TypeError otherwise."""
@@ -223,6 +226,11 @@ def as_communicator(comm):
         from mpi4py import MPI
     except ImportError:
         MPI = None
+    global _WORLD
+    if MPI is not None and comm is MPI.COMM_WORLD:
+        if _WORLD is None:     # one wrapper, so its shared window serves every fit
+            _WORLD = MPICommunicator(comm)
+        return _WORLD
     if MPI is not None and isinstance(comm, MPI.Comm):
         return MPICommunicator(comm)
     if isinstance(comm, Communicator):
@@ -256,6 +264,9 @@ class Session:
 
     def __init__(self, comm, deterministic):
         self.comm = SelfCommunicator() if comm is None else as_communicator(comm)
+        # a wrapper made for this fit alone frees its shared window at the end; MPI.COMM_WORLD's
+        # and a user's MPICommunicator keep theirs for the next fit (the same model size)
+        self._own = self.comm is not comm and self.comm is not _WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
         self.shards = _shards(deterministic, self.size)
         self.check_every = getattr(self.comm, "check_every", CHECK_EVERY)
@@ -386,12 +397,13 @@ class Session:
         return float(sums[0]), int(round(sums[1]))
 
     def finish(self):
-        """At the end of fit (every rank): free the shared gradient window, if any. A fit that
-        raises leaves it to the communicator object (freed by its next shared_segments of
-        another size): a collective free on an error path would hang the ranks that did not
-        raise."""
+        """At the end of fit (every rank): free the shared gradient window of a communicator
+        made for this fit alone. Other communicators keep it for the next fit (allocating and
+        first touching it costs 5-20 ms) until a fit of another model size or their
+        free_shared(). A fit that raises frees nothing: a collective free on an error path
+        would hang the ranks that did not raise."""
         free = getattr(self.comm, "free_shared", None)
-        if free is not None and self._segs is not None:
+        if free is not None and self._segs is not None and self._own:
             self._segs = None
             free()
 
