@@ -287,3 +287,26 @@ def test_import_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "fastnn.sklearn", raising=False)
     importlib.import_module("fastnn.sklearn")
     assert sklearn.__version__
+
+
+@pytest.mark.parametrize("est", [MLPClassifier, MLPRegressor])
+def test_predict_refuses_non_finite_input_like_sklearn(est):
+    """predict checks finiteness in C after the cast to the model's dtype: NaN, infinity and
+    a float64 value that overflows float32 raise scikit-learn's ValueError, dense or sparse;
+    the fitted model is left as it was."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6))
+    y = rng.integers(0, 3, 40) if est is MLPClassifier else rng.standard_normal(40)
+    m = est(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
+    before = m.predict(X)
+    for v, what in ((np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity"),
+                    (1e300, "infinity or a value too large")):
+        for make in (np.array, sp.csr_matrix):
+            bad = X.copy()
+            bad[17, 4] = v
+            with pytest.raises(ValueError, match=f"Input X contains {what}"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)   # numpy's overflow cast
+                    m.predict(make(bad))
+    np.testing.assert_array_equal(m.predict(X), before)

@@ -165,6 +165,22 @@ def _backward_act(name, z_pre, a, delta):
     return delta
 
 
+def _check_finite(X):
+    """scikit-learn's ValueError ("Input X contains NaN." / "... infinity or a value too large
+    for dtype(...)") when X (a dense array or a CSR/CSC matrix, as validate_data gives it)
+    holds a non-finite value; one pass of fastnn's C check."""
+    from ._kernels import first_nonfinite
+
+    a = X.data if hasattr(X, "tocsr") else X
+    a = np.ascontiguousarray(a)
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        return
+    i = first_nonfinite(a)
+    if i >= 0:
+        what = "NaN" if np.isnan(a.flat[i]) else f"infinity or a value too large for {a.dtype!r}"
+        raise ValueError(f"Input X contains {what}.")
+
+
 def _out_act(name, z, exact=False):
     """The output activation of z (in place where it can). exact: scikit-learn's numpy
     formulas (the numpy back end); else fastnn's kernels."""
@@ -450,7 +466,10 @@ class _BaseMLP(BaseEstimator):
         intercepts_ copied in at each call, so changes to them are always seen."""
         check_is_fitted(self)
         hidden, acts, drops, dt = self._check_params()
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False, dtype=dt)
+        # the finite check in C, after the cast (scikit-learn's sums the array in numpy)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False, dtype=dt,
+                          ensure_all_finite=False)
+        _check_finite(X)
         cache = self.__dict__.get("_predict_cache")
         if cache is None or cache[0] != self._cache_key(acts, dt):
             cache = self._predict_model(acts, dt)   # not stored: predict changes no attribute
