@@ -58,7 +58,8 @@ def worker(args):
 
         from fastnn import distributed
         comm = MPI.COMM_WORLD
-        comm_fit = distributed.MPICommunicator(comm, shared_memory=not args.no_shared)
+        comm_fit = (distributed.MPICommunicator(comm, shared_memory=False) if args.no_shared
+                    else comm)   # COMM_WORLD's wrapper keeps its window between the two fits
 
         def timer(inner):
             def timed(self, grads, step):        # the time spent in the reduce

@@ -44,6 +44,31 @@ def main(job, out):
         results["evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
                                                         comm=comm).values()))
         results["predict"] = model.predict(X, comm=comm)
+    elif job == "mismatch-shared":     # rank 1 alone turns the shared-memory reduce off
+        X, y = data()
+        model = mlp()
+        c = fn.distributed.MPICommunicator(comm, shared_memory=rank == 0)
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), X, y,
+               epochs=1, batch_size=32, seed=1, verbose=0, comm=c)
+    elif job == "reuse":               # two layouts of one buffer size on COMM_WORLD's window
+        X, y = data()
+        for hidden in (3, 1):          # 20-1-3-5 and 20-1-1-5: 112 elements, other paddings
+            model = fn.Sequential(fn.Linear(20, 1), fn.ReLU(), fn.Linear(1, hidden), fn.ReLU(),
+                                  fn.Linear(hidden, 5), seed=0)
+            fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), X, y,
+                   epochs=1, batch_size=32, seed=1, verbose=0, comm=comm)
+            buf = model[0].weight._buffer
+            pad = np.ones(buf.grad.size, dtype=bool)
+            for q in model.parameters():
+                pad[q._offset:q._offset + q.size] = False
+            results[f"size{hidden}"] = np.array(buf.grad.size)
+            results[f"padgrad{hidden}"] = buf.grad[pad].copy()
+            results[f"paddata{hidden}"] = buf.data[pad].copy()
+        results["world_kept"] = np.array(fn.distributed._WORLD._win is not None)
+        c = fn.distributed.MPICommunicator(comm)     # any other communicator: freed at the end
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), X, y,
+               epochs=1, batch_size=32, seed=1, verbose=0, comm=c)
+        results["other_freed"] = np.array(c._win is None)
     elif job in ("fail", "mismatch", "diverge"):
         X, y = data()
         model = mlp()

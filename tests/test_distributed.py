@@ -119,6 +119,28 @@ def test_mismatched_hyper_parameters_fail_at_the_start(tmp_path):
 
 
 @needs_mpi
+def test_mismatched_shared_memory_setting_fails_at_the_start(tmp_path):
+    """One rank reducing in shared memory and the other through an Allreduce would hang:
+    a clear error on every rank instead."""
+    rc, text, _ = mpirun(2, "mismatch-shared", tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "the ranks disagree" in text and "shared memory" in text
+
+
+@needs_mpi
+def test_a_kept_shared_window_leaves_the_padding_zero(tmp_path):
+    """COMM_WORLD's window serves a second fit of another layout of the same buffer size:
+    the padding of its gradient and parameters stays zero, as in one process. Another
+    communicator's window is freed at the end of its fit."""
+    r = run_ok(2, "reuse", tmp_path / "x.npz")
+    assert r["size3"] == r["size1"]
+    for h in (3, 1):
+        assert r[f"padgrad{h}"].size and not r[f"padgrad{h}"].any()
+        assert not r[f"paddata{h}"].any()
+    assert r["world_kept"] and r["other_freed"]   # no window left behind per fit
+
+
+@needs_mpi
 def test_diverged_parameters_are_detected(tmp_path):
     rc, text, _ = mpirun(2, "diverge", tmp_path / "x.npz", timeout=60)
     assert rc != 0
@@ -218,7 +240,8 @@ def test_train_dist_checks_its_arguments():
     from fastnn import _fused
     X, y = wd.data()
     plan = _fused.training_plan(model, fn.CrossEntropyLoss(),
-                                fn.SGD(model.parameters(), lr=0.1), X, y, 32, ["accuracy"])
+                                fn.SGD(model.parameters(), lr=0.1, momentum=0.9), X, y, 32,
+                                ["accuracy"])
     idx = np.arange(64)
     with pytest.raises(ValueError, match="rank"):
         plan.net.train_dist(X, y, idx, 32, rank=2, size=2, reduce=lambda g, s: None)
@@ -238,7 +261,17 @@ def test_train_dist_checks_its_arguments():
     n = plan.net.buffer_size
     for bad, what in ((np.zeros(n, np.float64), "dtype"), (np.zeros(n + 1, np.float32), "elements"),
                       (np.zeros((n, 2), np.float32)[:, 0], "contiguous"),
-                      ([0.0] * n, "numpy array"), (plan.net_params, "overlaps")):
+                      ([0.0] * n, "numpy array"), (plan.net_params, "overlaps"),
+                      (plan.states[0], "overlaps"),
+                      (np.zeros(n + 64, np.float32)[:n], None)):
+        if what is None:   # a slice of X: it overlaps X
+            Xf = np.zeros((len(X) + n // X.shape[1] + 1, X.shape[1]), np.float32)
+            Xf[:len(X)] = X
+            bad, what = Xf.reshape(-1)[-n:], "overlaps 'X'"
+            with pytest.raises(ValueError, match=what):
+                plan.net.train_dist(Xf, np.concatenate([y, np.zeros(len(Xf) - len(y), y.dtype)]),
+                                    idx, 32, reduce=lambda g, s: None, grads=bad)
+            continue
         with pytest.raises((TypeError, ValueError), match=what):
             plan.net.train_dist(X, y, idx, 32, reduce=lambda g, s: None, grads=bad)
     np.testing.assert_array_equal(model[0].weight, before)

@@ -1559,8 +1559,10 @@ cdef class FusedNet:
         cdef cnp.ndarray G = own
         if grads is not None:
             G = _state(grads, fn, "grads", own)
-            if _overlap(G, self.keep[0]):
-                raise ValueError(f"{_sig(fn, 'grads')} overlaps the parameters in memory")
+            for other in self.keep:
+                if other is not own and isinstance(other, cnp.ndarray) and _overlap(G, other):
+                    raise ValueError(f"{_sig(fn, 'grads')} overlaps the net's parameters, "
+                                     f"optimizer state or working memory")
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"{_sig(fn, 'rank')} must be in [0, size={size}), got {rank}")
         if shards < 0 or (shards and shards % size):
@@ -1569,6 +1571,8 @@ cdef class FusedNet:
         if reduce is None and size > 1:
             raise ValueError(f"{_sig(fn, 'reduce')} is required with size > 1")
         Xa, Ya, I = self._train_args(fn, X, Y, index, batch_size)
+        if G is not own and (_overlap(G, Xa) or _overlap(G, Ya) or _overlap(G, I)):
+            raise ValueError(f"{_sig(fn, 'grads')} overlaps 'X', 'Y' or 'index' in memory")
         cdef fastnn_net_dist d
         d.rank = rank
         d.size = size

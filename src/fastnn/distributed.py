@@ -147,14 +147,15 @@ class MPICommunicator:
             raise TypeError(f"shared_memory must be True or False, got {shared_memory!r}")
         self.shared_memory = shared_memory
         self._win = None          # (window, size, dtype, segments) of shared_segments
+        self._one_node = None     # whether every rank runs on this machine (once known)
 
     def shared_segments(self, n, dtype):
         """Every rank's segment (n elements of dtype, zeros) of an MPI shared-memory window,
         as numpy arrays in rank order, this rank's at [rank]; None when the ranks are not all
         on one machine (or shared_memory is False, or one rank). Collective: every rank calls
         it with the same n and dtype. The window is kept for the next call of the same size
-        (the previous one is freed otherwise)."""
-        if not self.shared_memory or self.size == 1:
+        (the previous one is freed otherwise) until free_shared()."""
+        if not self.shared_memory or self.size == 1 or self._one_node is False:
             return None
         dtype = np.dtype(dtype)
         if self._win is not None and self._win[1:3] == (n, dtype):
@@ -163,7 +164,8 @@ class MPICommunicator:
         MPI = self.MPI
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            if node.Get_size() != self.size:
+            self._one_node = node.Get_size() == self.size   # asked once: the ranks stay put
+            if not self._one_node:
                 return None
             win = MPI.Win.Allocate_shared(n * dtype.itemsize, dtype.itemsize, comm=node)
         finally:
@@ -264,9 +266,9 @@ class Session:
 
     def __init__(self, comm, deterministic):
         self.comm = SelfCommunicator() if comm is None else as_communicator(comm)
-        # a wrapper made for this fit alone frees its shared window at the end; MPI.COMM_WORLD's
-        # and a user's MPICommunicator keep theirs for the next fit (the same model size)
-        self._own = self.comm is not comm and self.comm is not _WORLD
+        # fit frees the shared window at its end, except MPI.COMM_WORLD's (one wrapper for the
+        # whole run), which keeps it for the next fit of the same size
+        self._own = self.comm is not _WORLD
         self.rank, self.size = self.comm.rank, self.comm.size
         self.shards = _shards(deterministic, self.size)
         self.check_every = getattr(self.comm, "check_every", CHECK_EVERY)
@@ -304,7 +306,9 @@ class Session:
                                                if k != "params"},
                 "optimizer step": None if plan is None else plan.chunk.step,
                 "fastnn": fastnn.__version__, "kernel table": fastnn.arch(),
-                "exact mode shards": self.shards, **{k: _plain(v) for k, v in args.items()}}
+                "exact mode shards": self.shards,
+                "shared memory": getattr(self.comm, "shared_memory", None),
+                "check_every": self.check_every, **{k: _plain(v) for k, v in args.items()}}
         self.agree(what)
         if plan is None:
             raise ValueError("fit(comm=...) runs the fused C step: the model must be a "
@@ -375,6 +379,11 @@ class Session:
         segs = get(grads_size, dtype)
         if segs is None:
             return None
+        if segs is not self._segs:
+            # a window kept from an earlier fit holds that fit's last gradient, also where
+            # this model has padding (another layout of the same size): zero it once per fit
+            segs[self.rank][...] = 0
+            self.comm.sync_shared()
         self._segs = segs
         # the parts each rank sums: whole cache lines (16 float32) apart
         self._bounds = [min(grads_size, (grads_size * q // self.size) // 16 * 16)
@@ -386,22 +395,30 @@ class Session:
 
     def train(self, net, X, y, idx, batch_size, seed, model):
         """One chunk of global batches; (loss sum, correct) over all ranks."""
+        from ._kernels import NonFiniteLossError
+
         grads = self._shared(net.buffer_size, net.dtype)
-        loss_sum, correct = net.train_dist(
-            X, y, idx, batch_size, seed, reduce=self.reduce if grads is None else
-            self.reduce_shared, rank=self.rank, size=self.size, shards=self.shards,
-            grads=grads)
+        try:
+            loss_sum, correct = net.train_dist(
+                X, y, idx, batch_size, seed, reduce=self.reduce if grads is None else
+                self.reduce_shared, rank=self.rank, size=self.size, shards=self.shards,
+                grads=grads)
+        except NonFiniteLossError:
+            # every rank stops at the same step here (the reduced NaN mark), so the
+            # collective free of a window made for this fit alone cannot hang
+            self.finish()
+            raise
         sums = np.array([loss_sum, correct], dtype=np.float64)
         self.comm.allreduce(sums)
         self.since_check += -(-len(idx) // batch_size)
         return float(sums[0]), int(round(sums[1]))
 
     def finish(self):
-        """At the end of fit (every rank): free the shared gradient window of a communicator
-        made for this fit alone. Other communicators keep it for the next fit (allocating and
-        first touching it costs 5-20 ms) until a fit of another model size or their
-        free_shared(). A fit that raises frees nothing: a collective free on an error path
-        would hang the ranks that did not raise."""
+        """At the end of fit (every rank, also after the collective non-finite-loss stop):
+        free the shared gradient window. MPI.COMM_WORLD's wrapper keeps it for the next fit
+        (allocating and first touching it costs 5-20 ms) until a fit of another model size.
+        A fit that raises anything else frees nothing: a collective free on an error path would
+        hang the ranks that did not raise (and the job ends there anyway)."""
         free = getattr(self.comm, "free_shared", None)
         if free is not None and self._segs is not None and self._own:
             self._segs = None
