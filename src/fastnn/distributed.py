@@ -54,6 +54,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ._kernels import NonFiniteLossError
+
 EXACT_SHARDS = 8          # shards per global batch in exact mode (deterministic=True)
 CHECK_EVERY = 1000        # steps between parameter-hash comparisons
 
@@ -379,24 +381,22 @@ class Session:
         segs = get(grads_size, dtype)
         if segs is None:
             return None
-        if segs is not self._segs:
+        if segs is not self._segs:   # once per fit
             # a window kept from an earlier fit holds that fit's last gradient, also where
-            # this model has padding (another layout of the same size): zero it once per fit
+            # this model has padding (another layout of the same size): zero it
             segs[self.rank][...] = 0
             self.comm.sync_shared()
-        self._segs = segs
-        # the parts each rank sums: whole cache lines (16 float32) apart
-        self._bounds = [min(grads_size, (grads_size * q // self.size) // 16 * 16)
-                        for q in range(self.size)] + [grads_size]
-        if self.size > 2:
-            self._acc = np.empty(max(b - a for a, b in zip(self._bounds, self._bounds[1:])),
-                                 dtype=dtype)
+            self._segs = segs
+            # the parts each rank sums: whole cache lines (16 float32) apart
+            self._bounds = [min(grads_size, (grads_size * q // self.size) // 16 * 16)
+                            for q in range(self.size)] + [grads_size]
+            if self.size > 2:
+                self._acc = np.empty(max(b - a for a, b in zip(self._bounds,
+                                                                self._bounds[1:])), dtype=dtype)
         return segs[self.rank]
 
     def train(self, net, X, y, idx, batch_size, seed, model):
         """One chunk of global batches; (loss sum, correct) over all ranks."""
-        from ._kernels import NonFiniteLossError
-
         grads = self._shared(net.buffer_size, net.dtype)
         try:
             loss_sum, correct = net.train_dist(

@@ -73,27 +73,32 @@ class Loss:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _check_finite(a, name):
-    """Raise naming the first NaN/Inf of a; checked in slices of rows, so no temporary the
-    size of a training set is made."""
+def _first_nonfinite(a):
+    """Flat index (C order) of the first NaN/Inf of a float array, or -1. One vectorized read
+    in C where a is native, aligned and contiguous; else in slices of rows, so no temporary
+    the size of a training set is made."""
     if a.dtype.kind != "f" or a.size == 0:
-        return
+        return -1
     if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.flags.aligned \
-            and a.dtype.isnative:   # one vectorized read in C
+            and a.dtype.isnative:
         from ._kernels import first_nonfinite
-        i = first_nonfinite(a)
-        if i >= 0:
-            raise ValueError(f"{name} contains NaN or Inf (first at index "
-                             f"{tuple(int(j) for j in np.unravel_index(i, a.shape))})")
-        return
+        return first_nonfinite(a)
     rows = max(1, (1 << 20) // max(1, a[0].size)) if a.ndim > 1 else 1 << 20
     for r in range(0, len(a), rows):
         part = a[r:r + rows]
         if not np.isfinite(part).all():
             first = np.argwhere(~np.isfinite(part))[0]
             first[0] += r
-            raise ValueError(f"{name} contains NaN or Inf (first at index "
-                             f"{tuple(int(i) for i in first)})")
+            return int(np.ravel_multi_index(tuple(first), a.shape))
+    return -1
+
+
+def _check_finite(a, name):
+    """Raise naming the first NaN/Inf of a (_first_nonfinite)."""
+    i = _first_nonfinite(a)
+    if i >= 0:
+        raise ValueError(f"{name} contains NaN or Inf (first at index "
+                         f"{tuple(int(j) for j in np.unravel_index(i, a.shape))})")
 
 
 class MSELoss(Loss):

@@ -168,14 +168,11 @@ def _backward_act(name, z_pre, a, delta):
 def _check_finite(X):
     """scikit-learn's ValueError ("Input X contains NaN." / "... infinity or a value too large
     for dtype(...)") when X (a dense array or a CSR/CSC matrix, as validate_data gives it)
-    holds a non-finite value; one pass of fastnn's C check."""
-    from ._kernels import first_nonfinite
+    holds a non-finite value; one pass of fastnn's C check (loss._first_nonfinite)."""
+    from .loss import _first_nonfinite
 
     a = X.data if hasattr(X, "tocsr") else X
-    a = np.ascontiguousarray(a)
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-        return
-    i = first_nonfinite(a)
+    i = _first_nonfinite(a)
     if i >= 0:
         what = "NaN" if np.isnan(a.flat[i]) else f"infinity or a value too large for {a.dtype!r}"
         raise ValueError(f"Input X contains {what}.")
