@@ -644,7 +644,7 @@ fastnn_status fastnn_net_forward(fastnn_net *net, void *out, const void *X, int6
  * FASTNN_SUM_BLOCK / 16 rows, as fastnn_cross_entropy does). 0 for reduction 'sum'. */
 static fastnn_status global_denom(const fastnn_net *net, const void *Y, const int64_t *idx,
                                   int64_t B, double *denom) {
-    int64_t out = net->units[net->nunits - 1].out;
+    int64_t out = net_out(net);
     *denom = 0;
     if (!net->mean) return FASTNN_OK;
     if (net->loss != FASTNN_NET_CROSS_ENTROPY) {
@@ -715,8 +715,8 @@ static fastnn_status rows_grad(const fastnn_net *net, const layout *L, const voi
         /* value: this slice's share of the batch loss, weighted by the batch as one_step does */
         if (loss_sum) *loss_sum += value * (double)B;
         if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
-            *correct += count_correct(net->dt, Ls.y[net->nunits - 1], (const int64_t *)Ls.t, n,
-                                      net->units[net->nunits - 1].out);
+            *correct += count_correct(net->dt, net_y(&ns, &Ls), (const int64_t *)Ls.t, n,
+                                      net_out(net));
     }
     return backward(&ns, &Ls, Ls.x, n, key, NULL);
 }
@@ -807,7 +807,8 @@ fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, c
     if (!d) return FASTNN_ENULL;
     if (d->size < 1 || d->rank < 0 || d->rank >= d->size || d->shards < 0) return FASTNN_EINVAL;
     if (net->l2 != 0) return FASTNN_EINVAL;   /* l2 * W / rows: per-rank rows would scale it */
-    if (net->nops > 0) return FASTNN_EINVAL;  /* batch norm's statistics are per batch */
+    for (int i = 0; i < net->nops; i++)   /* batch statistics of a rank's rows alone */
+        if (net->ops[i].kind == FASTNN_OP_BATCHNORM) return FASTNN_EINVAL;
     if (d->shards > 0) {
         if (d->shards % d->size != 0)
             return FASTNN_EINVAL;   /* each rank: a block of whole shards */
@@ -823,7 +824,7 @@ fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d, c
     int64_t local = d->shards > 0 ? (batch_size + d->shards - 1) / d->shards
                                   : (batch_size + d->size - 1) / d->size;
     int nt = fastnn_net_threads(net, fastnn_min64(local, n));
-    if (nt <= 1 || fastnn_cur_team)
+    if (nt <= 1 || fastnn_cur_team || (net->nops > 0 && fastnn_plan_own_teams(net)))
         return dist_steps(net, d, &L, X, Y, index, n, batch_size, seed, loss_sum, correct);
     fastnn_team team;
     fastnn_team_init(&team, nt);

@@ -6,7 +6,8 @@ import numpy as np
 from mpi4py import MPI
 
 import fastnn as fn
-from mpi_worker_data import CASES, data, flat, mlp, resume, train, write
+from mpi_worker_data import (CASES, CNN_CASES, cnn, data, flat, images, mlp, resume, train,
+                             write)
 
 fn.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -39,11 +40,23 @@ def main(job, out):
             results[name] = train(opt, det, drop, dtype, comm)
             if not det:   # the default mode's reduce through an Allreduce, not shared memory
                 results[name + "-allreduce"] = train(opt, det, drop, dtype, allreduce)
+        for name, opt, det, drop, dtype in CNN_CASES:
+            results[name] = train(opt, det, drop, dtype, comm, conv=True)
+        X, y = images()
+        model = cnn()
+        results["cnn-evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
+                                                            comm=comm).values()))
+        results["cnn-predict"] = model.predict(X, comm=comm)
         X, y = data()
         model = mlp()
         results["evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
                                                         comm=comm).values()))
         results["predict"] = model.predict(X, comm=comm)
+    elif job == "batchnorm":           # a CNN with BatchNorm2d: refused on every rank
+        X, y = images()
+        model = cnn(norm=True)
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), X, y,
+               epochs=1, batch_size=32, seed=1, verbose=0, comm=comm)
     elif job == "mismatch-shared":     # rank 1 alone turns the shared-memory reduce off
         X, y = data()
         model = mlp()

@@ -30,18 +30,46 @@ CASES = [("sgd-default", "sgd", False, 0.0, "float32"),
          ("adam-default-float64", "adam", False, 0.0, "float64")]
 
 
+def images(n=640, classes=5, seed=0):
+    """(n, 1, 8, 8) float32 images whose class is the brightest of 5 fixed regions, and labels."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 1, 8, 8)).astype(np.float32)
+    y = X[:, 0, :5, :].mean(2).argmax(1) % classes
+    return X, y.astype(np.int64)
+
+
+def cnn(dropout=0.0, dtype=np.float32, norm=False):
+    """conv 3x3 (4 channels) - ReLU - max pool 2 - conv 3x3 (6) - ReLU - flatten - [dropout] -
+    linear 5: the layer plan's kinds without batch norm (norm=True: a BatchNorm2d after the
+    first conv, which data-parallel training refuses)."""
+    layers = [fn.Conv2d(1, 4, 3, padding=1)] + ([fn.BatchNorm2d(4)] if norm else [])
+    layers += [fn.ReLU(), fn.MaxPool2d(2), fn.Conv2d(4, 6, 3, padding=1), fn.ReLU(),
+               fn.Flatten()]
+    layers += [fn.Dropout(dropout)] if dropout else []
+    return fn.Sequential(*layers, fn.Linear(6 * 4 * 4, 5), dtype=dtype, seed=0)
+
+
 def flat(model):
     return np.concatenate([p.ravel() for p in model.parameters()]).copy()
 
 
-def initial(dtype="float32"):
-    return flat(mlp(dtype=dtype))
+def initial(dtype="float32", conv=False):
+    return flat((cnn if conv else mlp)(dtype=dtype))
 
 
-def train(opt, det, drop, dtype="float32", comm=None):
-    """20 steps (one epoch) of a case; the flat weights."""
-    X, y = data()
-    model = mlp(drop, dtype)
+# the same for the small CNN
+CNN_CASES = [("cnn-" + name, opt, det, drop, dtype) for name, opt, det, drop, dtype in
+             [("sgd-default", "sgd", False, 0.0, "float32"),
+              ("adam-default", "adam", False, 0.0, "float32"),
+              ("sgd-exact", "sgd", True, 0.0, "float32"),
+              ("adam-exact-dropout", "adam", True, 0.3, "float32"),
+              ("adam-exact-float64", "adam", True, 0.0, "float64")]]
+
+
+def train(opt, det, drop, dtype="float32", comm=None, conv=False):
+    """20 steps (one epoch) of a case (conv: the CNN on images); the flat weights."""
+    X, y = images() if conv else data()
+    model = (cnn if conv else mlp)(drop, dtype)
     fn.fit(model, fn.CrossEntropyLoss(), OPTS[opt](model.parameters()), X, y, epochs=1,
            batch_size=32, seed=1, verbose=0, comm=comm, deterministic=det)
     return flat(model)

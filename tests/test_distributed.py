@@ -103,6 +103,50 @@ def test_evaluate_and_predict_split_over_ranks(compare):
 
 
 @needs_mpi
+@pytest.mark.parametrize("case", ["cnn-sgd-exact", "cnn-adam-exact-dropout",
+                                  "cnn-adam-exact-float64"])
+def test_cnn_exact_mode_same_bits_for_1_2_4_ranks(compare, case):
+    """The layer plan (conv, max pool, flatten, dropout, linear) through the same data-parallel
+    step: exact mode gives the same weights for 1, 2 and 4 ranks."""
+    w1 = compare[1][case]
+    assert np.isfinite(w1).all()
+    assert not np.array_equal(w1, wd.initial(str(w1.dtype), conv=True))
+    np.testing.assert_array_equal(compare[2][case], w1)
+    np.testing.assert_array_equal(compare[4][case], w1)
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["cnn-sgd-default", "cnn-adam-default"])
+def test_cnn_default_mode_agrees_to_rounding(compare, case):
+    w1 = compare[1][case]
+    assert not np.array_equal(w1, wd.initial(conv=True))
+    # P=1 under mpiexec is plain fit, bit for bit
+    opt, det, drop, dtype = next(c[1:] for c in wd.CNN_CASES if c[0] == case)
+    np.testing.assert_array_equal(w1, wd.train(opt, det, drop, dtype, conv=True))
+    for p in (2, 4):
+        assert not np.array_equal(compare[p][case], wd.initial(conv=True))
+        assert np.max(np.abs(compare[p][case] - w1)) <= 1e-6 * np.max(np.abs(w1))
+
+
+@needs_mpi
+def test_cnn_evaluate_and_predict_split_over_ranks(compare):
+    model = wd.cnn()
+    X, y = wd.images()
+    ref = fn.evaluate(model, fn.CrossEntropyLoss(), X, y)
+    for p in (1, 2, 4):
+        np.testing.assert_allclose(compare[p]["cnn-evaluate"], list(ref.values()), rtol=1e-12)
+        np.testing.assert_allclose(compare[p]["cnn-predict"], model.predict(X), rtol=1e-6,
+                                   atol=1e-6)
+
+
+@needs_mpi
+def test_batch_norm_under_mpi_is_refused_on_every_rank(tmp_path):
+    rc, text, _ = mpirun(2, "batchnorm", tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "BatchNorm2d" in text and "each rank would see only its own rows" in text
+
+
+@needs_mpi
 def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     rc, text, seconds = mpirun(2, "fail", tmp_path / "x.npz", timeout=60)
     assert rc != 0
@@ -191,6 +235,43 @@ def test_cli_train_distributed(tmp_path):
     assert rc == 0, text
     assert text.count("test accuracy:") == 1          # printed by rank 0 only
     assert (tmp_path / "m.safetensors").exists()
+
+
+def write_idx(path, a):
+    """An IDX file of unsigned bytes (LeCun's MNIST format): magic 0 0 8 ndim, big-endian
+    int32 dims, the data."""
+    head = bytes([0, 0, 8, a.ndim]) + np.array(a.shape, dtype=">i4").tobytes()
+    path.write_bytes(head + a.astype(np.uint8).tobytes())
+
+
+@needs_mpi
+def test_cli_train_distributed_lenet(tmp_path):
+    """`fastnn train --model lenet --distributed` on a small folder of IDX files: a CNN
+    trained data-parallel from the command line, saved and drawn by rank 0."""
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 400), ("t10k", 64)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28)) + 19 * labels[:, None, None]
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte", images)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", labels)
+    exe = shutil.which("fastnn", path=str(Path(sys.executable).parent)) or "fastnn"
+    rc, text, _ = mpirun(2, None, None, args=[
+        exe, "train", "--distributed", "--model", "lenet", "--data", str(tmp_path),
+        "--epochs", "2", "--batch-size", "64", "--save", str(tmp_path / "m.safetensors"),
+        "--plot", str(tmp_path / "c.png")])
+    assert rc == 0, text
+    assert text.count("test accuracy:") == 1          # printed by rank 0 only
+    assert (tmp_path / "m.safetensors").exists() and (tmp_path / "c.png").exists()
+
+
+@needs_mpi
+def test_cli_train_distributed_refuses_batch_norm(tmp_path):
+    exe = shutil.which("fastnn", path=str(Path(sys.executable).parent)) or "fastnn"
+    rc, text, _ = mpirun(2, None, None, args=[exe, "train", "--distributed", "--model", "cnn",
+                                              "--epochs", "1"])
+    assert rc == 2, text
+    assert "--distributed: the model has batch norm (BatchNorm2d" in text
+    assert "epoch" not in text                         # before any training
 
 
 # ---- in this process: the one-rank communicator (no MPI needed) ------------------------------
@@ -389,3 +470,65 @@ def test_memory_mapped_data(tmp_path):
                deterministic=True)
         weights.append(wd.flat(model))
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+# ---- the layer plan (CNNs) in this process ---------------------------------------------------
+
+def test_self_communicator_cnn_default_mode_is_plain_fit():
+    for opt in ("sgd", "adam"):
+        np.testing.assert_array_equal(
+            wd.train(opt, False, 0.0, comm=dist.SelfCommunicator(), conv=True),
+            wd.train(opt, False, 0.0, conv=True))
+
+
+def test_cnn_exact_mode_differs_from_plain_fit_only_by_rounding():
+    exact = wd.train("adam", True, 0.0, comm=dist.SelfCommunicator(), conv=True)
+    plain = wd.train("adam", False, 0.0, conv=True)
+    assert not np.array_equal(exact, wd.initial(conv=True))
+    assert not np.array_equal(exact, plain)      # other sums: the shards' tree
+    np.testing.assert_allclose(exact, plain, rtol=0, atol=1e-4 * np.max(np.abs(plain)))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_batch_norm_is_refused_by_the_data_parallel_step(deterministic):
+    """Each rank's batch statistics would be those of its rows alone: a clear ValueError from
+    fit, before any update; FusedNet.train_dist refuses the plan too."""
+    X, y = wd.images()
+    model = wd.cnn(norm=True)
+    before = wd.flat(model)
+    opt = fn.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match=r"BatchNorm2d.* at index 1 normalises by the "
+                                         r"statistics of its batch"):
+        fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=1, batch_size=32, verbose=0,
+               comm=dist.SelfCommunicator(), deterministic=deterministic)
+    np.testing.assert_array_equal(wd.flat(model), before)
+    from fastnn import plan as _plan
+    p = _plan.training_plan(model, fn.CrossEntropyLoss(), opt, X, y, 32, [])
+    with pytest.raises(ValueError, match="train_dist"):
+        p.net.train_dist(X, y, np.arange(64), 32)
+    np.testing.assert_array_equal(wd.flat(model), before)
+
+
+@pytest.mark.skipif(not fn.openmp_enabled(), reason="a build without OpenMP has no team")
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cnn_distributed_step_same_bits_with_two_threads(deterministic):
+    """The convolutions run their own teams inside the data-parallel loop: 1 and 2 threads
+    give the same bits."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    out = {}
+    old = fn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fn.set_num_threads(threads)
+            model = fn.Sequential(fn.Conv2d(3, 16, 3, padding=1), fn.ReLU(), fn.MaxPool2d(2),
+                                  fn.Conv2d(16, 32, 3, padding=1), fn.ReLU(), fn.Flatten(),
+                                  fn.Linear(32 * 8 * 8, 10), seed=0)
+            fn.fit(model, fn.CrossEntropyLoss(), fn.Adam(model.parameters(), lr=1e-3), X, y,
+                   epochs=1, batch_size=64, seed=0, verbose=0, comm=dist.SelfCommunicator(),
+                   deterministic=deterministic)
+            out[threads] = wd.flat(model)
+    finally:
+        fn.set_num_threads(old)
+    np.testing.assert_array_equal(out[1], out[2])

@@ -238,13 +238,14 @@ def _check_train_args(args):
 
 
 def _train(args):
-    if args.model != "mlp":   # convolutional models: fastnn.models
-        from . import models
-        cols = ("loss", "accuracy", "val_loss", "val_accuracy")
-        return models.train_cli(args, _TableLogger(args.verbose, cols) if args.verbose else None)
     hidden = _check_train_args(args)
     _set_threads(args)
     comm = fastnn.distributed.launch_cli() if args.distributed else None
+    if args.model != "mlp":   # convolutional models: fastnn.models
+        from . import models
+        cols = ("loss", "accuracy", "val_loss", "val_accuracy")
+        return models.train_cli(args, _TableLogger(args.verbose, cols) if args.verbose else None,
+                                comm)
     try:
         name, task, reason, table, ((X, y), (Xv, yv), (Xt, yt)) = _load_training_data(args)
     except DataError as e:

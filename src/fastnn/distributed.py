@@ -314,9 +314,10 @@ class Session:
         self.agree(what)
         if plan is None:
             raise ValueError("fit(comm=...) runs the fused C step: the model must be a "
-                             "Sequential of Linear layers, activations and Dropout on the CPU, "
-                             "with 2-D inputs, a built-in loss and a built-in optimizer with one "
-                             f"parameter group; got {type(model).__name__}, "
+                             "Sequential of the layers it runs (Linear, Conv2d, pooling, "
+                             "Flatten, activations, Dropout; no BatchNorm) on the CPU, a "
+                             "built-in loss and a built-in optimizer with one parameter group; "
+                             f"got {type(model).__name__}, "
                              f"{type(loss).__name__}, {type(optimizer).__name__}")
         self.broadcast_state([plan.net_params, *plan.states])
         self.since_check = 0

@@ -84,10 +84,11 @@ def load_data(name, seed=0, path=None):
 BUILDERS = {"lenet": lenet5, "cnn": digits_cnn, "cifar": cifar_net}
 
 
-def train_cli(args, logger=None):
+def train_cli(args, logger=None, comm=None):
     """`fastnn train --model lenet|cnn`: build, train with the command's optimizer, lr,
-    epochs, batch size and seed, report the test accuracy, save with --save. Mistakes raise
-    fastnn.cli.UsageError (one line, exit status 2)."""
+    epochs, batch size and seed (data-parallel over comm's ranks with --distributed), report
+    the test accuracy, save with --save and draw the curves with --plot (rank 0). Mistakes
+    raise fastnn.cli.UsageError (one line, exit status 2)."""
     from .cli import UsageError
 
     if args.model not in ("lenet", "cnn"):
@@ -101,6 +102,17 @@ def train_cli(args, logger=None):
         model = BUILDERS[args.model](seed=args.seed)
     except (FileNotFoundError, RuntimeError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
+    if comm is not None:
+        norm = next((m for m in model if isinstance(m, (fastnn.BatchNorm1d, fastnn.BatchNorm2d))),
+                    None)
+        if norm is not None:
+            raise UsageError(f"fastnn train --model {args.model} --distributed: the model has "
+                             f"batch norm ({norm._where()}), whose batch statistics would be "
+                             f"each rank's rows alone; train it in one process, or use "
+                             f"--model lenet or mlp")
+    if args.batch_size > len(X):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(X)} training "
+                         f"images; choose at most {len(X)}")
     opt_cls = getattr(fastnn, {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW",
                                "rmsprop": "RMSprop", "adagrad": "Adagrad"}[args.optimizer])
     opt = opt_cls(model.parameters(), **({} if args.lr is None else {"lr": args.lr}))
@@ -110,11 +122,16 @@ def train_cli(args, logger=None):
     print(f"model: {args.model}, {sum(p.size for p in model.parameters())} parameters; {opt}")
     print(model)
     callbacks = [logger] if logger is not None else []
-    fastnn.fit(model, loss, opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
-               validation_data=(Xv, yv), seed=args.seed, callbacks=callbacks, verbose=0)
-    result = fastnn.evaluate(model, loss, Xt, yt)
+    history = fastnn.fit(model, loss, opt, X, y, epochs=args.epochs,
+                         batch_size=args.batch_size, validation_data=(Xv, yv), seed=args.seed,
+                         callbacks=callbacks, verbose=0, comm=comm)
+    result = fastnn.evaluate(model, loss, Xt, yt, comm=comm)
     print(f"test accuracy: {result['accuracy']:.4f} (test loss {result['loss']:.4f})")
-    if args.save:
+    if args.save and (comm is None or comm.rank == 0):
         fastnn.save(model, args.save)
         print(f"saved the model to {args.save}")
+    if args.plot and (comm is None or comm.rank == 0):
+        from . import plot
+        plot.history(history, args.plot, title=f"fastnn train --model {args.model}: {what}")
+        print(f"saved the training curves to {args.plot}")
     return 0

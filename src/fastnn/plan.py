@@ -232,12 +232,10 @@ class PlanTraining(FusedTraining):
         self.plan = plan
 
     def train(self, X, y, index, batch_size, seed, dist=None, model=None):
-        if dist is not None:
-            raise ValueError("fit: data-parallel training of a layer plan is not supported")
         step0 = self.chunk.step
         seen = 0
         try:
-            out = super().train(X, y, index, batch_size, seed)
+            out = super().train(X, y, index, batch_size, seed, dist, model)
             seen = self.chunk.step - step0
             return out
         except _kernels.NonFiniteLossError:

@@ -121,7 +121,9 @@ fastnn_status fastnn_net_train(fastnn_net *net, const void *X, const void *Y, in
  * batch gradient). After each backward pass thread 0 calls reduce(ctx, grads, nparams, step)
  * (step: the update about to run, from 1), which must leave in grads the gradient of the
  * whole batch; then the optimizer update runs. Dropout masks are keyed by the row's place in
- * the global batch. *loss_sum and *correct get this rank's share (sum them over ranks). */
+ * the global batch. *loss_sum and *correct get this rank's share (sum them over ranks).
+ * Units and layer plans alike, but FASTNN_EINVAL for a plan with a batch norm (its batch
+ * statistics would be those of a rank's rows, not of the global batch) and for l2 != 0. */
 typedef fastnn_status (*fastnn_net_reduce_fn)(void *ctx, void *grads, int64_t n, int64_t step);
 
 typedef struct {
