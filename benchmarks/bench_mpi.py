@@ -3,8 +3,8 @@ and what two ranks deliver, with a cost model of scaling to many machines.
 
     python benchmarks/bench_mpi.py                 # needs fastnn[mpi]: mpi4py + an mpiexec
 
-1. Overhead at P=1: one fit epoch of 784-H-H-10 (ReLU, softmax-CE, SGD momentum 0.9) at global
-   batch --batch1 without comm, with comm=MPI.COMM_WORLD (one rank) and in the exact mode;
+1. Overhead at P=1: one fit epoch of 784-H-H-10 (ReLU; or LeNet-5 with --hidden lenet;
+   softmax-CE, SGD momentum 0.9) at global batch --batch1 without comm, with comm=MPI.COMM_WORLD (one rank) and in the exact mode;
    interleaved in one process, one thread, median of --repeats, ratios.
 2. Two ranks: one process at global batch --batch2 against `mpiexec -n 2` at the same global
    batch (one thread per rank), the gradients reduced through the shared-memory window and
@@ -31,10 +31,25 @@ from fastnn import _bench, _bench_mlp
 
 
 def model_and_opt(hidden, seed=0):
-    model = fastnn.Sequential(fastnn.Linear(784, hidden), fastnn.ReLU(),
-                              fastnn.Linear(hidden, hidden), fastnn.ReLU(),
-                              fastnn.Linear(hidden, 10), seed=seed)
+    """hidden: the MLP 784-hidden-hidden-10, or "lenet": LeNet-5 (fastnn.models.lenet5) on
+    1x28x28 images."""
+    if hidden == "lenet":
+        from fastnn import models
+        model = models.lenet5(seed=seed)
+    else:
+        model = fastnn.Sequential(fastnn.Linear(784, hidden), fastnn.ReLU(),
+                                  fastnn.Linear(hidden, hidden), fastnn.ReLU(),
+                                  fastnn.Linear(hidden, 10), seed=seed)
     return model, fastnn.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def make_data(samples, hidden):
+    X, y = _bench_mlp.make_data(samples)
+    return (X.reshape(-1, 1, 28, 28) if hidden == "lenet" else X), y
+
+
+def describe(hidden):
+    return "LeNet-5 (1x28x28)" if hidden == "lenet" else f"784-{hidden}-{hidden}-10"
 
 
 def epoch_seconds(X, y, hidden, batch, comm=None, deterministic=False, cpu=False):
@@ -50,7 +65,7 @@ def epoch_seconds(X, y, hidden, batch, comm=None, deterministic=False, cpu=False
 def worker(args):
     """One launch of part 2: a warm-up epoch, then a timed one; rank 0 prints JSON."""
     _bench_mlp.single_thread()
-    X, y = _bench_mlp.make_data(args.samples)
+    X, y = make_data(args.samples, args.hidden)
     comm = None
     reduce_s = [0.0]
     if args.comm:
@@ -74,8 +89,7 @@ def worker(args):
     t = epoch_seconds(X, y, args.hidden, args.batch2, comm and comm_fit)
     allreduce = 0.0
     if comm is not None:   # the Allreduce alone: 10 of the gradient buffer's size, median
-        h = args.hidden
-        buf = np.ones(784 * h + h + h * h + h + h * 10 + 10, dtype=np.float32)
+        buf = np.ones(nparams(args.hidden), dtype=np.float32)
         ts = []
         for _ in range(11):
             comm.Barrier()
@@ -87,6 +101,10 @@ def worker(args):
         print(json.dumps({"seconds": t, "reduce_seconds": reduce_s[0], "allreduce": allreduce}))
 
 
+def nparams(hidden):
+    return sum(p.size for p in model_and_opt(hidden)[0].parameters())
+
+
 def launch(cmd, env):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -94,7 +112,8 @@ def launch(cmd, env):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--hidden", type=lambda v: v if v == "lenet" else int(v), default=1024,
+                   help="the MLP's hidden width, or 'lenet' for LeNet-5 (default %(default)s)")
     p.add_argument("--batch1", type=int, default=256, help="global batch of part 1")
     p.add_argument("--batch2", type=int, default=512, help="global batch of part 2")
     p.add_argument("--samples", type=int, default=8192, help="samples per epoch")
@@ -115,20 +134,18 @@ def main():
     print(f"fastnn {fastnn.__version__}, kernel table {fastnn.arch()}, numpy {np.__version__}, "
           f"{MPI.Get_library_version().splitlines()[0].strip()}, mpi4py "
           f"{__import__('mpi4py').__version__}")
-    h = args.hidden
-    nparams = 784 * h + h + h * h + h + h * 10 + 10
-    X, y = _bench_mlp.make_data(args.samples)
+    X, y = make_data(args.samples, args.hidden)
 
     parts = set(args.parts.split(","))
     if "1" in parts:
         t1_step_256 = part1(args, X, y, MPI)
     if "2" in parts:
-        part2(args, nparams, t1_step_256 if "1" in parts else None)
+        part2(args, nparams(args.hidden), t1_step_256 if "1" in parts else None)
 
 
 def part1(args, X, y, MPI):
     h = args.hidden
-    print(f"\n1. one rank, 784-{h}-{h}-10, global batch {args.batch1}, {args.samples} samples, "
+    print(f"\n1. one rank, {describe(h)}, global batch {args.batch1}, {args.samples} samples, "
           f"1 thread, {args.repeats} interleaved runs: median epoch seconds, wall and CPU "
           f"(the process's CPU time: less sensitive to other programs on the machine)")
     variants = {"fit": {}, "fit(comm), 1 rank": {"comm": MPI.COMM_WORLD},

@@ -28,6 +28,10 @@ rounding of the sum (the default mode). Rank 0's initial weights and optimizer s
 broadcast at the start, so they stay identical on every rank; every ``check_every`` steps the
 ranks compare a hash of the parameters and stop with an error if they diverged.
 
+The models: those the fused C step runs, MLPs and CNNs (the layer plan: Linear, Conv2d,
+pooling, Flatten, activations, Dropout). A BatchNorm is refused with a ValueError: its batch
+statistics would be those of each rank's rows, not of the global batch.
+
 Exact mode, ``fit(..., deterministic=True)``: each global batch is cut into ``shards`` fixed
 shards (8 by default; ``deterministic=K`` picks K), each shard's gradient is computed alone,
 and the shards are added over a fixed pairwise tree in shard order: each rank adds the

@@ -13,7 +13,8 @@ The reported training loss and metrics of an epoch are the means over its batche
 on the outputs before each update), as Keras reports them.
 
 A Sequential of Linear layers, activations and Dropout with a built-in loss and optimizer
-trains through the fused C step (fastnn._fused): a whole chunk of mini-batches per native
+trains through the fused C step (fastnn._fused), and so does a CNN the layer plan describes
+(fastnn.plan): a whole chunk of mini-batches per native
 call, with the same numbers as the per-op loop (Dropout masks excepted: see _fused). A model moved
 with ``model.to("cuda")`` trains on the GPU (fastnn.cuda.train: X and y uploaded once, the
 same shuffling and formulas, numbers equal up to float rounding).
