@@ -787,12 +787,14 @@ static fastnn_status dist_steps(fastnn_net *net, const fastnn_net_dist *d, const
         else if (team)
             fastnn_team_barrier(team);
         if (st != FASTNN_OK) return st;
+        fastnn_net nu = *net;   /* the update reads the reduced gradient */
+        if (d->reduced) nu.grads = d->reduced;
         if (!net->nonfinite_ok) {
-            double g0 = net->dt == FASTNN_F32 ? (double)((const float *)net->grads)[0]
-                                              : ((const double *)net->grads)[0];
+            double g0 = net->dt == FASTNN_F32 ? (double)((const float *)nu.grads)[0]
+                                              : ((const double *)nu.grads)[0];
             if (g0 != g0) return FASTNN_ENONFINITE;
         }
-        if ((st = update(net, step + 1)) != FASTNN_OK) return st;
+        if ((st = update(&nu, step + 1)) != FASTNN_OK) return st;
         if (!team || fastnn_thread_id() == 0) net->opt.step = step + 1;
     }
     return FASTNN_OK;

@@ -233,6 +233,7 @@ cdef extern from "fastnn/net.h" nogil:
         void *scratch
         fastnn_net_reduce_fn reduce
         void *ctx
+        void *reduced
     int64_t fastnn_net_dist_scratch(const fastnn_net *net, const fastnn_net_dist *d)
     fastnn_status fastnn_net_train_dist(fastnn_net *net, const fastnn_net_dist *d,
                                         const void *X, const void *Y, int64_t rows,

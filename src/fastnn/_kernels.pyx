@@ -1542,7 +1542,7 @@ cdef class FusedNet:
         return Xa, Ya, I
 
     def train_dist(self, X, Y, index, int64_t batch_size, seed=0, *, reduce=None, int rank=0,
-                   int size=1, int64_t shards=0, grads=None):
+                   int size=1, int64_t shards=0, grads=None, reduced=None):
         """Data-parallel train(): index[0:bs], index[bs:2bs], ... are global batches; this rank
         computes the gradient of its part of each (rows [B rank / size, B (rank+1) / size),
         or with shards > 0 its block of shards summed over a fixed tree: see
@@ -1553,7 +1553,10 @@ cdef class FusedNet:
         grads: an array (like the net's gradient buffer: same dtype and size, C-contiguous)
         that the gradients go to during this call instead of the net's own buffer, e.g. one in
         memory the ranks share; its padding must be zero. At the end (also on an error) the
-        net's own buffer gets its contents, the last gradient, as train() leaves it."""
+        net's own buffer gets its contents, the last gradient, as train() leaves it.
+        reduced: an array like grads where reduce leaves the batch gradient instead of in
+        grads (e.g. one sum the ranks share); the update reads it, and the net's own buffer
+        gets its contents at the end."""
         fn = "FusedNet.train_dist"
         cdef cnp.ndarray own = self.keep[1]
         cdef cnp.ndarray G = own
@@ -1563,6 +1566,13 @@ cdef class FusedNet:
                 if other is not own and isinstance(other, cnp.ndarray) and _overlap(G, other):
                     raise ValueError(f"{_sig(fn, 'grads')} overlaps the net's parameters, "
                                      f"optimizer state or working memory")
+        cdef cnp.ndarray R = None
+        if reduced is not None:
+            R = _state(reduced, fn, "reduced", own)
+            for other in self.keep + [G]:
+                if other is not own and isinstance(other, cnp.ndarray) and _overlap(R, other):
+                    raise ValueError(f"{_sig(fn, 'reduced')} overlaps 'grads', the net's "
+                                     f"parameters, optimizer state or working memory")
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"{_sig(fn, 'rank')} must be in [0, size={size}), got {rank}")
         if shards < 0 or (shards and shards % size):
@@ -1573,6 +1583,8 @@ cdef class FusedNet:
         Xa, Ya, I = self._train_args(fn, X, Y, index, batch_size)
         if G is not own and (_overlap(G, Xa) or _overlap(G, Ya) or _overlap(G, I)):
             raise ValueError(f"{_sig(fn, 'grads')} overlaps 'X', 'Y' or 'index' in memory")
+        if R is not None and (_overlap(R, Xa) or _overlap(R, Ya) or _overlap(R, I)):
+            raise ValueError(f"{_sig(fn, 'reduced')} overlaps 'X', 'Y' or 'index' in memory")
         cdef fastnn_net_dist d
         d.rank = rank
         d.size = size
@@ -1580,6 +1592,7 @@ cdef class FusedNet:
         d.scratch = NULL
         d.reduce = NULL
         d.ctx = NULL
+        d.reduced = NULL if R is None else _ptr(R)
         holder = [reduce, G, None]
         if reduce is not None:
             d.reduce = _reduce_grads
@@ -1607,7 +1620,9 @@ cdef class FusedNet:
                                            &loss_sum, &correct)
         finally:
             self.net.grads = own_ptr
-            if G is not own:
+            if R is not None:
+                np.copyto(own, R)
+            elif G is not own:
                 np.copyto(own, G)
         if holder[2] is not None:
             raise holder[2]

@@ -157,10 +157,12 @@ class MPICommunicator:
 
     def shared_segments(self, n, dtype):
         """Every rank's segment (n elements of dtype, zeros) of an MPI shared-memory window,
-        as numpy arrays in rank order, this rank's at [rank]; None when the ranks are not all
-        on one machine (or shared_memory is False, or one rank). Collective: every rank calls
-        it with the same n and dtype. The window is kept for the next call of the same size
-        (the previous one is freed otherwise) until free_shared()."""
+        as numpy arrays in rank order, this rank's at [rank], and after them one more segment
+        of n elements that every rank reads and writes (the sum; in rank 0's memory): a list of
+        size + 1 arrays. None when the ranks are not all on one machine (or shared_memory is
+        False, or one rank). Collective: every rank calls it with the same n and dtype. The
+        window is kept for the next call of the same size (the previous one is freed
+        otherwise) until free_shared()."""
         if not self.shared_memory or self.size == 1 or self._one_node is False:
             return None
         dtype = np.dtype(dtype)
@@ -173,14 +175,21 @@ class MPICommunicator:
             self._one_node = node.Get_size() == self.size   # asked once: the ranks stay put
             if not self._one_node:
                 return None
-            win = MPI.Win.Allocate_shared(n * dtype.itemsize, dtype.itemsize, comm=node)
+            # rank 0 holds its segment and the sum (a page apart), the others their segment
+            step = -(-n * dtype.itemsize // 4096) * 4096
+            win = MPI.Win.Allocate_shared(step + n * dtype.itemsize if self.rank == 0 else
+                                          n * dtype.itemsize, dtype.itemsize, comm=node)
         finally:
             node.Free()
         segs = []
         for q in range(self.size):
             buf, _ = win.Shared_query(q)
             segs.append(np.frombuffer(buf, dtype=dtype, count=n))
+        buf, _ = win.Shared_query(0)
+        segs.append(np.frombuffer(buf, dtype=dtype, count=n, offset=step))
         segs[self.rank][...] = 0
+        if self.rank == 0:
+            segs[-1][...] = 0
         win.Lock_all(MPI.MODE_NOCHECK)   # one passive epoch: loads and stores with Sync
         self._win = (win, n, dtype, segs)
         self.comm.Barrier()
@@ -354,28 +363,22 @@ class Session:
 
     def reduce_shared(self, grads, step):
         """The default mode's reduce through shared memory: each rank sums its 1/P of the
-        buffer over every rank's segment (in rank order) into its own segment, then copies the
-        other ranks' summed parts from theirs. The gradients are written to the shared window
-        by the C step itself, so nothing is copied in; against an Allreduce (which copies the
-        buffer into and out of MPI's own shared memory) this reads 1.5 buffers and writes one
-        per rank at P=2."""
+        buffer over every rank's segment (in rank order) into the shared sum segment, which
+        every rank's optimizer update then reads (FusedNet.train_dist(reduced=...)). The C
+        step writes the gradients to the window itself, so nothing is copied in or out; per
+        rank and step this reads one buffer and writes 1/P of one (an Allreduce copies the
+        buffer into and out of MPI's own shared memory as well). Two barriers: the first also
+        means every rank has finished the previous update, which read the sum; the second,
+        that the whole sum is written, and that no rank reads a segment after it (the next
+        backward pass rewrites it)."""
         comm, segs, P, r = self.comm, self._segs, self.size, self.rank
         comm.sync_shared()                    # every rank's gradient is complete
         lo, hi = self._bounds[r], self._bounds[r + 1]
-        if P == 2:
-            np.add(segs[0][lo:hi], segs[1][lo:hi], out=grads[lo:hi])
-        else:
-            acc = self._acc[:hi - lo]
-            np.add(segs[0][lo:hi], segs[1][lo:hi], out=acc)
-            for q in range(2, P):
-                np.add(acc, segs[q][lo:hi], out=acc)
-            grads[lo:hi] = acc
+        out = segs[P][lo:hi]
+        np.add(segs[0][lo:hi], segs[1][lo:hi], out=out)
+        for q in range(2, P):
+            np.add(out, segs[q][lo:hi], out=out)
         comm.sync_shared()                    # every part is summed
-        for q in range(P):
-            if q != r:
-                a, b = self._bounds[q], self._bounds[q + 1]
-                grads[a:b] = segs[q][a:b]
-        comm.sync_shared()                    # no rank writes its segment while others read
 
     def _shared(self, grads_size, dtype):
         """This rank's shared gradient segment for the default mode, or None (exact mode,
@@ -395,9 +398,6 @@ class Session:
             # the parts each rank sums: whole cache lines (16 float32) apart
             self._bounds = [min(grads_size, (grads_size * q // self.size) // 16 * 16)
                             for q in range(self.size)] + [grads_size]
-            if self.size > 2:
-                self._acc = np.empty(max(b - a for a, b in zip(self._bounds,
-                                                                self._bounds[1:])), dtype=dtype)
         return segs[self.rank]
 
     def train(self, net, X, y, idx, batch_size, seed, model):
@@ -407,7 +407,7 @@ class Session:
             loss_sum, correct = net.train_dist(
                 X, y, idx, batch_size, seed, reduce=self.reduce if grads is None else
                 self.reduce_shared, rank=self.rank, size=self.size, shards=self.shards,
-                grads=grads)
+                grads=grads, reduced=None if grads is None else self._segs[self.size])
         except NonFiniteLossError:
             # every rank stops at the same step here (the reduced NaN mark), so the
             # collective free of a window made for this fit alone cannot hang

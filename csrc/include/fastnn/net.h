@@ -132,6 +132,9 @@ typedef struct {
     void *scratch;                 /* exact mode: fastnn_net_dist_scratch(net, d) elements */
     fastnn_net_reduce_fn reduce;   /* may be NULL with size 1 */
     void *ctx;
+    void *reduced;                 /* NULL: reduce leaves the batch gradient in grads; else
+                                    * it leaves it here (nparams elements, e.g. a buffer the
+                                    * ranks share and sum into), where the update reads it */
 } fastnn_net_dist;
 
 /* Elements of scratch the exact mode needs (0 in the default mode). */
