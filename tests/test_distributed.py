@@ -481,6 +481,29 @@ def test_self_communicator_cnn_default_mode_is_plain_fit():
             wd.train(opt, False, 0.0, conv=True))
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cnn_history_under_comm_is_plain_fits(deterministic):
+    """The loss and accuracy of each epoch and of the validation data, counted per rank's rows
+    by the C step (the CNN's output taken from the layer plan), equal one process's."""
+    X, y = wd.images()
+    hist = []
+    for comm in (None, dist.SelfCommunicator()):
+        model = wd.cnn()
+        hist.append(fn.fit(model, fn.CrossEntropyLoss(), fn.Adam(model.parameters(), lr=1e-2),
+                           X[:512], y[:512], epochs=2, batch_size=32, seed=3, verbose=0,
+                           metrics=["accuracy"], validation_data=(X[512:], y[512:]),
+                           comm=comm, deterministic=deterministic and comm is not None
+                           ).history)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if deterministic and k == "loss":    # other sums: equal to rounding
+            np.testing.assert_allclose(hist[1][k], hist[0][k], rtol=1e-5)
+        elif deterministic and k == "val_loss":
+            np.testing.assert_allclose(hist[1][k], hist[0][k], rtol=1e-4)
+        elif not deterministic:
+            assert hist[1][k] == hist[0][k], k
+    assert hist[0]["accuracy"][1] > 0.3        # it learns: 5 classes
+
+
 def test_cnn_exact_mode_differs_from_plain_fit_only_by_rounding():
     exact = wd.train("adam", True, 0.0, comm=dist.SelfCommunicator(), conv=True)
     plain = wd.train("adam", False, 0.0, conv=True)
