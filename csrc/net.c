@@ -209,6 +209,29 @@ static int64_t count_correct(fastnn_dtype dt, const void *y, const int64_t *labe
     return ok;
 }
 
+/* fastnn_net.metric_sums over rows of outputs y and targets t (cols values a row). */
+static void add_metrics(const fastnn_net *net, const void *y, const void *t, int64_t rows,
+                        int64_t cols) {
+    double *m = net->metric_sums;
+    for (int64_t r = 0; r < rows; r++) {
+        double a = 0, q = 0, hit = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            double yv, e;
+            if (net->dt == FASTNN_F32) {
+                float yf = ((const float *)y)[r * cols + c], tf = ((const float *)t)[r * cols + c];
+                yv = yf, e = (double)(yf - tf);
+                hit += yf == yf && (yf > 0) == (tf > 0.5f);
+            } else {
+                double td = ((const double *)t)[r * cols + c];
+                yv = ((const double *)y)[r * cols + c], e = yv - td;
+                hit += yv == yv && (yv > 0) == (td > 0.5);
+            }
+            a += fabs(e), q += e * e;
+        }
+        m[0] += a / (double)cols, m[1] += q / (double)cols, m[2] += hit / (double)cols;
+    }
+}
+
 static char *at(const fastnn_net *net, void *base, int64_t offset) {
     return (char *)base + (size_t)offset * esize(net->dt);
 }
@@ -482,6 +505,8 @@ static fastnn_status loss_step(const fastnn_net *net, const layout *L, int64_t B
     if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
         *correct += count_correct(net->dt, net_y(net, L), (const int64_t *)L->t, B,
                                   net_out(net));
+    if (net->metric_sums && net->loss != FASTNN_NET_CROSS_ENTROPY)
+        add_metrics(net, net_y(net, L), L->t, B, net_out(net));
     if (loss_sum) *loss_sum += value * (double)B;
     return FASTNN_OK;
 }
@@ -717,6 +742,8 @@ static fastnn_status rows_grad(const fastnn_net *net, const layout *L, const voi
         if (correct && net->loss == FASTNN_NET_CROSS_ENTROPY)
             *correct += count_correct(net->dt, net_y(&ns, &Ls), (const int64_t *)Ls.t, n,
                                       net_out(net));
+        if (net->metric_sums && net->loss != FASTNN_NET_CROSS_ENTROPY)
+            add_metrics(net, net_y(&ns, &Ls), Ls.t, n, net_out(net));
     }
     return backward(&ns, &Ls, Ls.x, n, key, NULL);
 }

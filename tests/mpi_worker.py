@@ -6,8 +6,8 @@ import numpy as np
 from mpi4py import MPI
 
 import fastnn as fn
-from mpi_worker_data import (CASES, CNN_CASES, cnn, data, flat, images, mlp, resume, train,
-                             write)
+from mpi_worker_data import (CASES, CNN_CASES, cnn, data, flat, images, mlp, regress, resume,
+                             train, write)
 
 fn.set_num_threads(1)
 comm = MPI.COMM_WORLD
@@ -42,6 +42,7 @@ def main(job, out):
                 results[name + "-allreduce"] = train(opt, det, drop, dtype, allreduce)
         for name, opt, det, drop, dtype in CNN_CASES:
             results[name] = train(opt, det, drop, dtype, comm, conv=True)
+        results["cnn-mse"], results["cnn-mse-history"] = regress(comm)
         X, y = images()
         model = cnn()
         results["cnn-evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
@@ -52,6 +53,29 @@ def main(job, out):
         results["evaluate"] = np.array(list(fn.evaluate(model, fn.CrossEntropyLoss(), X, y,
                                                         comm=comm).values()))
         results["predict"] = model.predict(X, comm=comm)
+    elif job == "mismatch-data":       # rank 1's X differs in one value of row 1
+        X, y = data()
+        if rank == 1:
+            X = X.copy()
+            X[1, 0] += 1
+        model = mlp()
+        fn.fit(model, fn.CrossEntropyLoss(), fn.SGD(model.parameters(), lr=0.05), X, y,
+               epochs=1, batch_size=32, seed=1, verbose=0, comm=comm)
+    elif job == "mismatch-scheduler":  # the same scheduler type, another gamma on rank 1
+        X, y = data()
+        model = mlp()
+        opt = fn.SGD(model.parameters(), lr=0.05)
+        fn.fit(model, fn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=32, seed=1,
+               verbose=0, scheduler=fn.StepLR(opt, 1, gamma=0.9 if rank else 0.5), comm=comm)
+    elif job == "small-shm":           # /dev/shm too small for the window: the Allreduce
+        import warnings
+        fn.distributed._shm_room = lambda path="/dev/shm": 1 << 20
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results["weights"] = train("sgd", False, 0.0, "float32", comm)
+        results["window"] = np.array(fn.distributed._WORLD._win is not None)
+        results["warned"] = np.array(any("/dev/shm has less than" in str(w.message)
+                                         for w in caught))
     elif job == "batchnorm":           # a CNN with BatchNorm2d: refused on every rank
         X, y = images()
         model = cnn(norm=True)

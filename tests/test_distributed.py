@@ -129,6 +129,18 @@ def test_cnn_default_mode_agrees_to_rounding(compare, case):
 
 
 @needs_mpi
+def test_cnn_regression_with_its_default_metric(compare):
+    """MSELoss with fit's default metric (mae, counted by the C step on each rank's rows):
+    P=1 under mpiexec is plain fit, P=2 and 4 agree to rounding, history included."""
+    w, hist = wd.regress()
+    np.testing.assert_array_equal(compare[1]["cnn-mse"], w)
+    np.testing.assert_array_equal(compare[1]["cnn-mse-history"], hist)
+    for p in (2, 4):
+        assert np.max(np.abs(compare[p]["cnn-mse"] - w)) <= 1e-6 * np.max(np.abs(w))
+        np.testing.assert_allclose(compare[p]["cnn-mse-history"], hist, rtol=1e-5)
+
+
+@needs_mpi
 def test_cnn_evaluate_and_predict_split_over_ranks(compare):
     model = wd.cnn()
     X, y = wd.images()
@@ -163,6 +175,17 @@ def test_mismatched_hyper_parameters_fail_at_the_start(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.parametrize("job, what", [("mismatch-data", "X: rank 0 has"),
+                                       ("mismatch-scheduler", "scheduler: rank 0 has")])
+def test_mismatched_data_or_scheduler_fail_at_the_start(tmp_path, job, what):
+    """One value of one row of X differs on rank 1 (the whole array is hashed), or a
+    scheduler's settings (not only its type): a ValueError before the first step."""
+    rc, text, _ = mpirun(2, job, tmp_path / "x.npz", timeout=60)
+    assert rc != 0
+    assert "the ranks disagree" in text and what in text
+
+
+@needs_mpi
 def test_mismatched_shared_memory_setting_fails_at_the_start(tmp_path):
     """One rank reducing in shared memory and the other through an Allreduce would hang:
     a clear error on every rank instead."""
@@ -182,6 +205,15 @@ def test_a_kept_shared_window_leaves_the_padding_zero(tmp_path):
         assert r[f"padgrad{h}"].size and not r[f"padgrad{h}"].any()
         assert not r[f"paddata{h}"].any()
     assert r["world_kept"] and r["other_freed"]   # no window left behind per fit
+
+
+@needs_mpi
+def test_too_small_dev_shm_falls_back_to_the_allreduce(tmp_path, compare):
+    """Touching a shared window larger than /dev/shm would kill the ranks with SIGBUS: with
+    too little room they agree to sum through the Allreduce (same numbers), and rank 0 warns."""
+    r = run_ok(2, "small-shm", tmp_path / "x.npz")
+    assert not r["window"] and r["warned"]
+    np.testing.assert_array_equal(r["weights"], compare[2]["sgd-default-allreduce"])
 
 
 @needs_mpi

@@ -89,6 +89,43 @@ def test_other_activations_and_regression_losses(monkeypatch, act):
         np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("conv", [False, True])
+def test_regression_metrics_counted_by_the_fused_step(monkeypatch, dtype, conv):
+    """mae, mse and the binary accuracy of logits (fit's default metric of a regression loss
+    is mae) are counted in the C step, MLP and layer plan alike: the weights the per-op path
+    gives, bit for bit, and its metrics to rounding (sums in another order)."""
+    plan = _fused.training_plan
+    rng = np.random.default_rng(1)
+    if conv:
+        X = rng.standard_normal((200, 2, 6, 6)).astype(dtype)
+        T = np.tanh(X[:, 0, :3, 0] * 0.7).astype(dtype)
+        make = lambda: fn.Sequential(fn.Conv2d(2, 4, 3), fn.ReLU(), fn.MaxPool2d(2),  # noqa
+                                     fn.Flatten(), fn.Linear(16, 3), dtype=dtype, seed=0)
+    else:
+        X = rng.standard_normal((200, 20)).astype(dtype)
+        T = np.tanh(X[:, :3] * 0.7).astype(dtype)
+        make = lambda: fn.Sequential(fn.Linear(20, 16), fn.Tanh(), fn.Linear(16, 3),  # noqa
+                                     dtype=dtype, seed=0)
+    for loss, target in ((fn.MSELoss(), T), (fn.BCEWithLogitsLoss(), (T > 0).astype(dtype))):
+        runs = []
+        for force in (False, True):
+            model = make()
+            opt = fn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            assert plan(model, loss, opt, X, target, 32, ["mae", "mse", "accuracy"]) is not None
+            monkeypatch.setattr(_fused, "training_plan", (lambda *a, **k: None) if force else plan)
+            metrics = None if isinstance(loss, fn.MSELoss) else ["mae", "mse", "accuracy"]
+            h = fn.fit(model, loss, opt, X, target, epochs=2, batch_size=32, seed=3, verbose=0,
+                       metrics=metrics, validation_split=0.2)
+            runs.append((model.state_dict(), h.history))
+        for k in runs[0][0]:
+            assert runs[0][0][k].tobytes() == runs[1][0][k].tobytes(), (loss, k)
+        assert runs[0][1].keys() == runs[1][1].keys()
+        for k in runs[0][1]:
+            if k != "epoch_time":
+                np.testing.assert_allclose(runs[0][1][k], runs[1][1][k], rtol=1e-6, err_msg=k)
+
+
 def test_plan_falls_back_where_it_cannot_run():
     X, y = data()
     loss = fn.CrossEntropyLoss()

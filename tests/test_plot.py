@@ -72,3 +72,17 @@ def test_cli_train_plot(tmp_path):
     cli.main(["train", "--epochs", "2", "--hidden", "16", "--verbose", "0", "--plot", str(path)])
     w, h = _png_size(path)
     assert w > 100 and h > 100
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_cli_train_plot_path_checked_before_training(tmp_path, capsys, model):
+    """A --plot suffix matplotlib cannot write is a one-line error (exit 2) before any epoch,
+    for the MLP and the convolutional models alike."""
+    from fastnn import cli
+
+    rc = cli.main(["train", "--model", model, "--epochs", "1", "--plot",
+                   str(tmp_path / "x.notapicture")])
+    out = capsys.readouterr()
+    assert rc == 2
+    assert "--plot" in out.err and "the suffix must name a picture format" in out.err
+    assert "epoch" not in out.out and not (tmp_path / "x.notapicture").exists()

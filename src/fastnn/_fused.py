@@ -132,6 +132,7 @@ class FusedTraining:
         self.net, self.chunk, self.group = net, chunk, group
         self.net_params = None if buffer is None else buffer.data
         self.states = [s for s in states if s is not None]
+        self.cross_entropy = True   # False: the net's metric_sums hold the training metrics
 
     def train(self, X, y, index, batch_size, seed, dist=None, model=None):
         """dist (a fastnn.distributed.Session): a data-parallel call (global batches)."""
@@ -164,13 +165,15 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
     if largs["loss"] == "cross_entropy":
         if y.ndim != 1 or set(metrics) - {"accuracy"}:
             return None
-    elif metrics or y.shape != (len(X), units[-1][1]):
-        return None      # regression metrics are computed per-op
+    elif y.shape != (len(X), units[-1][1]):
+        return None      # the per-op path raises its error
     name, hyper, states, step, chunk = oargs
     net = FusedNet(units, buffer.data, buffer.grad, optim=name, hyper=hyper, states=states,
                    step=step, max_batch=batch_size, l2=l2,
                    adam_eps_uncorrected=adam_eps_uncorrected, **largs)
-    return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
+    t = FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
+    t.cross_entropy = largs["loss"] == "cross_entropy"
+    return t
 
 
 def inference_net(model, max_batch=256, input_shape=None):

@@ -1198,6 +1198,7 @@ cdef class FusedNet:
     cdef object keep
     cdef object dist_scratch
     cdef readonly object dtype
+    cdef readonly object metric_sums
     cdef readonly int64_t in_features, out_features, max_batch
 
     def __cinit__(self):
@@ -1340,6 +1341,9 @@ cdef class FusedNet:
         self.net.arena = <char *>cnp.PyArray_DATA(arena) + off
         keep.append(arena)
         self.keep = keep
+        # losses other than cross-entropy: train() adds the rows' mae, mse and binary accuracy
+        self.metric_sums = np.zeros(3, dtype=np.float64)
+        self.net.metric_sums = <double *>cnp.PyArray_DATA(self.metric_sums)
         self.dtype = P.dtype
         self.in_features = units[0][0] if ops is None else int(np.prod(self.input_shape))
         self.out_features = last_out
@@ -1482,7 +1486,10 @@ cdef class FusedNet:
 
     def train(self, X, Y, index, int64_t batch_size, seed=0):
         """One optimizer step per mini-batch index[0:bs], index[bs:2bs], ... of X, Y rows.
-        Returns (sum of batch loss * batch rows, correctly classified rows)."""
+        Returns (sum of batch loss * batch rows, correctly classified rows). With a loss
+        other than cross-entropy the rows' training metrics are added to metric_sums
+        (float64 [mae, mse, binary accuracy], each a sum over rows of the row's mean over
+        outputs; see fastnn_net.metric_sums): zero it to start counting."""
         fn = "FusedNet.train"
         cdef cnp.ndarray Xa = self._flat_x(fn, X)
         cdef int64_t rows = Xa.shape[0]

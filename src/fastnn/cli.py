@@ -234,6 +234,11 @@ def _check_train_args(args):
         _check_output(args.save, "--save")
     if args.plot:
         _check_output(args.plot, "--plot")
+        from . import plot
+        try:
+            plot.check_path(args.plot)
+        except (ImportError, ValueError) as e:
+            raise UsageError(f"--plot {args.plot}: {e}") from None
     return hidden
 
 

@@ -154,6 +154,7 @@ class MPICommunicator:
         self.shared_memory = shared_memory
         self._win = None          # (window, size, dtype, segments) of shared_segments
         self._one_node = None     # whether every rank runs on this machine (once known)
+        self._warned_shm = False
 
     def shared_segments(self, n, dtype):
         """Every rank's segment (n elements of dtype, zeros) of an MPI shared-memory window,
@@ -177,6 +178,21 @@ class MPICommunicator:
                 return None
             # rank 0 holds its segment and the sum (a page apart), the others their segment
             step = -(-n * dtype.itemsize // 4096) * 4096
+            # The window's pages come from /dev/shm, which a container may keep small (64 MiB
+            # in Docker); touching a page beyond its size kills the process with SIGBUS, so
+            # without room for the window and a margin for MPI itself the ranks agree to use
+            # the Allreduce instead.
+            need = step + self.size * n * dtype.itemsize + (16 << 20)
+            if not node.allreduce(_shm_room() >= need, op=MPI.LAND):
+                if self.rank == 0 and not self._warned_shm:
+                    import warnings
+                    warnings.warn(f"fastnn.distributed: /dev/shm has less than the "
+                                  f"{need / 2**20:.0f} MiB the shared-memory reduce needs; "
+                                  f"the gradients are summed with an Allreduce instead (give "
+                                  f"the container more, e.g. docker run --shm-size=1g)",
+                                  RuntimeWarning, stacklevel=2)
+                self._warned_shm = True
+                return None
             win = MPI.Win.Allocate_shared(step + n * dtype.itemsize if self.rank == 0 else
                                           n * dtype.itemsize, dtype.itemsize, comm=node)
         finally:
@@ -265,7 +281,8 @@ def _shards(deterministic, size):
         raise ValueError(f"deterministic must be True, False or a shard count >= 1, got "
                          f"{deterministic!r}")
     if size & (size - 1) or k % size:
-        raise ValueError(f"deterministic=True: the number of ranks must be a power of two that "
+        raise ValueError(f"deterministic={deterministic!r}: the number of ranks must be a "
+                         f"power of two that "
                          f"divides the shard count {k} (deterministic=K sets it), got {size} "
                          f"ranks")
     return int(k)
@@ -326,6 +343,14 @@ class Session:
                 "check_every": self.check_every, **{k: _plain(v) for k, v in args.items()}}
         self.agree(what)
         if plan is None:
+            from .nn import BatchNorm1d, BatchNorm2d
+            norm = next((m for m in getattr(model, "modules", lambda: [])()
+                         if isinstance(m, (BatchNorm1d, BatchNorm2d))), None)
+            if norm is not None:
+                raise ValueError(f"fit(comm=...): {norm._where()} normalises by the statistics "
+                                 f"of its batch, and under comm each rank would see only its "
+                                 f"own rows of the global batch (no synchronised batch norm in "
+                                 f"fastnn): train it in one process")
             raise ValueError("fit(comm=...) runs the fused C step: the model must be a "
                              "Sequential of the layers it runs (Linear, Conv2d, pooling, "
                              "Flatten, activations, Dropout; no BatchNorm) on the CPU, a "
@@ -413,8 +438,9 @@ class Session:
             # collective free of a window made for this fit alone cannot hang
             self.finish()
             raise
-        sums = np.array([loss_sum, correct], dtype=np.float64)
+        sums = np.concatenate([[loss_sum, correct], net.metric_sums])
         self.comm.allreduce(sums)
+        net.metric_sums[...] = sums[2:]     # the training metrics, over all ranks
         self.since_check += -(-len(idx) // batch_size)
         return float(sums[0]), int(round(sums[1]))
 
@@ -478,12 +504,32 @@ def _describe(obj):
                                                 np.generic, type(None)))}]
 
 
+def _shm_room(path="/dev/shm"):
+    """Bytes free in the shared-memory file system (where MPI's shared windows live on
+    Linux); unbounded where there is none to ask."""
+    import os
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return float("inf")
+    return st.f_bavail * st.f_frsize
+
+
+DIGEST_BYTES = 1 << 30   # data up to this size is hashed whole at the start of fit
+
+
 def _digest(a):
-    """(shape, dtype, CRC-32 of up to 64 evenly spaced rows): cheap even for a memory-map."""
+    """(shape, dtype, CRC-32 of the data): of all of it up to DIGEST_BYTES (zlib.crc32 reads
+    a few GB/s), else of 4096 evenly spaced rows (a memory-map of a larger set is not read
+    whole for the check)."""
     a = np.asarray(a)
-    rows = np.unique(np.linspace(0, len(a) - 1, num=min(64, len(a))).astype(np.int64))
-    return [list(a.shape), a.dtype.str,
-            zlib.crc32(np.ascontiguousarray(a[rows]).view(np.uint8)) if len(a) else 0]
+    shape = list(a.shape)
+    if len(a) == 0:
+        return [shape, a.dtype.str, 0]
+    if a.nbytes > DIGEST_BYTES:
+        rows = np.unique(np.linspace(0, len(a) - 1, num=min(4096, len(a))).astype(np.int64))
+        a = a[rows]
+    return [shape, a.dtype.str, zlib.crc32(np.ascontiguousarray(a).view(np.uint8))]
 
 
 def rank0_only(callback):

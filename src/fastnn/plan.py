@@ -266,12 +266,14 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
     if largs["loss"] == "cross_entropy":
         if y.ndim != 1 or set(metrics) - {"accuracy"}:
             return None
-    elif metrics or y.shape != (len(X), outputs):
+    elif y.shape != (len(X), outputs):
         return None
     name, hyper, states, step, chunk = oargs
     net = plan.fused_net(batch_size, optim=name, hyper=hyper, states=states, step=step,
                          **largs)
-    return PlanTraining(net, chunk, optimizer.param_groups[0], plan, states)
+    t = PlanTraining(net, chunk, optimizer.param_groups[0], plan, states)
+    t.cross_entropy = largs["loss"] == "cross_entropy"
+    return t
 
 
 def inference_net(model, input_shape, max_batch=256):

@@ -18,6 +18,20 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
+def check_path(path):
+    """Before a long run that ends in history(..., path): ImportError naming the extra
+    without matplotlib, ValueError when path's suffix names no format matplotlib writes."""
+    import os
+
+    Figure, FigureCanvasAgg = _matplotlib()
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if ext not in formats:
+        raise ValueError(f"{os.fspath(path)!r}: the suffix must name a picture format, one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}; got "
+                         f"{'.' + ext if ext else 'none'}")
+
+
 def history(history, path=None, *, title=None, figsize=None, dpi=100):
     """Draw per-epoch curves: one panel for the loss, one per metric, each training value
     against its validation counterpart ("val_" + name) when present.

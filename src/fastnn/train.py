@@ -187,12 +187,13 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
                  dist=None):
     """One epoch through the fused C step, `chunk` batches per call; callbacks see the last
     batch of each call with the mean loss of its batches."""
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, msums = 0, 0.0, 0, np.zeros(3)
     key = int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1, np.uint64)[0])
     for b0 in range(0, steps, chunk):
         b1 = min(steps, b0 + chunk)
         idx = order[b0 * batch_size:b1 * batch_size]
         step0 = plan.chunk.step
+        plan.net.metric_sums[...] = 0      # the C step adds the chunk's (summed over ranks)
         try:
             if dist is None:
                 part_loss, part_correct = plan.train(X, y, idx, batch_size, key)
@@ -205,12 +206,16 @@ def _fused_epoch(plan, model, X, y, order, batch_size, steps, chunk, names, seed
         seen += len(idx)
         loss_sum += part_loss
         correct += part_correct
+        msums += plan.net.metric_sums
         for c in cbs:
             c.on_batch_end(b1 - 1, {"batch": b1 - 1, "size": len(idx),
                                     "loss": part_loss / len(idx)})
         if model.stop_training if dist is None else dist.stop(model):
             break
-    sums = {"accuracy": float(correct)} if names else {}
+    if plan.cross_entropy:
+        sums = {"accuracy": float(correct)} if names else {}
+    else:   # mae, mse and binary accuracy as _metric_sums computes them
+        sums = {k: float(msums[("mae", "mse", "accuracy").index(k)]) for k in names}
     return seen, loss_sum, sums
 
 
@@ -334,7 +339,9 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
     if dist is not None:
         dist.start(plan, model, loss, optimizer, X, y, val, batch_size=batch_size, epochs=epochs,
                    initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, chunk=chunk,
-                   metrics=names, scheduler=type(scheduler).__name__)
+                   metrics=names, scheduler=None if scheduler is None else
+                   [type(scheduler).__name__, {k: v for k, v in vars(scheduler).items()
+                                               if k != "optimizer"}])
 
     for c in cbs:
         c.on_train_begin({})

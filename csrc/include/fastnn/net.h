@@ -72,12 +72,18 @@ typedef struct {
                                        moment, as scikit-learn does (PyTorch: the corrected) */
     /* A layer plan (fastnn/plan.h) in place of the units: nops >= 1 with nunits == 0 (units
      * may be NULL). X rows are then the first op's input, C H W values (NCHW); the output is
-     * the last op's. l2 must be 0 and data-parallel training is refused (FASTNN_EINVAL). */
+     * the last op's. l2 must be 0; data-parallel training refuses a plan with a batch norm
+     * (FASTNN_EINVAL). */
     int nops;
     const fastnn_op *ops;
     void *stats;                    /* running statistics (BatchNorm), nstats elements */
     int64_t nstats;
     int64_t row_bytes;              /* bytes per batch row of the ops' arena region */
+    /* NULL, or (losses other than cross-entropy) the training metrics of the rows trained are
+     * added here, each a sum over rows of a mean over the row's outputs y against targets t:
+     * [0] |y - t| (mae), [1] (y - t)^2 (mse), [2] (y > 0) == (t > 0.5), a NaN y never
+     * (binary accuracy of logits); y - t in the network's dtype, the sums in double. */
+    double *metric_sums;
 } fastnn_net;
 
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
