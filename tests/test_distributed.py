@@ -92,13 +92,15 @@ def test_default_mode_one_rank_is_plain_fit(compare):
 
 
 @needs_mpi
-def test_evaluate_and_predict_split_over_ranks(compare):
-    model = wd.mlp()
-    X, y = wd.data()
+@pytest.mark.parametrize("conv", [False, True])
+def test_evaluate_and_predict_split_over_ranks(compare, conv):
+    """The MLP, and the CNN through the layer plan."""
+    model, (X, y) = (wd.cnn(), wd.images()) if conv else (wd.mlp(), wd.data())
+    pre = "cnn-" if conv else ""
     ref = fn.evaluate(model, fn.CrossEntropyLoss(), X, y)
     for p in (1, 2, 4):
-        np.testing.assert_allclose(compare[p]["evaluate"], list(ref.values()), rtol=1e-12)
-        np.testing.assert_allclose(compare[p]["predict"], model.predict(X), rtol=1e-6,
+        np.testing.assert_allclose(compare[p][pre + "evaluate"], list(ref.values()), rtol=1e-12)
+        np.testing.assert_allclose(compare[p][pre + "predict"], model.predict(X), rtol=1e-6,
                                    atol=1e-6)
 
 
@@ -138,17 +140,6 @@ def test_cnn_regression_with_its_default_metric(compare):
     for p in (2, 4):
         assert np.max(np.abs(compare[p]["cnn-mse"] - w)) <= 1e-6 * np.max(np.abs(w))
         np.testing.assert_allclose(compare[p]["cnn-mse-history"], hist, rtol=1e-5)
-
-
-@needs_mpi
-def test_cnn_evaluate_and_predict_split_over_ranks(compare):
-    model = wd.cnn()
-    X, y = wd.images()
-    ref = fn.evaluate(model, fn.CrossEntropyLoss(), X, y)
-    for p in (1, 2, 4):
-        np.testing.assert_allclose(compare[p]["cnn-evaluate"], list(ref.values()), rtol=1e-12)
-        np.testing.assert_allclose(compare[p]["cnn-predict"], model.predict(X), rtol=1e-6,
-                                   atol=1e-6)
 
 
 @needs_mpi
