@@ -170,10 +170,16 @@ def fused_compare(sizes, dtype="float32", threads=1, repeats=7, min_time=0.2):
     return rows
 
 
-def second_core_probe(n=512, calls=20):
+def second_core_probe(n=512, calls=20, repeats=5):
     """How much a second thread delivers right now: two independent single-thread GEMMs in two
-    Python threads (the GIL is released in the kernel) against one, as a throughput ratio.
-    About 2.0 means the second core is free; about 1.0 means it is busy with other work."""
+    Python threads (the GIL is released in the kernel) against one, as a throughput ratio,
+    the median of `repeats` such measurements (one alone reads 1.5 now and then on a free
+    core). About 2.0 (1.8-1.95 on a 2-core VM whose cores share the L3) means the second core
+    is free; about 1.0 means it is busy with other work."""
+    return statistics.median(_probe_once(n, calls) for _ in range(repeats))
+
+
+def _probe_once(n, calls):
     import threading
 
     with kept_threads(1):
