@@ -31,7 +31,6 @@ cdef extern from "fastnn/fastnn.h" nogil:
     int fastnn_bf16_native()
     void fastnn_gemm_blocking(int *out)
     int64_t fastnn_first_nonfinite(fastnn_dtype dt, const void *x, int64_t n) nogil
-    int64_t fastnn_first_nonfinite_as_f32(const double *x, int64_t n) nogil
     void fastnn_cache_sizes(long *out)
     fastnn_status fastnn_gemm_ref(fastnn_dtype dt, int transa, int transb, int64_t m,
                                   int64_t n, int64_t k, double alpha, const void *a,

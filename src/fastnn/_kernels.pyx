@@ -439,22 +439,18 @@ def gemm_blocking():
             "float64": tuple(v[i] for i in range(5, 10)), "l1d": c[0], "l2": c[1]}
 
 
-def first_nonfinite(a, as_float32=False):
+def first_nonfinite(a):
     """Flat index (C order) of the first NaN or infinity of a, or -1 when every value is
     finite. a: a C-contiguous, aligned, native float32 or float64 array (TypeError otherwise).
-    as_float32 (float64 a): of the first value that is no finite float32 once rounded (also
-    |a| beyond FLT_MAX). One read of a with the GIL released, no temporary
-    (fastnn_first_nonfinite, fastnn_first_nonfinite_as_f32)."""
+    One read of a with the GIL released, no temporary (fastnn_first_nonfinite)."""
     cdef cnp.ndarray x = _array(a, "first_nonfinite", "a")
     if not x.flags.c_contiguous:
         raise TypeError(f"{_sig('first_nonfinite', 'a')} must be C-contiguous")
     cdef fastnn_dtype dt = _dt(x)
     cdef const void *p = _ptr(x)
     cdef int64_t n = x.size, r
-    cdef bint narrow = bool(as_float32) and dt == FASTNN_F64
     with nogil:
-        r = fastnn_first_nonfinite_as_f32(<const double *>p, n) if narrow else \
-            fastnn_first_nonfinite(dt, p, n)
+        r = fastnn_first_nonfinite(dt, p, n)
     return r
 
 

@@ -73,24 +73,19 @@ class Loss:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _first_nonfinite(a, as_float32=False):
-    """Flat index (C order) of the first NaN/Inf of a float array, or -1. as_float32: of the
-    first value that is no finite float32 once rounded (a float64 beyond FLT_MAX too). One
-    vectorized read in C where a is native, aligned and contiguous; else in slices of rows, so
-    no temporary the size of a training set is made."""
+def _first_nonfinite(a):
+    """Flat index (C order) of the first NaN/Inf of a float array, or -1. One vectorized read
+    in C where a is native, aligned and contiguous; else in slices of rows, so no temporary
+    the size of a training set is made."""
     if a.dtype.kind != "f" or a.size == 0:
         return -1
-    narrow = as_float32 and a.dtype == np.float64
     if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.flags.aligned \
             and a.dtype.isnative:
         from ._kernels import first_nonfinite
-        return first_nonfinite(a, narrow)
+        return first_nonfinite(a)
     rows = max(1, (1 << 20) // max(1, a[0].size)) if a.ndim > 1 else 1 << 20
     for r in range(0, len(a), rows):
         part = a[r:r + rows]
-        if narrow:
-            with np.errstate(over="ignore"):
-                part = part.astype(np.float32)
         if not np.isfinite(part).all():
             first = np.argwhere(~np.isfinite(part))[0]
             first[0] += r

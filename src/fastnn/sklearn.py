@@ -165,20 +165,16 @@ def _backward_act(name, z_pre, a, delta):
     return delta
 
 
-def _check_finite(X, dt=None):
+def _check_finite(X):
     """scikit-learn's ValueError ("Input X contains NaN." / "... infinity or a value too large
     for dtype(...)") when X (a dense array or a CSR/CSC matrix, as validate_data gives it)
-    holds a non-finite value, or with dt float32 a float64 value that rounds to no finite
-    float32 (the model's dtype, which the fused step rounds X to); one pass of fastnn's C
-    check (loss._first_nonfinite)."""
+    holds a non-finite value; one pass of fastnn's C check (loss._first_nonfinite)."""
     from .loss import _first_nonfinite
 
     a = X.data if hasattr(X, "tocsr") else X
-    narrow = dt is not None and np.dtype(dt) == np.float32 and a.dtype == np.float64
-    i = _first_nonfinite(a, narrow)
+    i = _first_nonfinite(a)
     if i >= 0:
-        big = np.dtype(np.float32) if narrow else a.dtype
-        what = "NaN" if np.isnan(a.flat[i]) else f"infinity or a value too large for {big!r}"
+        what = "NaN" if np.isnan(a.flat[i]) else f"infinity or a value too large for {a.dtype!r}"
         raise ValueError(f"Input X contains {what}.")
 
 
@@ -514,11 +510,8 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         # float64 X stays float64 for the fused step, which rounds each batch's rows to
         # float32 as it gathers them: a float32 copy of all of X is made only for the other
-        # back ends (below). validate_data checked it in float64: a value beyond float32's
-        # range is refused here as its check of the cast array did.
+        # back ends (below)
         X = np.ascontiguousarray(_dense(X))
-        if X.dtype != dt:
-            _check_finite(X, dt)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=dt)
         if y.ndim == 1:

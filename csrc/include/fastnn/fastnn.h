@@ -53,9 +53,6 @@ void fastnn_gemm_blocking(int out[10]);
 /* Flat index of the first NaN or infinity among x[0:n] (float32 or float64, contiguous), or -1
  * when all are finite (or n <= 0). One read of x, vectorized; fit checks its inputs with it. */
 int64_t fastnn_first_nonfinite(fastnn_dtype dt, const void *x, int64_t n);
-/* The same for float64 x about to be rounded to float32: the first x[i] that is not a finite
- * float32 once rounded (NaN, infinity, |x| beyond FLT_MAX), or -1. */
-int64_t fastnn_first_nonfinite_as_f32(const double *x, int64_t n);
 /* L1d and L2 sizes in bytes as the CPU reports them (0 when unknown). */
 void fastnn_cache_sizes(long out[2]);
 
