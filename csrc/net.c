@@ -483,21 +483,13 @@ static fastnn_status update(const fastnn_net *net, int64_t step) {
 static void gather(const fastnn_net *net, const layout *L, const void *X, const void *Y,
                    const int64_t *idx, int64_t B) {
     size_t es = esize(net->dt);
-    int64_t in = net_in(net);
-    size_t xrow = (size_t)in * es;
+    size_t xrow = (size_t)net_in(net) * es;
     size_t trow = net->loss == FASTNN_NET_CROSS_ENTROPY
                       ? sizeof(int64_t)
                       : (size_t)net_out(net) * es;
-    int conv = net->x_f64 && net->dt == FASTNN_F32;   /* float64 rows into a float32 arena */
     FASTNN_PARALLEL_RANGE(B, fastnn_cur_team ? fastnn_cur_team->nthreads : 1,
     for (int64_t r = lo_; r < hi_; r++) {
-        if (conv) {
-            const double *src = (const double *)X + idx[r] * in;
-            float *dst = (float *)(L->x + r * xrow);
-            for (int64_t c = 0; c < in; c++) dst[c] = (float)src[c];
-        } else {
-            memcpy(L->x + r * xrow, (const char *)X + idx[r] * xrow, xrow);
-        }
+        memcpy(L->x + r * xrow, (const char *)X + idx[r] * xrow, xrow);
         memcpy(L->t + r * trow, (const char *)Y + idx[r] * trow, trow);
     });
 }

@@ -242,33 +242,3 @@ def test_update_fused_into_the_weight_gradient_gemm(per_op, make_opt, nthreads, 
     for i in s1:
         for k in s1[i]:
             np.testing.assert_array_equal(s1[i][k], s2[i][k])
-
-
-@pytest.mark.parametrize("conv", [False, True])
-def test_float64_rows_into_a_float32_step(conv):
-    """FusedNet.train and train_dist take float64 X for a float32 net and round each batch's
-    rows as they are gathered: the bits of training on X.astype(float32), no copy of X. A
-    float64 net still refuses float32 X."""
-    from fastnn.distributed import SelfCommunicator  # noqa: F401  (train_dist below)
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((96, 2, 5, 5) if conv else (96, 20)) * 3.3
-    y = rng.integers(0, 5, 96)
-    out = []
-    for Xin in (X.astype(np.float32), X, X):
-        model = (fn.Sequential(fn.Conv2d(2, 3, 3), fn.ReLU(), fn.Flatten(), fn.Linear(27, 5),
-                               seed=0) if conv else mlp())
-        opt = fn.Adam(model.parameters(), lr=1e-2)
-        plan = _fused.training_plan(model, fn.CrossEntropyLoss(), opt, Xin.astype(np.float32),
-                                    y, 32, [])
-        if len(out) < 2:
-            plan.net.train(Xin, y, np.arange(96)[::-1].copy(), 32, 7)
-        else:
-            plan.net.train_dist(Xin, y, np.arange(96)[::-1].copy(), 32, 7)
-        out.append(np.concatenate([p.ravel() for p in model.parameters()]))
-    assert out[0].tobytes() == out[1].tobytes()
-    assert out[0].tobytes() == out[2].tobytes()
-    m64 = mlp(dtype=np.float64)
-    plan = _fused.training_plan(m64, fn.CrossEntropyLoss(), fn.SGD(m64.parameters(), lr=0.1),
-                                np.zeros((4, 20)), np.zeros(4, np.int64), 4, [])
-    with pytest.raises(TypeError, match="float64"):
-        plan.net.train(np.zeros((4, 20), np.float32), np.zeros(4, np.int64), np.arange(4), 4)

@@ -212,7 +212,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="'batch_size'"):
         net.train(X, np.zeros(4, np.int64), np.arange(4), 9)
     with pytest.raises(TypeError, match="'X'.*float32"):
-        net.train(X.astype(np.int32), np.zeros(4, np.int64), np.arange(4), 4)
+        net.train(X.astype(np.float64), np.zeros(4, np.int64), np.arange(4), 4)
     np.testing.assert_array_equal(params, before)
     with pytest.raises(ValueError, match="'units'\\[1\\] has in=15.*chain"):
         FusedNet([(20, 16, 0, -1, "relu", 0), (15, 5, 400, -1, "identity", 0)], params, g)

@@ -229,7 +229,7 @@ def test_bad_input_shapes_raise_before_c():
     with pytest.raises(ValueError, match=r"must have shape \(rows, 1, 28, 28\)"):
         tp.net.forward(np.zeros((4, 10), np.float32))
     with pytest.raises(TypeError, match="float32"):
-        tp.net.train(X.astype(np.float16), y, np.arange(32), 16)
+        tp.net.train(X.astype(np.float64), y, np.arange(32), 16)
 
 
 def test_the_c_check_refuses_a_broken_plan():

@@ -310,20 +310,3 @@ def test_predict_refuses_non_finite_input_like_sklearn(est):
                     warnings.simplefilter("ignore", RuntimeWarning)   # numpy's overflow cast
                     m.predict(make(bad))
     np.testing.assert_array_equal(m.predict(X), before)
-
-
-def test_float64_input_trains_without_a_float32_copy_and_the_same_bits():
-    """float64 X goes to the fused step as it is (the step rounds each batch's rows): the
-    coefficients of fitting X.astype(float32), bit for bit, classifier and regressor."""
-    from fastnn.sklearn import MLPClassifier, MLPRegressor
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((300, 12)) * 1.7
-    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
-    for est, target in ((MLPClassifier, y), (MLPRegressor, X[:, :2].sum(1))):
-        a = est(hidden_layer_sizes=(16,), max_iter=5, tol=0, random_state=0).fit(X, target)
-        b = est(hidden_layer_sizes=(16,), max_iter=5, tol=0, random_state=0).fit(
-            X.astype(np.float32), target)
-        assert a.backend_ == "fused"
-        for ca, cb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
-            assert ca.dtype == np.float32 and ca.tobytes() == cb.tobytes()
-        assert a.loss_curve_ == b.loss_curve_

@@ -219,7 +219,6 @@ cdef extern from "fastnn/net.h" nogil:
         int64_t nstats
         int64_t row_bytes
         double *metric_sums
-        int x_f64
     int64_t fastnn_net_arena_bytes(const fastnn_net *net)
     fastnn_status fastnn_net_check(const fastnn_net *net)
     int fastnn_net_threads(const fastnn_net *net, int64_t batch_size)

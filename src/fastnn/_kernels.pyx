@@ -1418,10 +1418,9 @@ cdef class FusedNet:
         last = ops[len(ops) - 1]["out"]
         return int(last[0]) * int(last[1]) * int(last[2])
 
-    def _flat_x(self, fn, X, any_float=False):
-        """X as rows of in_features values: a layer plan takes (rows,) + input_shape too.
-        any_float: float32 or float64, whatever the net's dtype."""
-        cdef cnp.ndarray Xa = _input(X, fn, "X", None if any_float else self.dtype)
+    def _flat_x(self, fn, X):
+        """X as rows of in_features values: a layer plan takes (rows,) + input_shape too."""
+        cdef cnp.ndarray Xa = _input(X, fn, "X", self.dtype)
         if self.input_shape is not None and Xa.ndim == 4:
             if tuple((<object>Xa).shape)[1:] != self.input_shape:
                 raise ValueError(f"{_sig(fn, 'X')} must have shape (rows, "
@@ -1487,14 +1486,12 @@ cdef class FusedNet:
 
     def train(self, X, Y, index, int64_t batch_size, seed=0):
         """One optimizer step per mini-batch index[0:bs], index[bs:2bs], ... of X, Y rows.
-        X: the net's dtype, or float64 for a float32 net (rounded row by row as the batches
-        are gathered). Returns (sum of batch loss * batch rows, correctly classified rows).
-        With a loss
+        Returns (sum of batch loss * batch rows, correctly classified rows). With a loss
         other than cross-entropy the rows' training metrics are added to metric_sums
         (float64 [mae, mse, binary accuracy], each a sum over rows of the row's mean over
         outputs; see fastnn_net.metric_sums): zero it to start counting."""
         fn = "FusedNet.train"
-        cdef cnp.ndarray Xa = self._train_x(fn, X)
+        cdef cnp.ndarray Xa = self._flat_x(fn, X)
         cdef int64_t rows = Xa.shape[0]
         cdef cnp.ndarray Ya
         if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
@@ -1531,19 +1528,8 @@ cdef class FusedNet:
         _check(st, fn)
         return loss_sum, correct
 
-    def _train_x(self, fn, X):
-        """X for train and train_dist: the net's dtype, or float64 rows for a float32 net,
-        which the step rounds to float32 as it gathers each batch (the numbers of training on
-        X.astype(float32), without that copy of X)."""
-        cdef cnp.ndarray Xa = self._flat_x(fn, X, self.dtype == np.float32)
-        if Xa.dtype != self.dtype and Xa.dtype != np.float64:
-            raise TypeError(f"{_sig(fn, 'X')} must have dtype {self.dtype} (or float64), got "
-                            f"{Xa.dtype}")
-        self.net.x_f64 = Xa.dtype != self.dtype
-        return Xa
-
     def _train_args(self, fn, X, Y, index, int64_t batch_size):
-        cdef cnp.ndarray Xa = self._train_x(fn, X)
+        cdef cnp.ndarray Xa = self._flat_x(fn, X)
         rows = Xa.shape[0]
         if self.net.loss == FASTNN_NET_CROSS_ENTROPY:
             Ya = _labels(Y, fn, rows)

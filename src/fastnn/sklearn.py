@@ -508,10 +508,7 @@ class _BaseMLP(BaseEstimator):
             not self.warm_start and not incremental)
         self._fit_dtype = dt
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        # float64 X stays float64 for the fused step, which rounds each batch's rows to
-        # float32 as it gathers them: a float32 copy of all of X is made only for the other
-        # back ends (below)
-        X = np.ascontiguousarray(_dense(X))
+        X = np.ascontiguousarray(_dense(X), dtype=dt)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=dt)
         if y.ndim == 1:
@@ -558,8 +555,6 @@ class _BaseMLP(BaseEstimator):
                 self._initialize(y, layer_units, dt, acts)
         backend = self._choose_backend(sample_weight, drops, y)
         self.backend_ = backend
-        if backend != "fused" or self.solver == "lbfgs":
-            X = X.astype(dt, copy=False)
         if backend != "fused" and cw_sample is not None:
             sample_weight = cw_sample if sample_weight is None else sample_weight * cw_sample
         with _threads(self.n_threads):
@@ -1042,9 +1037,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
 
     def _validate_input(self, X, y, incremental, reset):
-        dt = self._fit_dtype    # float32 training keeps float64 X (see _fit)
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=[dt, np.float64] if dt == np.float32 else dt, reset=reset)
+                             dtype=self._fit_dtype, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -1165,10 +1159,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return "exp" if self.loss == "poisson" else "identity"
 
     def _validate_input(self, X, y, incremental, reset):
-        dt = self._fit_dtype    # float32 training keeps float64 X (see _fit)
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             y_numeric=True, dtype=[dt, np.float64] if dt == np.float32 else dt,
-                             reset=reset)
+                             y_numeric=True, dtype=self._fit_dtype, reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y

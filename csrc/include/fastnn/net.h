@@ -84,10 +84,6 @@ typedef struct {
      * [0] |y - t| (mae), [1] (y - t)^2 (mse), [2] (y > 0) == (t > 0.5), a NaN y never
      * (binary accuracy of logits); y - t in the network's dtype, the sums in double. */
     double *metric_sums;
-    /* 1: the X of fastnn_net_train(_dist) is float64 while the net is float32; each batch's
-     * rows are rounded to float32 as they are gathered (no float32 copy of X is needed).
-     * 0: X has the net's dtype. */
-    int x_f64;
 } fastnn_net;
 
 /* Bytes of working memory (activations, gradients, the gathered batch) for max_batch rows. */
