@@ -1,5 +1,6 @@
 """fastnn.sklearn: scikit-learn's estimator checks, parity with scikit-learn's MLP in float64,
 pipelines and grid search, pandas, sparse input, string labels, sample weights."""
+import re
 import warnings
 
 import numpy as np
@@ -310,3 +311,23 @@ def test_predict_refuses_non_finite_input_like_sklearn(est):
                     warnings.simplefilter("ignore", RuntimeWarning)   # numpy's overflow cast
                     m.predict(make(bad))
     np.testing.assert_array_equal(m.predict(X), before)
+
+
+@pytest.mark.parametrize("est", [MLPClassifier, MLPRegressor])
+def test_fit_refuses_float64_beyond_float32_like_sklearn(est):
+    """A float64 value that rounds to an infinity in the float32 model is refused with
+    scikit-learn's message, before any training; NaN and infinity too."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6))
+    y = rng.integers(0, 3, 40) if est is MLPClassifier else rng.standard_normal(40)
+    for v, what in ((1e300, "infinity or a value too large for dtype('float32')"),
+                    (-3.5e38, "infinity or a value too large for dtype('float32')"),
+                    (np.nan, "NaN"), (np.inf, "infinity")):
+        bad = X.copy()
+        bad[17, 4] = v
+        m = est(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+        with pytest.raises(ValueError, match=f"Input X contains {re.escape(what)}"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # numpy's overflow cast
+                m.fit(bad, y)
+        assert not hasattr(m, "coefs_")
