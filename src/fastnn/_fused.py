@@ -128,11 +128,11 @@ def _optim_args(opt, buffer):
 class FusedTraining:
     """A FusedNet for fit, tied to the optimizer's chunk so step counts stay in sync."""
 
-    def __init__(self, net, chunk, group, buffer=None, states=()):
+    def __init__(self, net, chunk, group, buffer=None, states=(), cross_entropy=True):
         self.net, self.chunk, self.group = net, chunk, group
         self.net_params = None if buffer is None else buffer.data
         self.states = [s for s in states if s is not None]
-        self.cross_entropy = True   # False: the net's metric_sums hold the training metrics
+        self.cross_entropy = cross_entropy   # False: net.metric_sums hold the training metrics
 
     def train(self, X, y, index, batch_size, seed, dist=None, model=None):
         """dist (a fastnn.distributed.Session): a data-parallel call (global batches)."""
@@ -171,9 +171,8 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics, l2=0.0,
     net = FusedNet(units, buffer.data, buffer.grad, optim=name, hyper=hyper, states=states,
                    step=step, max_batch=batch_size, l2=l2,
                    adam_eps_uncorrected=adam_eps_uncorrected, **largs)
-    t = FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states)
-    t.cross_entropy = largs["loss"] == "cross_entropy"
-    return t
+    return FusedTraining(net, chunk, optimizer.param_groups[0], buffer, states,
+                         largs["loss"] == "cross_entropy")
 
 
 def inference_net(model, max_batch=256, input_shape=None):

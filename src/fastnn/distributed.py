@@ -344,15 +344,14 @@ class Session:
                 "shared memory": getattr(self.comm, "shared_memory", None),
                 "check_every": self.check_every, **{k: _plain(v) for k, v in args.items()}}
         self.agree(what)
+        norm = batch_norm_layer(model)
+        if norm is not None:
+            raise ValueError(f"fit(comm=...): {norm._where()} normalises by the statistics of "
+                             f"its batch, and under comm each rank would see only its own rows "
+                             f"of the global batch (no synchronised batch norm in fastnn): "
+                             f"train it in one process, or replace batch norm with LayerNorm "
+                             f"or no normalisation")
         if plan is None:
-            from .nn import BatchNorm1d, BatchNorm2d
-            norm = next((m for m in getattr(model, "modules", lambda: [])()
-                         if isinstance(m, (BatchNorm1d, BatchNorm2d))), None)
-            if norm is not None:
-                raise ValueError(f"fit(comm=...): {norm._where()} normalises by the statistics "
-                                 f"of its batch, and under comm each rank would see only its "
-                                 f"own rows of the global batch (no synchronised batch norm in "
-                                 f"fastnn): train it in one process")
             raise ValueError("fit(comm=...) runs the fused C step: the model must be a "
                              "Sequential of the layers it runs (Linear, Conv2d, pooling, "
                              "Flatten, activations, Dropout; no BatchNorm) on the CPU, a "
@@ -504,6 +503,15 @@ def _describe(obj):
                                  if not k.startswith("_") and
                                  isinstance(v, (int, float, str, bool, tuple, list, np.ndarray,
                                                 np.generic, type(None)))}]
+
+
+def batch_norm_layer(model):
+    """The model's first BatchNorm1d/BatchNorm2d, or None: data-parallel training refuses
+    them (each rank would normalise by the statistics of its own rows)."""
+    from .nn import BatchNorm1d, BatchNorm2d
+
+    return next((m for m in getattr(model, "modules", lambda: [])()
+                 if isinstance(m, (BatchNorm1d, BatchNorm2d))), None)
 
 
 def _shm_room(path="/dev/shm"):

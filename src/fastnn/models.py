@@ -103,8 +103,7 @@ def train_cli(args, logger=None, comm=None):
     except (FileNotFoundError, RuntimeError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
     if comm is not None:
-        norm = next((m for m in model if isinstance(m, (fastnn.BatchNorm1d, fastnn.BatchNorm2d))),
-                    None)
+        norm = fastnn.distributed.batch_norm_layer(model)
         if norm is not None:
             raise UsageError(f"fastnn train --model {args.model} --distributed: the model has "
                              f"batch norm ({norm._where()}), whose batch statistics would be "

@@ -227,8 +227,8 @@ class PlanTraining(FusedTraining):
     """FusedTraining over a layer plan: takes X of shape (rows,) + input_shape, and advances
     the BatchNorm layers' num_batches_tracked by the batches their forward pass saw."""
 
-    def __init__(self, net, chunk, group, plan, states):
-        super().__init__(net, chunk, group, plan.buffer, states)
+    def __init__(self, net, chunk, group, plan, states, cross_entropy=True):
+        super().__init__(net, chunk, group, plan.buffer, states, cross_entropy)
         self.plan = plan
 
     def train(self, X, y, index, batch_size, seed, dist=None, model=None):
@@ -271,9 +271,8 @@ def training_plan(model, loss, optimizer, X, y, batch_size, metrics):
     name, hyper, states, step, chunk = oargs
     net = plan.fused_net(batch_size, optim=name, hyper=hyper, states=states, step=step,
                          **largs)
-    t = PlanTraining(net, chunk, optimizer.param_groups[0], plan, states)
-    t.cross_entropy = largs["loss"] == "cross_entropy"
-    return t
+    return PlanTraining(net, chunk, optimizer.param_groups[0], plan, states,
+                        largs["loss"] == "cross_entropy")
 
 
 def inference_net(model, input_shape, max_batch=256):

@@ -322,14 +322,6 @@ def fit(model, loss, optimizer, X, y, epochs=1, batch_size=32, validation_data=N
         _check_batch_norm_batches(model, X, batch_size)
     plan = None if gpu is not None else _fused.training_plan(model, loss, optimizer, X, y,
                                                              batch_size, names)
-    norm = None if dist is None or getattr(plan, "plan", None) is None else next(
-        (layer for layer, op in zip(model, plan.plan.ops) if op["kind"] == "batch_norm"), None)
-    if norm is not None:
-        raise ValueError(
-            f"fit(comm=...): {norm._where()} normalises by the statistics of "
-            f"its batch, and under comm each rank would see only its own rows of the global "
-            f"batch (no synchronised batch norm in fastnn): train it in one process, or "
-            f"replace batch norm with LayerNorm or no normalisation")
     # batches per native call: every batch when a user callback wants each one
     per_batch = any(type(c).on_batch_end is not Callback.on_batch_end
                     and not isinstance(c, (History, ProgressLogger)) for c in callbacks)
