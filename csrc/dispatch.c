@@ -94,6 +94,8 @@ static void fit_blocking(fastnn_kernel_table *t) {
     if (strcmp(t->name, "avx2") == 0) tl2 = 262144;
     else if (strcmp(t->name, "avx512") == 0) tl2 = 1048576;
     else return;                                      /* generic: no cache-tuned kernel */
+    long l2 = cache_bytes(2);
+    t->s.l2 = t->d.l2 = l2 > 0 ? l2 : 0;
     const char *env = getenv("FASTNN_GEMM_BLOCKING");
     int mc, kc, nc;
     if (env && sscanf(env, "%d,%d,%d", &mc, &kc, &nc) == 3 && mc > 0 && kc > 0 && nc > 0 &&
@@ -103,7 +105,7 @@ static void fit_blocking(fastnn_kernel_table *t) {
         t->s.nc = round_to(nc, t->s.nr, t->s.nr, 1048576);
         return;
     }
-    long l1 = cache_bytes(1), l2 = cache_bytes(2);
+    long l1 = cache_bytes(1);
     /* The avx2 table's MC (BLIS's Haswell value, for a 256 KiB L2) doubles on an L2 of
      * 512 KiB or more: an A block of 288 x 256 floats, 56 % of a Zen 3 L2 as 144 x 256 is of
      * Haswell's, halves the passes over packed B. Measured on Zen 3 (21 interleaved pairs in

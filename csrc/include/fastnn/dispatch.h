@@ -84,6 +84,8 @@ typedef struct {
      * element by element */
     void (*tstore)(const float *tile, float *c, int64_t ldc, float alpha, float beta,
                    const float *bias, int relu);
+    /* bytes of L2 the CPU reports (set at load; 0: unknown), for the driver's prefetch */
+    long l2;
 } fastnn_sgemm_cfg;
 typedef struct {
     fastnn_dukr ukr, tails[3]; int mr, nr, mc, kc, nc; fastnn_dpack_a pack_a; fastnn_dpack_b pack_b;
@@ -93,6 +95,7 @@ typedef struct {
     fastnn_dukrs ukra, tails_a[3];
     void (*tstore)(const double *tile, double *c, int64_t ldc, double alpha, double beta,
                    const double *bias, int relu);
+    long l2;
 } fastnn_dgemm_cfg;
 
 typedef struct {
